@@ -1,0 +1,152 @@
+"""Typed configuration: one pydantic model per stage, composed into `PipelineConfig`.
+
+These models are the flow parameters, so Prefect renders them as the run form in its UI (names, descriptions,
+bounds, defaults) and the server rejects invalid values before a run starts. YAML recipes in
+`deployments/configs/` are validated against `PipelineConfig` (see `load_recipe`).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Stage(BaseModel):
+    # extra="forbid": a misspelt recipe key is an error that names the key, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskType(str, Enum):
+    """What the model learns to do. Causal LM (LoRA) slots in here later."""
+
+    text_classification = "text-classification"
+
+
+class Precision(str, Enum):
+    """Mixed-precision mode handed to accelerate (`no` = fp32)."""
+
+    fp32 = "no"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class ModelConfig(_Stage):
+    repo_id: str = Field(description="Hub model repo to fine-tune, e.g. 'distilbert/distilbert-base-uncased'.")
+    revision: str = Field("main", description="Branch, tag or commit sha; pinned to a sha at flow start.")
+    allow_pickle_weights: bool = Field(
+        False, description="Accept pytorch_model.bin (pickle) when the repo has no safetensors weights."
+    )
+    trust_remote_code: bool = Field(False, description="Run the repo's own modelling code. Off unless you trust it.")
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_id_shape(cls, v: str) -> str:
+        return _check_repo_id(v, "model.repo_id")
+
+
+class DataConfig(_Stage):
+    source: str = Field(
+        description="Hub dataset repo id ('stanfordnlp/imdb'), or an s3:// or local folder of parquet/csv/jsonl files."
+    )
+    config_name: str | None = Field(None, description="Dataset configuration (subset) name, if the repo has several.")
+    revision: str = Field("main", description="Branch, tag or commit sha of a Hub dataset; pinned at flow start.")
+    train_split: str = Field("train", description="Split to train on.")
+    validation_split: str | None = Field(
+        "validation", description="Split for per-epoch evaluation; carved from train when the dataset lacks it."
+    )
+    test_split: str | None = Field(
+        "test", description="Split for batch inference and the final evaluation; carved from train when missing."
+    )
+    text_column: str = Field("text", description="Column holding the input text.")
+    label_column: str = Field("label", description="Column holding the class (ClassLabel ids or strings).")
+    max_train_samples: int | None = Field(None, ge=1, description="Smoke knob: keep only the first N train rows.")
+    max_eval_samples: int | None = Field(None, ge=1, description="Smoke knob: keep only N validation rows.")
+    max_test_samples: int | None = Field(None, ge=1, description="Smoke knob: keep only N test rows.")
+
+    @property
+    def is_hub(self) -> bool:
+        return not (self.source.startswith(("s3://", "file://", "/", "./", "../")) or Path(self.source).exists())
+
+
+class PreprocessConfig(_Stage):
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train carved out when no validation split.")
+    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train carved out when no test split.")
+    split_seed: int = Field(42, description="Seed of the deterministic split.")
+
+
+class TrainConfig(_Stage):
+    epochs: int = Field(3, ge=1, le=100, description="Passes over the train split.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(32, ge=1, le=4096, description="Examples per device per step.")
+    eval_batch_size: int = Field(128, ge=1, le=8192, description="Examples per device per evaluation step.")
+    learning_rate: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming the LR up (then linear decay).")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
+    precision: Precision = Field(Precision.fp32, description="Mixed precision: no (fp32), bf16 or fp16 (GPU only).")
+    seed: int = Field(42, description="Seed for model init of the head, shuffling and dropout.")
+    checkpoint_every_steps: int = Field(
+        200, ge=1, description="Save a resumable checkpoint to the artifact store this often, so a retry resumes."
+    )
+
+
+class InferenceConfig(_Stage):
+    batch_size: int = Field(64, ge=1, le=8192, description="Max examples per batch (batches are length-sorted).")
+    max_tokens_per_batch: int = Field(
+        8192, ge=64, description="Token budget per batch: short texts batch wider, long ones narrower."
+    )
+    shard_size: int = Field(1000, ge=1, description="Rows per parquet shard; a rerun skips finished shards.")
+    data: DataConfig | None = Field(None, description="Run inference over this dataset instead of the test split.")
+
+
+class PipelineConfig(_Stage):
+    """Everything one pipeline run needs. Also the flow's parameters and the Prefect UI run form."""
+
+    task: TaskType = Field(TaskType.text_classification, description="What the model learns to do.")
+    model: ModelConfig
+    data: DataConfig
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    artifact_store: str = Field(
+        "./.hubflow/store",
+        description="fsspec URI where every stage writes its outputs: a local folder, or s3://bucket/prefix.",
+    )
+
+    @model_validator(mode="after")
+    def _precision_needs_gpu_mode(self) -> "PipelineConfig":
+        # fp16 on CPU fails deep inside accelerate after the model is loaded; say so before anything runs.
+        if self.train.precision is Precision.fp16:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("train.precision=fp16 needs a CUDA GPU; use 'no' or 'bf16' on CPU")
+        return self
+
+
+def _check_repo_id(v: str, field: str) -> str:
+    parts = v.split("/")
+    if not v or len(parts) > 2 or any(not p or p.startswith((".", "-")) for p in parts):
+        raise ValueError(f"{field}={v!r} is not a Hub repo id ('name' or 'namespace/name')")
+    return v
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML recipe, apply `key.sub=value` overrides (values parsed as YAML), validate."""
+    import yaml
+
+    raw: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return PipelineConfig.model_validate(raw)

@@ -1,0 +1,76 @@
+"""Small frozen references that tasks return and flows pass along.
+
+Never a model, a Dataset or a tensor: those live in the artifact store (an fsspec URI) or the Hub (a repo at a sha),
+so a ref is cheap to hash for caching, cheap to persist as a Prefect result, and valid on any worker.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Ref(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PinnedRepo(Ref):
+    """A Hub repo pinned to the commit a revision resolved to at flow start."""
+
+    repo_id: str
+    repo_type: Literal["model", "dataset", "space"]
+    revision: str
+    sha: str
+
+
+class RawDataRef(Ref):
+    """Raw splits as parquet files in the store: `{uri}/{split}.parquet`."""
+
+    uri: str
+    fingerprint: str
+    splits: dict[str, int]
+    text_column: str
+    label_column: str
+    source: str
+    source_sha: str | None = None
+
+
+class TokenizedRef(Ref):
+    """Tokenized train/validation/test splits saved with `save_to_disk` under `uri`."""
+
+    uri: str
+    fingerprint: str
+    splits: dict[str, int]
+    label_names: list[str]
+
+
+class CheckpointRef(Ref):
+    """A `save_pretrained` folder (safetensors, tokenizer, label maps) in the store."""
+
+    uri: str
+    fingerprint: str
+    label_names: list[str]
+    base_model: PinnedRepo
+    metrics: dict[str, float]
+    history_uri: str
+    train_seconds: float
+    hardware: str
+
+
+class PredictionsRef(Ref):
+    """Parquet shards plus `manifest.json` under `uri`; rows come back in input order."""
+
+    uri: str
+    rows: int
+    shards: int
+    model_fingerprint: str
+    data_fingerprint: str
+
+
+class EvalRef(Ref):
+    """Metrics of a model on a split, with the report stored as JSON at `uri`."""
+
+    uri: str
+    split: str
+    metrics: dict[str, float]
