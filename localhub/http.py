@@ -1,0 +1,166 @@
+"""HTTP plumbing shared by localhub's routes: a raw-path router, the Hub's error format, auth, dates.
+
+The HF clients send revisions as one percent-encoded segment (`refs%2Fpr%2F1`), so routing works on the RAW path:
+split on `/` first, unquote each segment after.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+from urllib.parse import unquote
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .storage import HubError, Repo, Storage
+
+log = logging.getLogger("localhub")
+ROLES = ("read", "write")
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+    token_name: str = "localhub"
+
+
+@dataclass
+class Ctx:
+    """What a route handler gets: the request, the hub, the caller and the path parameters."""
+
+    request: Request
+    hub: Any  # localhub.app.Hub (avoids an import cycle)
+    user: User | None
+    params: dict[str, str]
+
+    @property
+    def base_url(self) -> str:
+        # The clients talk to exactly the origin in HF_ENDPOINT; echo it so hrefs are same-origin (trap 3 and 4).
+        return str(self.request.base_url).rstrip("/")
+
+    @property
+    def storage(self) -> Storage:
+        return self.hub.storage
+
+
+Handler = Callable[[Ctx], Awaitable[Response]]
+
+
+@dataclass
+class Route:
+    methods: tuple[str, ...]
+    segments: list[str]
+    handler: Handler
+    route_class: str  # download | upload | commit | api: what fault injection targets
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        params: dict[str, str] = {}
+        for i, seg in enumerate(self.segments):
+            if seg.endswith("*}"):
+                params[seg[1:-2]] = "/".join(parts[i:])
+                return params
+            if i >= len(parts):
+                return None
+            if seg.startswith("{"):
+                name, _, allowed = seg[1:-1].partition(":")
+                if allowed and parts[i] not in allowed.split("|"):
+                    return None
+                params[name] = parts[i]
+            elif seg != parts[i]:
+                return None
+        return params if len(parts) == len(self.segments) else None
+
+
+@dataclass
+class Router:
+    routes: list[Route] = field(default_factory=list)
+
+    def add(self, methods: str, pattern: str, route_class: str = "api") -> Callable[[Handler], Handler]:
+        def deco(fn: Handler) -> Handler:
+            self.routes.append(Route(tuple(methods.split(",")), pattern.strip("/").split("/"), fn, route_class))
+            return fn
+
+        return deco
+
+    def find(self, method: str, raw_path: str) -> tuple[Route | None, dict[str, str], bool]:
+        """(route, params, path_matched_other_method)."""
+        parts = [unquote(p) for p in raw_path.strip("/").split("/")]
+        other = False
+        for r in self.routes:
+            params = r.match(parts)
+            if params is None:
+                continue
+            if method in r.methods or (method == "HEAD" and "GET" in r.methods):
+                return r, params, False
+            other = True
+        return None, {}, other
+
+
+def error_response(err: HubError, extra_headers: dict[str, str] | None = None) -> Response:
+    headers = {"X-Error-Message": err.message.encode("latin-1", "replace").decode("latin-1")}
+    if err.code:
+        headers["X-Error-Code"] = err.code
+    headers.update(extra_headers or {})
+    return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
+
+
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+REPO_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+TYPE_OF_PLURAL = {"models": "model", "datasets": "dataset", "spaces": "space"}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def authenticate(tokens: dict[str, User], authorization: str | None) -> User | None:
+    """Bearer token -> user; no header -> anonymous; an unknown token -> 401 as on the Hub."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    user = tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+    if user is None:
+        raise HubError(401, None, "Invalid credentials in Authorization header")
+    return user
+
+
+def can_read(user: User | None, repo: Repo) -> bool:
+    return not repo.private or (user is not None and user.name == repo.namespace)
+
+
+def repo_for_read(ctx: Ctx, type_: str, repo_id: str) -> Repo:
+    """The repo if the caller may see it; otherwise the Hub's RepoNotFound (401 anonymous, 404 signed in)."""
+    repo = ctx.storage.get_repo(type_, repo_id)
+    if repo is None or not can_read(ctx.user, repo):
+        status = 401 if ctx.user is None else 404
+        raise HubError(
+            status,
+            "RepoNotFound",
+            f"Repository Not Found for url: {ctx.request.url.path}. Please make sure you specified the correct "
+            "`repo_id` and `repo_type`. If you are trying to access a private or gated repo, make sure you are "
+            "authenticated.",
+        )
+    return repo
+
+
+def check_write(ctx: Ctx, namespace: str) -> User:
+    """A write needs a write token of the namespace's owner: 401 anonymous, 403 otherwise."""
+    user = ctx.user
+    if user is None:
+        raise HubError(401, None, "You must be authenticated to write to the Hub (no token sent)")
+    if user.role != "write":
+        raise HubError(403, None, f"You don't have the rights to write to {namespace}: your token is read-only")
+    if user.name != namespace:
+        raise HubError(403, None, f"You don't have the rights to write to the namespace {namespace!r}")
+    return user
+
+
+def repo_for_write(ctx: Ctx, type_: str, repo_id: str) -> Repo:
+    repo = repo_for_read(ctx, type_, repo_id)
+    check_write(ctx, repo.namespace)
+    return repo

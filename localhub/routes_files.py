@@ -1,0 +1,195 @@
+"""File routes: resolve (downloads, Range), preupload, the LFS batch API with one-time upload hrefs, NDJSON commits."""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import hmac
+import json
+import secrets
+import time
+
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from .http import REPO_PREFIX, TYPE_OF_PLURAL, Ctx, Router, repo_for_read, repo_for_write
+from .storage import FileEntry, HubError, Repo, git_sha1, lfs_pointer
+
+router = Router()
+T = "{t:models|datasets|spaces}"
+LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub's rule: 10 MB and up always goes to LFS
+UPLOAD_TTL = 3600
+
+
+class BlobResponse(FileResponse):
+    chunk_size = 1 << 20  # 1 MiB reads: 64 KiB chunks cap loopback downloads well below disk speed
+
+
+def _resolve_target(ctx: Ctx, type_: str) -> tuple[Repo, str, dict[str, FileEntry]]:
+    repo = repo_for_read(ctx, type_, f"{ctx.params['ns']}/{ctx.params['name']}")
+    oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])
+    return repo, oid, ctx.storage.tree(oid)
+
+
+async def _resolve(ctx: Ctx, type_: str) -> Response:
+    repo, oid, files = _resolve_target(ctx, type_)
+    path = ctx.params["path"]
+    entry = files.get(path)
+    if entry is None:
+        # EntryNotFound (with X-Repo-Commit) is what lets the clients cache "absent" and probe optional files.
+        raise HubError(404, "EntryNotFound", f"{path} does not exist on {ctx.params['rev']}")
+    headers = {
+        "X-Repo-Commit": oid,
+        "ETag": f'"{entry.sha256 if entry.lfs else entry.sha1}"',
+        "Content-Type": "application/octet-stream",
+        "Accept-Ranges": "bytes",
+    }
+    if entry.lfs:
+        headers["X-Linked-Size"] = str(entry.size)
+        headers["X-Linked-ETag"] = f'"{entry.sha256}"'
+    await ctx.hub.on_download(repo, path)
+    return BlobResponse(ctx.storage.blob_path(entry.sha256), headers=headers)
+
+
+for _prefix, _type in (("", "model"), ("datasets/", "dataset"), ("spaces/", "space")):
+
+    async def _handler(ctx: Ctx, _type: str = _type) -> Response:
+        return await _resolve(ctx, _type)
+
+    router.add("GET", f"/{_prefix}{{ns}}/{{name}}/resolve/{{rev}}/{{path*}}", route_class="download")(_handler)
+
+
+def _lfs_patterns(ctx: Ctx, files: dict[str, FileEntry]) -> list[str]:
+    entry = files.get(".gitattributes")
+    if not entry:
+        return []
+    pats = []
+    for line in ctx.storage.blob_path(entry.sha256).read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and "filter=lfs" in parts[1:]:
+            pats.append(parts[0])
+    return pats
+
+
+def _is_lfs_path(path: str, patterns: list[str]) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    for pat in patterns:
+        target = path if "/" in pat else name
+        if fnmatch.fnmatch(target, pat.replace("**/", "*")):
+            return True
+    return False
+
+
+@router.add("POST", f"/api/{T}/{{ns}}/{{name}}/preupload/{{rev}}", route_class="upload")
+async def preupload(ctx: Ctx) -> Response:
+    repo = repo_for_write(ctx, TYPE_OF_PLURAL[ctx.params["t"]], f"{ctx.params['ns']}/{ctx.params['name']}")
+    oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])
+    files = ctx.storage.tree(oid)
+    patterns = _lfs_patterns(ctx, files)
+    out = []
+    for f in (await ctx.request.json()).get("files", []):
+        lfs = f.get("size", 0) >= LFS_THRESHOLD or _is_lfs_path(f["path"], patterns)
+        remote = files.get(f["path"])
+        # The client drops a file whose remote oid equals its local one: sha256 for LFS, git sha1 for regular.
+        remote_oid = None if remote is None else (remote.sha256 if remote.lfs else remote.sha1)
+        out.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": remote_oid})
+    return JSONResponse({"files": out, "commitOid": oid})
+
+
+def _sign(ctx: Ctx, oid: str, size: int, expires: int, nonce: str) -> str:
+    msg = f"{oid}:{size}:{expires}:{nonce}".encode()
+    return hmac.new(ctx.hub.secret, msg, hashlib.sha256).hexdigest()
+
+
+for _prefix in ("", "datasets/", "spaces/"):
+
+    @router.add("POST", f"/{_prefix}{{ns}}/{{namegit}}/info/lfs/objects/batch", route_class="upload")
+    async def lfs_batch(ctx: Ctx, _prefix: str = _prefix) -> Response:
+        name = ctx.params["namegit"].removesuffix(".git")
+        type_ = {"": "model", "datasets/": "dataset", "spaces/": "space"}[_prefix]
+        repo_for_write(ctx, type_, f"{ctx.params['ns']}/{name}")
+        body = await ctx.request.json()
+        if body.get("operation") != "upload":
+            raise HubError(400, None, "localhub's LFS batch API serves uploads only; download through /resolve")
+        objects = []
+        for obj in body.get("objects", []):
+            oid, size = obj["oid"], int(obj["size"])
+            if ctx.storage.has_blob(oid):
+                objects.append({"oid": oid, "size": size})  # no actions: the client skips stored objects
+                continue
+            expires, nonce = int(time.time()) + UPLOAD_TTL, secrets.token_hex(8)
+            sig = _sign(ctx, oid, size, expires, nonce)
+            # The PUT carries no Authorization: the href authorises itself, once, for this oid and size only.
+            href = f"{ctx.base_url}/_localhub/lfs/{oid}/{size}/{expires}/{nonce}/{sig}"
+            objects.append({"oid": oid, "size": size, "authenticated": True, "actions": {"upload": {"href": href, "expires_in": UPLOAD_TTL}}})
+        return JSONResponse({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+                            media_type="application/vnd.git-lfs+json")
+
+
+@router.add("PUT", "/_localhub/lfs/{oid}/{size}/{expires}/{nonce}/{sig}", route_class="upload")
+async def lfs_put(ctx: Ctx) -> Response:
+    p = ctx.params
+    oid, size, expires = p["oid"], int(p["size"]), int(p["expires"])
+    if not hmac.compare_digest(_sign(ctx, oid, size, expires, p["nonce"]), p["sig"]) or expires < time.time():
+        raise HubError(403, None, "Invalid or expired upload URL")
+    if p["nonce"] in ctx.hub.used_nonces:
+        raise HubError(403, None, "This upload URL was already used")
+    ctx.hub.used_nonces.add(p["nonce"])
+    tmp, f = ctx.storage.new_tmp()
+    h, n = hashlib.sha256(), 0
+    try:
+        async for chunk in ctx.request.stream():
+            h.update(chunk)
+            f.write(chunk)
+            n += len(chunk)
+        if h.hexdigest() != oid or n != size:
+            raise HubError(400, None, f"Uploaded content does not match oid {oid} / size {size} (got {n} bytes)")
+        ctx.storage.adopt_tmp(tmp, f, oid)
+    finally:
+        if not f.closed:
+            f.close()
+        tmp.unlink(missing_ok=True)
+    return JSONResponse({})
+
+
+@router.add("POST", f"/api/{T}/{{ns}}/{{name}}/commit/{{rev}}", route_class="commit")
+async def commit(ctx: Ctx) -> Response:
+    type_ = TYPE_OF_PLURAL[ctx.params["t"]]
+    repo = repo_for_write(ctx, type_, f"{ctx.params['ns']}/{ctx.params['name']}")
+    if ctx.request.query_params.get("create_pr") in ("1", "true"):
+        raise HubError(400, None, "localhub does not support pull requests (create_pr)")
+    _, branch = ctx.storage.resolve(repo, ctx.params["rev"])
+    if branch is None:
+        raise HubError(400, None, f"Invalid rev id: {ctx.params['rev']} is not a branch (commits go to a branch)")
+    header, adds, deletes = {}, [], []
+    raw = await ctx.request.body()
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        key, value = item.get("key"), item.get("value", {})
+        if key == "header":
+            header = value
+        elif key == "file":
+            data = base64.b64decode(value["content"]) if value.get("encoding") == "base64" else value["content"].encode()
+            sha256, sha1 = ctx.storage.put_bytes(data)
+            adds.append(FileEntry(value["path"], sha256, sha1, len(data), False))
+        elif key == "lfsFile":
+            oid, size = value["oid"], int(value["size"])
+            blob = ctx.storage.blob_path(oid)
+            if not blob.is_file() or blob.stat().st_size != size:
+                raise HubError(422, None, f"LFS object {oid} for {value['path']} was never uploaded")
+            adds.append(FileEntry(value["path"], oid, git_sha1(lfs_pointer(oid, size)), size, True))
+        elif key in ("deletedFile", "deletedFolder"):
+            deletes.append(value["path"])
+        else:
+            raise HubError(400, None, f"Unsupported commit operation: {key}")
+    author = ctx.user.name if ctx.user else "anonymous"
+    oid, created = ctx.storage.commit(
+        repo, branch, header.get("summary") or "Upload", header.get("description") or "", author, adds, deletes,
+        parent_commit=header.get("parentCommit"),
+    )
+    if created:
+        await ctx.hub.on_commit(repo, branch, oid)
+    url = f"{ctx.base_url}/{REPO_PREFIX[type_]}{repo.id}/commit/{oid}"
+    return JSONResponse({"success": True, "commitOid": oid, "commitUrl": url, "commitMessage": header.get("summary"), "hookOutput": ""})

@@ -1,0 +1,292 @@
+"""Repo-level API routes: whoami, create/delete/settings, info, listings, tree, paths-info, refs, commits, branches, tags."""
+
+from __future__ import annotations
+
+import hashlib
+from urllib.parse import parse_qs
+
+import yaml
+from starlette.responses import JSONResponse, Response
+
+from .http import (
+    NAME_RE, REPO_PREFIX, TYPE_OF_PLURAL, Ctx, Router, can_read, check_write, iso, repo_for_read, repo_for_write,
+)
+from .storage import FileEntry, HubError, Repo
+
+router = Router()
+T = "{t:models|datasets|spaces}"
+
+
+def _type(ctx: Ctx) -> str:
+    return TYPE_OF_PLURAL[ctx.params["t"]]
+
+
+def _rid(ctx: Ctx) -> str:
+    return f"{ctx.params['ns']}/{ctx.params['name']}"
+
+
+@router.add("GET", "/api/whoami-v2")
+async def whoami(ctx: Ctx) -> Response:
+    if ctx.user is None:
+        raise HubError(401, None, "Invalid credentials in Authorization header")
+    u = ctx.user
+    return JSONResponse({
+        "type": "user", "id": u.name, "name": u.name, "fullname": u.name, "email": None, "emailVerified": False,
+        "canPay": False, "isPro": False, "periodEnd": None, "avatarUrl": "", "orgs": [],
+        "auth": {"type": "access_token", "accessToken": {"displayName": u.token_name, "role": u.role}},
+    })
+
+
+@router.add("POST", "/api/validate-yaml")
+async def validate_yaml(ctx: Ctx) -> Response:
+    body = await ctx.request.json()
+    errors = []
+    content = body.get("content") or ""
+    if content.startswith("---"):
+        try:
+            yaml.safe_load(content.split("---")[1])
+        except yaml.YAMLError as e:
+            errors.append({"message": f"Invalid YAML in README.md front matter: {e}"})
+    return JSONResponse({"errors": errors, "warnings": []}, status_code=400 if errors else 200)
+
+
+@router.add("POST", "/api/repos/create")
+async def create_repo(ctx: Ctx) -> Response:
+    body = await ctx.request.json()
+    type_ = body.get("type") or "model"
+    name, ns = body.get("name") or "", body.get("organization")
+    if "/" in name:
+        ns, name = name.split("/", 1)
+    if ns is None:
+        if ctx.user is None:
+            raise HubError(401, None, "You must be authenticated to create a repo")
+        ns = ctx.user.name
+    if type_ not in REPO_PREFIX or not NAME_RE.match(name) or not NAME_RE.match(ns):
+        raise HubError(400, None, f"Invalid repo name or type: {ns}/{name} ({type_})")
+    user = check_write(ctx, ns)
+    private = bool(body.get("private")) or body.get("visibility") == "private"
+    sdk = body.get("sdk")
+    if type_ == "space" and not sdk:
+        raise HubError(400, None, "Space SDK is required: one of gradio, docker, static")
+    repo = ctx.storage.create_repo(type_, f"{ns}/{name}", private, user.name, sdk=sdk)
+    await ctx.hub.on_repo_created(repo, body)
+    return JSONResponse({"url": f"{ctx.base_url}/{REPO_PREFIX[type_]}{repo.id}", "name": repo.id, "id": repo.id})
+
+
+async def _repo_from_body(ctx: Ctx) -> Repo:
+    body = await ctx.request.json()
+    name, ns = body.get("name") or "", body.get("organization") or (ctx.user.name if ctx.user else "")
+    if "/" in name:
+        ns, name = name.split("/", 1)
+    return repo_for_write(ctx, body.get("type") or "model", f"{ns}/{name}")
+
+
+@router.add("DELETE", "/api/repos/delete")
+async def delete_repo(ctx: Ctx) -> Response:
+    repo = await _repo_from_body(ctx)
+    await ctx.hub.on_repo_deleted(repo)
+    ctx.storage.delete_repo(repo)
+    return JSONResponse({})
+
+
+@router.add("PUT", f"/api/{T}/{{ns}}/{{name}}/settings")
+async def settings(ctx: Ctx) -> Response:
+    repo = repo_for_write(ctx, _type(ctx), _rid(ctx))
+    body = await ctx.request.json()
+    fields = {}
+    if "private" in body and body["private"] is not None:
+        fields["private"] = int(bool(body["private"]))
+    if body.get("visibility"):
+        fields["private"] = int(body["visibility"] == "private")
+    if "gated" in body and body["gated"] is not None:
+        fields["gated"] = None if body["gated"] is False else str(body["gated"])
+    if fields:
+        ctx.storage.update_repo(repo, **fields)
+    return JSONResponse({})
+
+
+def card_data(ctx: Ctx, files: dict[str, FileEntry]) -> dict | None:
+    readme = files.get("README.md")
+    if not readme:
+        return None
+    text = ctx.storage.blob_path(readme.sha256).read_text(errors="replace")
+    if not text.startswith("---"):
+        return None
+    try:
+        data = yaml.safe_load(text.split("---", 2)[1])
+    except yaml.YAMLError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def repo_info(ctx: Ctx, repo: Repo, oid: str) -> dict:
+    files = ctx.storage.tree(oid)
+    data = card_data(ctx, files) or {}
+    info = {
+        "_id": hashlib.sha1(repo.id.encode()).hexdigest()[:24], "id": repo.id, "author": repo.namespace,
+        "sha": oid, "private": repo.private, "gated": repo.gated or False, "disabled": False,
+        "lastModified": iso(ctx.storage.commit_info(oid).date), "createdAt": iso(repo.created_at),
+        "downloads": 0, "likes": 0, "tags": list(data.get("tags") or []), "cardData": data or None,
+        "siblings": [_sibling(e) for e in sorted(files.values(), key=lambda e: e.path)],
+        "usedStorage": sum(e.size for e in files.values()),
+    }
+    if repo.type == "model":
+        info.update(modelId=repo.id, library_name=data.get("library_name"), pipeline_tag=data.get("pipeline_tag"))
+    if repo.type == "space":
+        info.update(ctx.hub.space_info(repo, ctx.base_url))
+    return info
+
+
+def _sibling(e: FileEntry) -> dict:
+    s = {"rfilename": e.path, "size": e.size, "blobId": e.sha1}
+    if e.lfs:
+        s["lfs"] = {"sha256": e.sha256, "size": e.size, "pointerSize": e.pointer_size}
+    return s
+
+
+@router.add("GET", f"/api/{T}/{{ns}}/{{name}}")
+@router.add("GET", f"/api/{T}/{{ns}}/{{name}}/revision/{{rev*}}")
+async def info(ctx: Ctx) -> Response:
+    repo = repo_for_read(ctx, _type(ctx), _rid(ctx))
+    oid, _ = ctx.storage.resolve(repo, ctx.params.get("rev") or "main")
+    return JSONResponse(repo_info(ctx, repo, oid))
+
+
+@router.add("GET", f"/api/{T}")
+async def list_repos(ctx: Ctx) -> Response:
+    q = ctx.request.query_params
+    author, search = q.get("author"), (q.get("search") or "").lower()
+    limit = int(q.get("limit") or 1000)
+    out = []
+    for repo in ctx.storage.list_repos(_type(ctx)):
+        if not can_read(ctx.user, repo) or (author and repo.namespace != author) or search not in repo.id.lower():
+            continue
+        oid, _ = ctx.storage.resolve(repo, "main")
+        out.append(repo_info(ctx, repo, oid))
+        if len(out) >= limit:
+            break
+    return JSONResponse(out)
+
+
+def tree_item(e: FileEntry) -> dict:
+    item = {"type": "file", "oid": e.sha1, "size": e.size, "path": e.path}
+    if e.lfs:
+        item["lfs"] = {"oid": e.sha256, "size": e.size, "pointerSize": e.pointer_size}
+    return item
+
+
+def dir_item(path: str, files: dict[str, FileEntry]) -> dict:
+    inside = sorted(e.sha1 for p, e in files.items() if p.startswith(path + "/"))
+    return {"type": "directory", "oid": hashlib.sha1("".join(inside).encode()).hexdigest(), "size": 0, "path": path}
+
+
+def directories(files: dict[str, FileEntry]) -> set[str]:
+    dirs = set()
+    for p in files:
+        parts = p.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            dirs.add("/".join(parts[:i]))
+    return dirs
+
+
+@router.add("GET", f"/api/{T}/{{ns}}/{{name}}/tree/{{rev}}/{{path*}}")
+async def tree(ctx: Ctx) -> Response:
+    repo = repo_for_read(ctx, _type(ctx), _rid(ctx))
+    oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])
+    files = ctx.storage.tree(oid)
+    dirs = directories(files)
+    base = ctx.params.get("path", "").strip("/")
+    if base and base not in dirs:
+        raise HubError(404, "EntryNotFound", f"{base} does not exist on {ctx.params['rev']}")
+    recursive = ctx.request.query_params.get("recursive", "").lower() in ("1", "true")
+    prefix = base + "/" if base else ""
+    depth = prefix.count("/")
+
+    def wanted(path: str) -> bool:
+        return path.startswith(prefix) and (recursive or path.count("/") == depth)
+
+    items = [dir_item(d, files) for d in sorted(dirs) if wanted(d)]
+    items += [tree_item(e) for p, e in sorted(files.items()) if wanted(p)]
+    return JSONResponse(items)
+
+
+@router.add("POST", f"/api/{T}/{{ns}}/{{name}}/paths-info/{{rev}}")
+async def paths_info(ctx: Ctx) -> Response:
+    repo = repo_for_read(ctx, _type(ctx), _rid(ctx))
+    oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])
+    raw = (await ctx.request.body()).decode()
+    if ctx.request.headers.get("content-type", "").startswith("application/json"):
+        import json
+
+        paths = json.loads(raw).get("paths", [])
+    else:
+        paths = parse_qs(raw).get("paths", [])
+    files = ctx.storage.tree(oid)
+    dirs = directories(files)
+    out = []
+    for p in paths:
+        p = p.strip("/")
+        if p in files:
+            out.append(tree_item(files[p]))
+        elif p in dirs:
+            out.append(dir_item(p, files))
+    return JSONResponse(out)
+
+
+@router.add("GET", f"/api/{T}/{{ns}}/{{name}}/refs")
+async def refs(ctx: Ctx) -> Response:
+    repo = repo_for_read(ctx, _type(ctx), _rid(ctx))
+    r = ctx.storage.refs(repo)
+    body = {
+        "branches": [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": o} for n, o in r["branch"].items()],
+        "tags": [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": o} for n, o in r["tag"].items()],
+        "converts": [],
+    }
+    if ctx.request.query_params.get("include_prs"):
+        body["pullRequests"] = []
+    return JSONResponse(body)
+
+
+@router.add("GET", f"/api/{T}/{{ns}}/{{name}}/commits/{{rev}}")
+async def commits(ctx: Ctx) -> Response:
+    repo = repo_for_read(ctx, _type(ctx), _rid(ctx))
+    oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])
+    return JSONResponse([
+        {"id": c.oid, "title": c.title, "message": c.message, "date": iso(c.date), "authors": [{"user": c.author}]}
+        for c in ctx.storage.history(oid)
+    ])
+
+
+@router.add("POST,DELETE", f"/api/{T}/{{ns}}/{{name}}/branch/{{branch}}")
+async def branch(ctx: Ctx) -> Response:
+    repo = repo_for_write(ctx, _type(ctx), _rid(ctx))
+    name = ctx.params["branch"]
+    if ctx.request.method == "DELETE":
+        if name == "main":
+            raise HubError(403, None, "Cannot delete the main branch")
+        ctx.storage.set_ref(repo, "branch", name, None)
+        await ctx.hub.on_ref_change(repo, "delete", f"refs/heads/{name}", None)
+        return JSONResponse({})
+    body = await ctx.request.json() if await ctx.request.body() else {}
+    oid, _ = ctx.storage.resolve(repo, body.get("startingPoint") or "main")
+    ctx.storage.set_ref(repo, "branch", name, oid)
+    await ctx.hub.on_ref_change(repo, "create", f"refs/heads/{name}", oid)
+    return JSONResponse({})
+
+
+@router.add("POST", f"/api/{T}/{{ns}}/{{name}}/tag/{{rev}}")
+async def create_tag(ctx: Ctx) -> Response:
+    repo = repo_for_write(ctx, _type(ctx), _rid(ctx))
+    body = await ctx.request.json()
+    oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])
+    ctx.storage.set_ref(repo, "tag", body["tag"], oid)
+    await ctx.hub.on_ref_change(repo, "create", f"refs/tags/{body['tag']}", oid)
+    return JSONResponse({})
+
+
+@router.add("DELETE", f"/api/{T}/{{ns}}/{{name}}/tag/{{tag}}")
+async def delete_tag(ctx: Ctx) -> Response:
+    repo = repo_for_write(ctx, _type(ctx), _rid(ctx))
+    ctx.storage.set_ref(repo, "tag", ctx.params["tag"], None)
+    await ctx.hub.on_ref_change(repo, "delete", f"refs/tags/{ctx.params['tag']}", None)
+    return JSONResponse({})

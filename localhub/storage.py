@@ -1,0 +1,368 @@
+"""Storage for localhub: content-addressed blobs on disk, metadata in SQLite.
+
+Crash safety: a blob is written to `tmp/`, fsynced, then renamed into `blobs/` (rename is atomic), so a killed server
+never exposes a half-written blob. Metadata changes (a commit and its ref move) are one SQLite transaction in WAL
+mode with synchronous=FULL, so every acknowledged commit survives `kill -9`. One lock serialises mutations: the HF
+clients send 8 parallel requests, and a ref must never move between a reader's two queries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterable, Iterator
+
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+HEX_RE = re.compile(r"^[0-9a-f]{7,40}$")
+REPO_TYPES = ("model", "dataset", "space")
+
+# The Hub's default .gitattributes: the patterns that the preupload rule sends to LFS.
+DEFAULT_GITATTRIBUTES = "".join(
+    f"{p} filter=lfs diff=lfs merge=lfs -text\n"
+    for p in (
+        "*.7z *.arrow *.bin *.bz2 *.ckpt *.ftz *.gz *.h5 *.joblib *.lfs.* *.mlmodel *.model *.msgpack *.npy *.npz "
+        "*.onnx *.ot *.parquet *.pb *.pickle *.pkl *.pt *.pth *.rar *.safetensors saved_model/**/* *.tar.* *.tar "
+        "*.tflite *.tgz *.wasm *.xz *.zip *.zst *tfevents* *.mp3 *.wav *.flac *.png *.jpg *.jpeg *.webp"
+    ).split()
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS repos (
+  rid INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+  private INTEGER NOT NULL DEFAULT 0, gated TEXT, created_at REAL NOT NULL, sdk TEXT, space JSON NOT NULL DEFAULT '{}',
+  UNIQUE(type, namespace, name));
+CREATE TABLE IF NOT EXISTS commits (
+  oid TEXT PRIMARY KEY, rid INTEGER NOT NULL, parent TEXT, title TEXT, message TEXT, author TEXT, date REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+  oid TEXT NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL, sha1 TEXT NOT NULL, size INTEGER NOT NULL,
+  lfs INTEGER NOT NULL, PRIMARY KEY(oid, path));
+CREATE TABLE IF NOT EXISTS refs (
+  rid INTEGER NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, oid TEXT NOT NULL, PRIMARY KEY(rid, kind, name));
+CREATE TABLE IF NOT EXISTS webhooks (
+  id TEXT PRIMARY KEY, owner TEXT NOT NULL, body JSON NOT NULL);
+"""
+
+
+class HubError(Exception):
+    """An error the HTTP layer turns into the Hub's error response (status, X-Error-Code, message)."""
+
+    def __init__(self, status: int, code: str | None, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class Repo:
+    rid: int
+    type: str
+    namespace: str
+    name: str
+    private: bool
+    gated: str | None
+    created_at: float
+    sdk: str | None
+    space: dict
+
+    @property
+    def id(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    sha256: str
+    sha1: str  # git blob sha1 of the content (regular) or of the LFS pointer (lfs)
+    size: int
+    lfs: bool
+
+    @property
+    def pointer_size(self) -> int:
+        return len(lfs_pointer(self.sha256, self.size))
+
+
+@dataclass(frozen=True)
+class Commit:
+    oid: str
+    parent: str | None
+    title: str
+    message: str
+    author: str
+    date: float
+
+
+def git_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+class Storage:
+    """The data directory: `hub.db` plus `blobs/ab/<sha256>`; survives restarts."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.blobs = self.root / "blobs"
+        self.tmp = self.root / "tmp"
+        for d in (self.blobs, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        for stale in self.tmp.iterdir():  # half-written uploads of a killed server
+            stale.unlink(missing_ok=True)
+        self.lock = threading.RLock()
+        self.db = sqlite3.connect(self.root / "hub.db", check_same_thread=False, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    # ---- blobs -------------------------------------------------------------------------------------------------
+    def blob_path(self, sha256: str) -> Path:
+        return self.blobs / sha256[:2] / sha256
+
+    def has_blob(self, sha256: str) -> bool:
+        return self.blob_path(sha256).is_file()
+
+    def new_tmp(self) -> tuple[Path, IO[bytes]]:
+        path = self.tmp / uuid.uuid4().hex
+        return path, open(path, "wb")
+
+    def adopt_tmp(self, tmp: Path, f: IO[bytes], sha256: str) -> None:
+        """fsync then rename a fully written temp file into place as blob `sha256`."""
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        dest = self.blob_path(sha256)
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(tmp, dest)
+
+    def put_bytes(self, data: bytes) -> tuple[str, str]:
+        """Store bytes; returns (sha256, git sha1)."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        if not self.has_blob(sha256):
+            tmp, f = self.new_tmp()
+            f.write(data)
+            self.adopt_tmp(tmp, f, sha256)
+        return sha256, git_sha1(data)
+
+    def put_file(self, src: Path) -> tuple[str, int]:
+        """Store a local file by streaming it; returns (sha256, size)."""
+        h, size = hashlib.sha256(), 0
+        tmp, f = self.new_tmp()
+        with open(src, "rb") as s:
+            while chunk := s.read(1 << 20):
+                h.update(chunk)
+                f.write(chunk)
+                size += len(chunk)
+        self.adopt_tmp(tmp, f, h.hexdigest())
+        return h.hexdigest(), size
+
+    # ---- repos -------------------------------------------------------------------------------------------------
+    def get_repo(self, type_: str, repo_id: str) -> Repo | None:
+        ns, _, name = repo_id.partition("/")
+        row = self.db.execute(
+            "SELECT * FROM repos WHERE type=? AND namespace=? AND name=?", (type_, ns, name)
+        ).fetchone()
+        return _repo(row) if row else None
+
+    def list_repos(self, type_: str) -> list[Repo]:
+        rows = self.db.execute("SELECT * FROM repos WHERE type=? ORDER BY namespace, name", (type_,)).fetchall()
+        return [_repo(r) for r in rows]
+
+    def create_repo(
+        self, type_: str, repo_id: str, private: bool, author: str, sdk: str | None = None, space: dict | None = None
+    ) -> Repo:
+        """Create a repo with the Hub's initial commit (`.gitattributes`) on `main`; 409 if it exists."""
+        ns, _, name = repo_id.partition("/")
+        with self.lock:
+            if self.get_repo(type_, repo_id):
+                raise HubError(409, None, f"You already created this {type_} repo: {repo_id}")
+            sha256, sha1 = self.put_bytes(DEFAULT_GITATTRIBUTES.encode())
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self.db.execute(
+                    "INSERT INTO repos(type, namespace, name, private, created_at, sdk, space) VALUES (?,?,?,?,?,?,?)",
+                    (type_, ns, name, int(private), time.time(), sdk, json.dumps(space or {})),
+                )
+                rid = cur.lastrowid
+                entry = FileEntry(".gitattributes", sha256, sha1, len(DEFAULT_GITATTRIBUTES), False)
+                self._insert_commit(rid, None, "initial commit", "", author, {entry.path: entry}, "main")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return self.get_repo(type_, repo_id)  # type: ignore[return-value]
+
+    def delete_repo(self, repo: Repo) -> None:
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            oids = [r[0] for r in self.db.execute("SELECT oid FROM commits WHERE rid=?", (repo.rid,))]
+            self.db.executemany("DELETE FROM files WHERE oid=?", [(o,) for o in oids])
+            self.db.execute("DELETE FROM commits WHERE rid=?", (repo.rid,))
+            self.db.execute("DELETE FROM refs WHERE rid=?", (repo.rid,))
+            self.db.execute("DELETE FROM repos WHERE rid=?", (repo.rid,))
+            self.db.execute("COMMIT")
+
+    def update_repo(self, repo: Repo, **fields) -> Repo:
+        with self.lock:
+            for key, value in fields.items():
+                if key == "space":
+                    value = json.dumps(value)
+                self.db.execute(f"UPDATE repos SET {key}=? WHERE rid=?", (value, repo.rid))
+        return self.get_repo(repo.type, repo.id)  # type: ignore[return-value]
+
+    # ---- refs and commits --------------------------------------------------------------------------------------
+    def refs(self, repo: Repo) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {"branch": {}, "tag": {}}
+        with self.lock:
+            rows = self.db.execute("SELECT kind, name, oid FROM refs WHERE rid=? ORDER BY name", (repo.rid,)).fetchall()
+        for r in rows:
+            out[r["kind"]][r["name"]] = r["oid"]
+        return out
+
+    def resolve(self, repo: Repo, rev: str) -> tuple[str, str | None]:
+        """Revision -> (commit oid, branch name if `rev` names a branch). Accepts branch, tag, refs/heads/x,
+        refs/tags/x, a full sha or a unique hex prefix."""
+        refs = self.refs(repo)
+        if rev.startswith("refs/heads/") and rev[11:] in refs["branch"]:
+            return refs["branch"][rev[11:]], rev[11:]
+        if rev.startswith("refs/tags/") and rev[10:] in refs["tag"]:
+            return refs["tag"][rev[10:]], None
+        if rev in refs["branch"]:
+            return refs["branch"][rev], rev
+        if rev in refs["tag"]:
+            return refs["tag"][rev], None
+        if HEX_RE.match(rev):
+            rows = self.db.execute(
+                "SELECT oid FROM commits WHERE rid=? AND oid LIKE ?", (repo.rid, rev + "%")
+            ).fetchall()
+            if len(rows) == 1:
+                return rows[0][0], None
+        raise HubError(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+
+    def commit_info(self, oid: str) -> Commit:
+        with self.lock:
+            r = self.db.execute("SELECT * FROM commits WHERE oid=?", (oid,)).fetchone()
+        return Commit(r["oid"], r["parent"], r["title"], r["message"], r["author"], r["date"])
+
+    def history(self, oid: str) -> Iterator[Commit]:
+        cur: str | None = oid
+        while cur:
+            c = self.commit_info(cur)
+            yield c
+            cur = c.parent
+
+    def tree(self, oid: str) -> dict[str, FileEntry]:
+        with self.lock:
+            rows = self.db.execute("SELECT path, sha256, sha1, size, lfs FROM files WHERE oid=?", (oid,)).fetchall()
+        return {r["path"]: FileEntry(r["path"], r["sha256"], r["sha1"], r["size"], bool(r["lfs"])) for r in rows}
+
+    def commit(
+        self,
+        repo: Repo,
+        branch: str,
+        title: str,
+        message: str,
+        author: str,
+        adds: Iterable[FileEntry],
+        deletes: Iterable[str],
+        parent_commit: str | None = None,
+    ) -> tuple[str, bool]:
+        """Apply adds/deletes to the head of `branch` in one transaction. Returns (oid, created); a commit that
+        changes nothing is not made (the head oid comes back with created=False)."""
+        with self.lock:
+            head, _ = self.resolve(repo, branch)
+            if parent_commit and parent_commit != head:
+                raise HubError(412, None, f"Parent commit {parent_commit} is not the head of {branch} ({head})")
+            files = self.tree(head)
+            before = dict(files)
+            for path in deletes:
+                path = path.rstrip("/")
+                if path in files:
+                    del files[path]
+                else:
+                    inside = [p for p in files if p.startswith(path + "/")]
+                    if not inside:
+                        raise HubError(404, "EntryNotFound", f"{path} does not exist in {repo.id}@{branch}")
+                    for p in inside:
+                        del files[p]
+            for entry in adds:
+                files[entry.path] = entry
+            if files == before:
+                return head, False
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                oid = self._insert_commit(repo.rid, head, title, message, author, files, branch)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            return oid, True
+
+    def _insert_commit(
+        self, rid: int, parent: str | None, title: str, message: str, author: str, files: dict[str, FileEntry], branch: str
+    ) -> str:
+        now = time.time()
+        manifest = json.dumps([parent, title, message, now, uuid.uuid4().hex, sorted((p, e.sha256) for p, e in files.items())])
+        oid = hashlib.sha1(manifest.encode()).hexdigest()
+        self.db.execute(
+            "INSERT INTO commits(oid, rid, parent, title, message, author, date) VALUES (?,?,?,?,?,?,?)",
+            (oid, rid, parent, title, message, author, now),
+        )
+        self.db.executemany(
+            "INSERT INTO files(oid, path, sha256, sha1, size, lfs) VALUES (?,?,?,?,?,?)",
+            [(oid, e.path, e.sha256, e.sha1, e.size, int(e.lfs)) for e in files.values()],
+        )
+        self.db.execute(
+            "INSERT OR REPLACE INTO refs(rid, kind, name, oid) VALUES (?, 'branch', ?, ?)", (rid, branch, oid)
+        )
+        return oid
+
+    def set_ref(self, repo: Repo, kind: str, name: str, oid: str | None) -> None:
+        """Create (oid given; 409 if it exists) or delete (oid None; 404 if missing) a branch or tag."""
+        with self.lock:
+            exists = self.db.execute(
+                "SELECT 1 FROM refs WHERE rid=? AND kind=? AND name=?", (repo.rid, kind, name)
+            ).fetchone()
+            if oid is not None and exists:
+                raise HubError(409, None, f"Reference already exists: refs/{'heads' if kind == 'branch' else 'tags'}/{name}")
+            if oid is None and not exists:
+                raise HubError(404, "RevisionNotFound", f"Invalid rev id: {name}")
+            if oid is None:
+                self.db.execute("DELETE FROM refs WHERE rid=? AND kind=? AND name=?", (repo.rid, kind, name))
+            else:
+                self.db.execute("INSERT INTO refs(rid, kind, name, oid) VALUES (?,?,?,?)", (repo.rid, kind, name, oid))
+
+    def last_modified(self, repo: Repo) -> float:
+        row = self.db.execute("SELECT MAX(date) FROM commits WHERE rid=?", (repo.rid,)).fetchone()
+        return row[0] or repo.created_at
+
+    # ---- webhooks ----------------------------------------------------------------------------------------------
+    def webhooks(self) -> list[dict]:
+        return [json.loads(r[0]) for r in self.db.execute("SELECT body FROM webhooks ORDER BY rowid")]
+
+    def put_webhook(self, hook: dict) -> None:
+        with self.lock:
+            self.db.execute(
+                "INSERT OR REPLACE INTO webhooks(id, owner, body) VALUES (?,?,?)", (hook["id"], hook["owner"], json.dumps(hook))
+            )
+
+    def delete_webhook(self, hook_id: str) -> None:
+        with self.lock:
+            self.db.execute("DELETE FROM webhooks WHERE id=?", (hook_id,))
+
+
+def _repo(row: sqlite3.Row) -> Repo:
+    return Repo(
+        row["rid"], row["type"], row["namespace"], row["name"], bool(row["private"]), row["gated"],
+        row["created_at"], row["sdk"], json.loads(row["space"] or "{}"),
+    )
