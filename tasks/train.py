@@ -1,0 +1,488 @@
+"""Fine-tune a sequence classifier on a tokenized dataset; resumable; the same code on CPU, one GPU or N GPUs.
+
+tokenized (TokenizedRef) + base model folder -> `{out_uri}/model` (best epoch: safetensors, tokenizer,
+label_maps.json), `{out_uri}/history.json`, `{out_uri}/checkpoint_ref.json` -> CheckpointRef.
+
+In process (what the flow's task does):   train_model(tokenized, model_dir, base_model, cfg, out_uri)
+On N GPUs:   accelerate launch -m tasks.train --tokenized-ref '<json>' --model-dir DIR \
+                 --base-model '<json>' --config '<json>' --out-uri s3://bucket/runs/x
+
+Resume: every `checkpoint_every_steps` optimizer steps and at each epoch end the loop writes an explicit
+checkpoint to `{out_uri}/resume/step-*/` and then points `{out_uri}/resume/latest.json` at it. A rerun with the
+same out_uri (a Prefect retry) loads it and carries on from that step, skipping the batches already consumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from tasks import store
+from tasks.config import TrainConfig
+from tasks.evaluate import confusion_matrix, scores_from_confusion
+from tasks.refs import CheckpointRef, PinnedRepo, TokenizedRef
+
+Progress = Callable[[float, str], None]
+
+LOG_EVERY = 10  # optimizer steps between loss read-backs: one host sync per LOG_EVERY steps, not per step
+MAX_GRAD_NORM = 1.0  # transformers.Trainer's default clipping; fine-tuning is unstable without it
+# Settings that may change between a run and its resumption; any other change means a different run.
+_RESUMABLE_CHANGES = {"epochs", "max_steps", "checkpoint_every_steps", "eval_batch_size"}
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """Shuffled indices arranged so each consecutive `batch_size` chunk holds similar lengths.
+
+    Per epoch: a seeded permutation is cut into mega-batches of 50 batches, each sorted by length and cut into
+    batches; then the batch order is shuffled. Dynamic padding then pads each batch to nearly its own length, which
+    is where the speed over plain shuffling comes from. Deterministic in (seed, epoch), so a resumed run sees the
+    same batches and `skip_first_batches` can skip exactly the consumed ones.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = np.asarray(lengths), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(len(self.lengths), generator=g).numpy()
+        mega = self.batch_size * 50
+        order = np.concatenate(
+            [chunk[np.argsort(-self.lengths[chunk], kind="stable")] for chunk in np.split(perm, range(mega, len(perm), mega))]
+        ) if len(perm) else perm
+        full = len(order) // self.batch_size * self.batch_size
+        batches = order[:full].reshape(-1, self.batch_size)[torch.randperm(full // self.batch_size, generator=g).numpy()]
+        # The short tail batch goes last, so every batch before it has exactly batch_size rows.
+        yield from np.concatenate([batches.reshape(-1), order[full:]]).tolist()
+
+
+def train_model(
+    tokenized: TokenizedRef,
+    model_dir: str,
+    base_model: PinnedRepo,
+    cfg: TrainConfig,
+    out_uri: str,
+    on_progress: Progress | None = None,
+) -> CheckpointRef:
+    """Fine-tune `model_dir` on `tokenized` (train split; validation each epoch); keep the best epoch by macro-F1."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+    started = time.perf_counter()
+    accelerator = Accelerator(
+        mixed_precision=cfg.precision.value, gradient_accumulation_steps=cfg.gradient_accumulation_steps
+    )
+    set_seed(cfg.seed)
+    progress = on_progress if (on_progress and accelerator.is_main_process) else (lambda f, m: None)
+
+    names = list(tokenized.label_names)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    train_dl, eval_dl = _dataloaders(tokenized, tokenizer, cfg, accelerator)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+        use_safetensors=True,
+        ignore_mismatched_sizes=True,  # a base model with another head (or none) gets a fresh one of the right size
+        dtype=torch.float32,  # transformers 5 loads the checkpoint's dtype by default; train on fp32 master weights
+    )
+    if model.config.pad_token_id is None:  # decoder-only bases: pooling finds the last real token by this id
+        model.config.pad_token_id = tokenizer.pad_token_id
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, fused=accelerator.device.type == "cuda"
+    )
+    # Counted per process: accelerate deals the batches out round-robin, padding the last round so all get as many.
+    batches_per_epoch = math.ceil(len(train_dl) / accelerator.num_processes)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    # The prepared scheduler steps once per process per optimizer step, hence the num_processes factor.
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer,
+        num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps) * accelerator.num_processes,
+        num_training_steps=total_steps * accelerator.num_processes,
+    )
+    model, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
+
+    run = _Run(accelerator, model, optimizer, scheduler, out_uri, total_steps, steps_per_epoch, progress, started)
+    run_key = {"config": cfg.model_dump(mode="json"), "data": tokenized.fingerprint, "base_model": base_model.sha}
+    st = _load_resume(run, run_key) or _fresh_state(run_key, total_steps, steps_per_epoch)
+    run.prior_seconds = st["train_seconds"]
+
+    while st["step"] < total_steps and st["epoch"] < n_epochs:
+        model.train()
+        train_dl.set_epoch(st["epoch"])  # the sampler's order is a function of the epoch; set before skipping
+        batches = accelerator.skip_first_batches(train_dl, st["batch"]) if st["batch"] else train_dl
+        micro_loss, micro_n, pending = torch.zeros((), device=accelerator.device), 0, []
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+                optimizer.step()  # accelerate makes these no-ops on accumulation-only micro-batches
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_loss, micro_n = micro_loss + loss.detach(), micro_n + 1
+            st["batch"] += 1
+            if not accelerator.sync_gradients:
+                continue
+            st["step"] += 1
+            # Losses stay on the device; they are read back LOG_EVERY steps at a time (one host sync).
+            pending.append((micro_loss / micro_n, scheduler.get_last_lr()[0]))
+            micro_loss, micro_n = torch.zeros((), device=accelerator.device), 0
+            if len(pending) == LOG_EVERY:
+                _flush_losses(run, st, pending)
+            if st["step"] >= total_steps:
+                break
+            if st["step"] % cfg.checkpoint_every_steps == 0:
+                _flush_losses(run, st, pending)
+                _checkpoint(run, st)
+                progress(st["step"] / total_steps, f"checkpoint saved at step {st['step']}")
+        _flush_losses(run, st, pending)
+        if st["batch"] >= batches_per_epoch:
+            st["epoch"], st["batch"] = st["epoch"] + 1, 0
+
+        metrics = _evaluate(model, eval_dl, accelerator, len(names))
+        metrics.update(step=st["step"], epoch=round(st["step"] / steps_per_epoch, 4))
+        st["history"]["evals"].append(metrics)
+        if st["best"] is None or metrics["eval_macro_f1"] > st["best"]["eval_macro_f1"]:
+            st["best"], st["best_dir"] = metrics, _next_dir(st)  # the checkpoint below holds these weights
+        _checkpoint(run, st)
+        progress(
+            st["step"] / total_steps,
+            f"epoch {metrics['epoch']:.2f}: eval_loss {metrics['eval_loss']:.4f} "
+            f"accuracy {metrics['eval_accuracy']:.4f} macro-F1 {metrics['eval_macro_f1']:.4f}",
+        )
+
+    ref = _finalize(run, st, tokenizer, names, base_model)
+    progress(1.0, f"model written to {ref.uri}")
+    return ref
+
+
+class _Run:
+    """What the helpers below share: the prepared objects, where to write, and the clock."""
+
+    def __init__(self, accelerator, model, optimizer, scheduler, out_uri, total_steps, steps_per_epoch, progress, started):
+        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
+        self.out_uri, self.total_steps, self.steps_per_epoch = out_uri, total_steps, steps_per_epoch
+        self.progress, self.started, self.prior_seconds = progress, started, 0.0
+
+    def seconds(self) -> float:
+        """Training wall time over every session of this run (a resumed run adds to the earlier ones)."""
+        return self.prior_seconds + time.perf_counter() - self.started
+
+    def uri(self, *parts: str) -> str:
+        return store.join(self.out_uri, *parts)
+
+
+def _dataloaders(tokenized: TokenizedRef, tokenizer, cfg: TrainConfig, accelerator):
+    """Length-grouped shuffled train batches and length-sorted eval batches, both padded per batch."""
+    import pyarrow.compute as pc
+    from datasets import load_from_disk
+    from torch.utils.data import DataLoader
+    from transformers import DataCollatorWithPadding
+
+    with accelerator.main_process_first():  # a remote store is fetched once per node, not raced
+        dsd = load_from_disk(tokenized.uri, storage_options=store.storage_options(tokenized.uri))
+    cols = ["input_ids", "attention_mask", "labels"]
+    train, val = dsd["train"].select_columns(cols), dsd["validation"].select_columns(cols)
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"{tokenized.uri}: train and validation splits must not be empty")
+
+    def lengths(ds) -> np.ndarray:
+        return pc.list_value_length(ds.with_format("arrow")[:]["input_ids"]).to_numpy()
+
+    on_gpu = accelerator.device.type == "cuda"
+    # Multiples of 8 keep tensor-core shapes on GPU; on CPU they would only add padding.
+    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if on_gpu else None)
+    train_dl = DataLoader(
+        train,
+        batch_size=cfg.batch_size,
+        sampler=LengthGroupedSampler(lengths(train), cfg.batch_size, cfg.seed),
+        collate_fn=collate,
+        pin_memory=on_gpu,
+        # Its own generator: creating an iterator then draws no numbers from the global RNG, so dropout's stream
+        # depends only on the steps taken, and a resumed run continues it exactly.
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    eval_order = np.argsort(-lengths(val), kind="stable").tolist()
+    eval_dl = DataLoader(val, batch_size=cfg.eval_batch_size, sampler=eval_order, collate_fn=collate, pin_memory=on_gpu)
+    return train_dl, eval_dl
+
+
+def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    # Biases and norm scales (all the 1-d parameters) are not decayed: shrinking them towards 0 only hurts.
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+@torch.no_grad()
+def _evaluate(model, eval_dl, accelerator, n_classes: int) -> dict[str, float]:
+    """Validation loss, accuracy and macro-F1 over the whole split (gathered from every process)."""
+    import torch.nn.functional as F
+
+    model.eval()
+    preds, labels, losses = [], [], []
+    for batch in eval_dl:
+        y = batch["labels"]
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+        p, y, loss = accelerator.gather_for_metrics(
+            (logits.argmax(-1), y, F.cross_entropy(logits, y, reduction="none"))
+        )
+        preds.append(p), labels.append(y), losses.append(loss)
+    y_pred, y_true = torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy()
+    scores = scores_from_confusion(confusion_matrix(y_true, y_pred, n_classes))
+    return {
+        "eval_loss": torch.cat(losses).mean().item(),
+        "eval_accuracy": scores["accuracy"],
+        "eval_macro_f1": scores["macro_f1"],
+    }
+
+
+def _flush_losses(run: _Run, st: dict, pending: list) -> None:
+    """Read the pending per-step losses back (one sync), averaged over processes, into the history."""
+    if not pending:
+        return
+    losses = run.accelerator.reduce(torch.stack([loss for loss, _ in pending]), reduction="mean").tolist()
+    first = st["step"] - len(pending) + 1
+    for i, (loss, (_, lr)) in enumerate(zip(losses, pending)):
+        st["history"]["steps"].append({"step": first + i, "loss": loss, "lr": lr})
+    pending.clear()
+    run.progress(st["step"] / run.total_steps, f"step {st['step']}/{run.total_steps} loss {losses[-1]:.4f}")
+
+
+# --- resume checkpoints: explicit dicts under {out_uri}/resume/, made current by rewriting latest.json ---
+
+
+def _fresh_state(run_key: dict, total_steps: int, steps_per_epoch: int) -> dict[str, Any]:
+    return {
+        "run_key": run_key,
+        "epoch": 0,  # epochs finished
+        "batch": 0,  # batches of the current epoch already consumed (this process)
+        "step": 0,  # optimizer steps taken
+        "saves": 0,  # checkpoints written; makes every checkpoint folder name unique
+        "train_seconds": 0.0,
+        "best": None,  # validation metrics of the best evaluation so far
+        "best_dir": None,  # the resume folder holding that evaluation's weights
+        "history": {
+            "steps": [],
+            "evals": [],
+            "resumed_from": [],
+            "total_steps": total_steps,
+            "steps_per_epoch": steps_per_epoch,
+        },
+    }
+
+
+def _next_dir(st: dict) -> str:
+    return f"step-{st['step']:08d}-{st['saves']:04d}"
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        # numpy's state as plain values and a tensor, so the file loads with torch.load(weights_only=True)
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng(rng: dict[str, Any]) -> None:
+    random.setstate(rng["python"])
+    kind, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _checkpoint(run: _Run, st: dict) -> None:
+    """Write model, optimizer, scheduler, RNG and loop state; then make it the one a retry resumes from."""
+    from safetensors.torch import save_model
+
+    acc = run.accelerator
+    name = _next_dir(st)
+    st["saves"] += 1
+    st["train_seconds"] = run.seconds()
+    with tempfile.TemporaryDirectory() as tmp:
+        if acc.is_main_process:
+            save_model(acc.unwrap_model(run.model), f"{tmp}/model.safetensors")
+            torch.save(
+                {
+                    "state": st,
+                    "optimizer": run.optimizer.state_dict(),
+                    "scheduler": run.scheduler.state_dict(),
+                    "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+                },
+                f"{tmp}/state.pt",
+            )
+        torch.save(_rng_state(), f"{tmp}/rng-{acc.process_index}.pt")  # dropout streams differ per process
+        store.put_dir(tmp, run.uri("resume", name))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        # Until this small atomic write lands, a crash leaves the previous checkpoint current.
+        store.write_json(run.uri("resume", "latest.json"), {"dir": name})
+        fs, root = store.fs_for(run.uri("resume"))
+        for path in fs.ls(root, detail=False):
+            if Path(path).name.startswith("step-") and Path(path).name not in (name, st["best_dir"]):
+                fs.rm(path, recursive=True)
+    acc.wait_for_everyone()
+
+
+def _load_resume(run: _Run, run_key: dict) -> dict[str, Any] | None:
+    """Restore the latest checkpoint under `{out_uri}/resume` into the prepared objects; None when there is none."""
+    from safetensors.torch import load_model
+
+    latest = run.uri("resume", "latest.json")
+    if not store.exists(latest):
+        return None
+    folder = run.uri("resume", store.read_json(latest)["dir"])
+    saved = _torch_load(store.join(folder, "state.pt"))
+    st = saved["state"]
+    _check_same_run(st["run_key"], run_key, run.out_uri)
+    acc = run.accelerator
+    with tempfile.TemporaryDirectory() as tmp:
+        load_model(acc.unwrap_model(run.model), _local_copy(store.join(folder, "model.safetensors"), tmp))
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    if acc.scaler is not None and saved["scaler"]:
+        acc.scaler.load_state_dict(saved["scaler"])
+    rng_uri = store.join(folder, f"rng-{acc.process_index}.pt")
+    _set_rng(_torch_load(rng_uri if store.exists(rng_uri) else store.join(folder, "rng-0.pt")))
+    # A longer max_steps/epochs on resume moves the end of training; the schedule and history follow it.
+    st["run_key"] = run_key
+    st["history"].update(total_steps=run.total_steps, steps_per_epoch=run.steps_per_epoch)
+    st["history"]["resumed_from"].append(st["step"])
+    run.progress(st["step"] / run.total_steps, f"resumed from checkpoint at step {st['step']}/{run.total_steps}")
+    return st
+
+
+def _check_same_run(saved: dict, current: dict, out_uri: str) -> None:
+    changed = [k for k in ("data", "base_model") if saved[k] != current[k]]
+    changed += [
+        f"config.{k}"
+        for k in sorted(set(saved["config"]) | set(current["config"]))
+        if k not in _RESUMABLE_CHANGES and saved["config"].get(k) != current["config"].get(k)
+    ]
+    if changed:
+        raise ValueError(
+            f"{out_uri}/resume holds a checkpoint of a different run ({', '.join(changed)} differ); "
+            "use a fresh out_uri or remove the resume folder"
+        )
+
+
+def _torch_load(uri: str) -> Any:
+    fs, path = store.fs_for(uri)
+    with fs.open(path, "rb") as f:
+        return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def _local_copy(uri: str, tmp: str) -> str:
+    fs, path = store.fs_for(uri)
+    local = f"{tmp}/{Path(path).name}"
+    fs.get_file(path, local)
+    return local
+
+
+# --- the final model ---
+
+
+def weights_fingerprint(folder: str | Path) -> str:
+    """sha256 of the weights of a save_pretrained folder (model.safetensors, or its shards in name order)."""
+    folder = Path(folder)
+    files = [folder / "model.safetensors"] if (folder / "model.safetensors").exists() else sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights in {folder}")
+    h = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _hardware(accelerator, precision: str) -> str:
+    if accelerator.device.type == "cuda":
+        return f"{accelerator.num_processes}x {torch.cuda.get_device_name(accelerator.device)} ({precision})"
+    procs = f" x{accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
+    return f"cpu x{torch.get_num_threads()} threads{procs} ({precision})"
+
+
+def _finalize(run: _Run, st: dict, tokenizer, names: list[str], base_model: PinnedRepo) -> CheckpointRef:
+    """Write the best weights as a save_pretrained folder, plus history and the ref; every process returns the ref."""
+    from safetensors.torch import load_model
+
+    acc = run.accelerator
+    ref_uri = run.uri("checkpoint_ref.json")
+    if acc.is_main_process:
+        model = acc.unwrap_model(run.model)
+        with tempfile.TemporaryDirectory() as tmp:
+            best = run.uri("resume", st["best_dir"], "model.safetensors")
+            load_model(model, _local_copy(best, tmp))
+            out = Path(tmp, "model")
+            model.save_pretrained(out)  # transformers 5 always writes safetensors (no safe_serialization flag)
+            tokenizer.save_pretrained(out)
+            (out / "label_maps.json").write_text(
+                json.dumps({"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}, indent=2)
+            )
+            fingerprint = weights_fingerprint(out)
+            store.remove(run.uri("model"))  # no stale files from an earlier layout survive next to the new ones
+            store.put_dir(out, run.uri("model"))
+        store.write_json(run.uri("history.json"), st["history"])
+        ref = CheckpointRef(
+            uri=run.uri("model"),
+            fingerprint=fingerprint,
+            label_names=names,
+            base_model=base_model,
+            metrics={k: float(st["best"][k]) for k in ("eval_accuracy", "eval_macro_f1", "eval_loss")},
+            history_uri=run.uri("history.json"),
+            train_seconds=round(run.seconds(), 3),
+            hardware=_hardware(acc, st["run_key"]["config"]["precision"]),
+        )
+        store.write_json(ref_uri, ref.model_dump(mode="json"))
+    acc.wait_for_everyone()
+    return CheckpointRef.model_validate(store.read_json(ref_uri))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Fine-tune a sequence classifier (run under `accelerate launch`).")
+    parser.add_argument("--tokenized-ref", required=True, type=TokenizedRef.model_validate_json, help="TokenizedRef JSON")
+    parser.add_argument("--model-dir", required=True, help="local folder of the base model snapshot")
+    parser.add_argument("--base-model", required=True, type=PinnedRepo.model_validate_json, help="PinnedRepo JSON")
+    parser.add_argument("--config", required=True, type=TrainConfig.model_validate_json, help="TrainConfig JSON")
+    parser.add_argument("--out-uri", required=True, help="store URI the run writes under")
+    args = parser.parse_args(argv)
+    ref = train_model(args.tokenized_ref, args.model_dir, args.base_model, args.config, args.out_uri)
+
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(ref.model_dump_json())
+
+
+if __name__ == "__main__":
+    main()

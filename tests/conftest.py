@@ -1,0 +1,107 @@
+"""Shared fixtures: one localhub per test session, reached by the real HF clients through HF_ENDPOINT.
+
+The HF clients read their environment once, at import (`huggingface_hub.constants.ENDPOINT`,
+`datasets.config.HF_ENDPOINT`), so this module sets it at the top, before any test module imports them: reserve a
+port, point HF_ENDPOINT at it, isolate HF_HOME in a session temp dir. The server itself starts lazily, with the
+first test that asks for the `localhub` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from localhub import LocalHub, free_port
+
+SESSION_TMP = Path(tempfile.mkdtemp(prefix="hubflow-tests-"))
+HUB_PORT = free_port()
+HUB_URL = f"http://127.0.0.1:{HUB_PORT}"
+
+os.environ.update(
+    HF_ENDPOINT=HUB_URL,
+    HF_HUB_DISABLE_XET="1",  # hf-xet would take over every LFS upload; localhub speaks plain LFS
+    HF_HUB_DISABLE_TELEMETRY="1",
+    HF_HOME=str(SESSION_TMP / "hf_home"),
+    HF_HUB_ETAG_TIMEOUT="30",  # 2 shared cores: the default 10 s can trip under load
+    TOKENIZERS_PARALLELISM="false",
+    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    DO_NOT_TRACK="1",
+)
+# Tests pass tokens explicitly; an ambient token or offline switch from the developer's shell must not leak in.
+for _var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE",
+             "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN_PATH"):
+    os.environ.pop(_var, None)
+
+# Random per session, so the "tokens never reach the log" check cannot pass by accident.
+HUB_USERS = {
+    "alice": (f"hf_alice_{secrets.token_hex(12)}", "write"),
+    "bob": (f"hf_bob_{secrets.token_hex(12)}", "write"),
+    "reader": (f"hf_reader_{secrets.token_hex(12)}", "read"),
+}
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(SESSION_TMP, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Path:
+    """The session's temp dir (HF_HOME and the hub's data live under it)."""
+    return SESSION_TMP
+
+
+@pytest.fixture(scope="session")
+def localhub() -> LocalHub:
+    """A localhub subprocess on HF_ENDPOINT's port with users alice, bob (write) and reader (read).
+
+    `localhub.token("alice")` gives a token; `localhub.log_file` is the server's log.
+    """
+    hub = LocalHub(SESSION_TMP / "hub", users=HUB_USERS, port=HUB_PORT).start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture
+def hf_api(localhub: LocalHub):
+    """An HfApi authenticated as alice."""
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=localhub.url, token=localhub.token("alice"))
+
+
+@pytest.fixture
+def new_repo_id(request: pytest.FixtureRequest):
+    """`new_repo_id()` -> "alice/<test name>-<random>"; `new_repo_id("bob")` for another namespace."""
+
+    def make(user: str = "alice") -> str:
+        stem = request.node.name.split("[")[0].removeprefix("test_").replace("_", "-")[:40]
+        return f"{user}/{stem}-{uuid.uuid4().hex[:8]}"
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hf_filesystem():
+    """HfFileSystem instances and their listings are cached across calls (protocol doc, trap 7)."""
+    yield
+    import sys
+
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub import HfFileSystem
+
+        HfFileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def datasets_lib():
+    """`datasets`, with the parquet-export lookup off: at `main` it would resolve datasets-server.<host> via DNS."""
+    import datasets
+
+    datasets.config.USE_PARQUET_EXPORT = False
+    return datasets
