@@ -106,7 +106,7 @@ def error_response(err: HubError, extra_headers: dict[str, str] | None = None) -
     if err.code:
         headers["X-Error-Code"] = err.code
     headers.update(extra_headers or {})
-    return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
+    return JSONResponse({**err.extra, "error": err.message}, status_code=err.status, headers=headers)
 
 
 def iso(ts: float) -> str:

@@ -68,9 +68,15 @@ async def create_repo(ctx: Ctx) -> Response:
     sdk = body.get("sdk")
     if type_ == "space" and not sdk:
         raise HubError(400, None, "Space SDK is required: one of gradio, docker, static")
-    repo = ctx.storage.create_repo(type_, f"{ns}/{name}", private, user.name, sdk=sdk)
+    url = f"{ctx.base_url}/{REPO_PREFIX[type_]}{ns}/{name}"
+    try:
+        repo = ctx.storage.create_repo(type_, f"{ns}/{name}", private, user.name, sdk=sdk)
+    except HubError as err:
+        if err.status == 409:  # `create_repo(exist_ok=True)` reads the url from the 409's body
+            err.extra["url"] = url
+        raise
     await ctx.hub.on_repo_created(repo, body)
-    return JSONResponse({"url": f"{ctx.base_url}/{REPO_PREFIX[type_]}{repo.id}", "name": repo.id, "id": repo.id})
+    return JSONResponse({"url": url, "name": repo.id, "id": repo.id})
 
 
 async def _repo_from_body(ctx: Ctx) -> Repo:

@@ -54,9 +54,10 @@ CREATE TABLE IF NOT EXISTS webhooks (
 class HubError(Exception):
     """An error the HTTP layer turns into the Hub's error response (status, X-Error-Code, message)."""
 
-    def __init__(self, status: int, code: str | None, message: str):
+    def __init__(self, status: int, code: str | None, message: str, extra: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.extra = extra or {}  # more fields for the JSON body (e.g. the 409 of create_repo carries "url")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -150,13 +151,14 @@ class _Classifier:
         if len(input_ids) == 0:
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
         offsets = input_ids.offsets.to_numpy().astype(np.int64)
+        offsets -= offsets[0]  # a sliced array's offsets start mid-buffer; flatten() below starts at that point
         # One upload per call; a pad id appended at the end is where every padding position points.
-        values = np.append(input_ids.values.to_numpy(zero_copy_only=False).astype(np.int64), self.pad_id)
+        values = np.append(input_ids.flatten().to_numpy(zero_copy_only=False).astype(np.int64), self.pad_id)
         lengths = np.diff(offsets)
         order = np.argsort(-lengths, kind="stable")  # longest first: an out-of-memory shows on the first batch
         dev = self.device
         flat = torch.from_numpy(values).to(dev)
-        starts = torch.from_numpy(offsets[:-1][order] - offsets[0]).to(dev)
+        starts = torch.from_numpy(offsets[:-1][order]).to(dev)
         lens = torch.from_numpy(lengths[order]).to(dev)
         positions = torch.arange(int(lengths.max()), device=dev)
         pad_at = len(values) - 1
@@ -213,7 +215,7 @@ def _shard_table(part: pa.Table, probs: np.ndarray, label_names: list[str]) -> p
         columns["label"] = part.column("labels").cast(pa.int64())
     columns.update(
         pred=pa.array(pred, pa.int64()),
-        pred_label=pa.array(np.asarray(label_names, dtype=object)[pred], pa.string()),
+        pred_label=pc.take(pa.array(label_names, pa.string()), pa.array(pred)),
         score=pa.array(probs.max(axis=1), pa.float32()),
         probs=pa.ListArray.from_arrays(pa.array(np.arange(0, n * c + 1, c), pa.int32()), pa.array(probs.ravel(), pa.float32())),
     )

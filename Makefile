@@ -1,0 +1,27 @@
+# hubflow's two set-up commands: `make demo` (offline demo) and `make test` (the test suite). Both install first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+
+.PHONY: install demo test test-all bench
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	# CPU torch first: a plain `torch` requirement would pull a several-GB CUDA build.
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/hubflow demo --workdir ./hubflow-demo
+
+test: install
+	$(VENV)/bin/pytest -q
+
+test-all: install
+	$(VENV)/bin/pytest -q -m ""
+
+bench: install
+	$(PY) -m bench

@@ -1,0 +1,183 @@
+"""Tiny things for tests: a 2-layer BERT classifier, a tiny Llama, and a learnable tokenized dataset.
+
+Everything is built on the fly (tokenizers trained on a small word list, random weights, seeded), so tests
+need no network and no cached downloads:
+
+    model_dir = make_tiny_bert(tmp_path / "bert")                  # save_pretrained folder, safetensors
+    ref = make_tiny_tokenized(tmp_path / "tok", model_dir)         # TokenizedRef, DatasetDict on disk
+    llama_dir = make_tiny_llama(tmp_path / "llama")                # LlamaForCausalLM + byte-level BPE tokenizer
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from tasks.refs import TokenizedRef
+
+LABELS = ["sports", "weather", "finance"]
+# Each class is keyed by its own words; filler words are shared, so the label is learnable but not trivial.
+KEYWORDS = {
+    "sports": ["goal", "match", "team", "coach", "score", "league", "striker", "stadium"],
+    "weather": ["rain", "sunny", "storm", "cloud", "wind", "snow", "forecast", "thunder"],
+    "finance": ["stock", "bank", "market", "price", "bond", "trader", "profit", "shares"],
+}
+FILLER = ("the a today people said about very new big we saw this report some more after before over "
+          "city morning evening news again still every week").split()
+MAX_POSITIONS = 128
+
+
+def corpus() -> list[str]:
+    """Text the tiny tokenizers are trained on: every word the synthetic data uses."""
+    words = FILLER + [w for ws in KEYWORDS.values() for w in ws]
+    return [" ".join(words)] * 20 + [f"{a} {b}" for a in words for b in words[:5]]
+
+
+def _wrap(tok, **special: str):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=MAX_POSITIONS, **special)
+
+
+def train_wordpiece():
+    """A BERT-style uncased WordPiece tokenizer: [CLS] text [SEP], pad id 0."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(corpus(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return _wrap(tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
+def train_bytelevel_bpe():
+    """A Llama-style byte-level BPE tokenizer: <s> text, with a pad token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus(), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return _wrap(tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def make_tiny_bert(dir: str | Path, num_labels: int = 3, seed: int = 0) -> Path:
+    """A randomly initialised 2-layer BertForSequenceClassification folder with its tokenizer (safetensors)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    dir = Path(dir)
+    tokenizer = train_wordpiece()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=MAX_POSITIONS,
+        num_labels=num_labels,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(dir)
+    tokenizer.save_pretrained(dir)
+    return dir
+
+
+def make_tiny_llama(dir: str | Path, seed: int = 0) -> Path:
+    """A randomly initialised 2-layer LlamaForCausalLM folder with a byte-level BPE tokenizer (safetensors)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dir = Path(dir)
+    tokenizer = train_bytelevel_bpe()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(dir)
+    tokenizer.save_pretrained(dir)
+    return dir
+
+
+def synthetic_rows(n: int, seed: int) -> list[tuple[str, int]]:
+    """(text, label) pairs: 1-3 keywords of the label among 2-25 filler words, so lengths vary widely."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randrange(len(LABELS))
+        words = rng.choices(FILLER, k=rng.randint(2, 25)) + rng.sample(KEYWORDS[LABELS[label]], rng.randint(1, 3))
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def make_tiny_tokenized(
+    dir: str | Path,
+    model_dir: str | Path,
+    sizes: dict[str, int] | None = None,
+    seed: int = 0,
+    max_length: int = 64,
+) -> TokenizedRef:
+    """The input contract of training/inference: a DatasetDict saved at `dir`, tokenized with `model_dir`'s tokenizer."""
+    from datasets import Dataset, DatasetDict, Features, List, Value
+    from transformers import AutoTokenizer
+
+    sizes = sizes or {"train": 240, "validation": 60, "test": 50}
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    features = Features(
+        {
+            "input_ids": List(Value("int32")),
+            "attention_mask": List(Value("int8")),
+            "labels": Value("int64"),
+            "row_id": Value("int64"),
+            "text": Value("string"),
+        }
+    )
+    splits = {}
+    for i, (split, n) in enumerate(sizes.items()):
+        rows = synthetic_rows(n, seed=seed * 100 + i)
+        enc = tokenizer([t for t, _ in rows], truncation=True, max_length=max_length)
+        splits[split] = Dataset.from_dict(
+            {
+                "input_ids": enc["input_ids"],
+                "attention_mask": enc["attention_mask"],
+                "labels": [y for _, y in rows],
+                "row_id": list(range(n)),
+                "text": [t for t, _ in rows],
+            },
+            features=features,
+        )
+    DatasetDict(splits).save_to_disk(str(dir))
+    key = json.dumps({"sizes": sizes, "seed": seed, "max_length": max_length, "vocab": len(tokenizer)}, sort_keys=True)
+    return TokenizedRef(
+        uri=str(Path(dir).resolve()),
+        fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16],
+        splits=dict(sizes),
+        label_names=list(LABELS),
+    )
