@@ -54,17 +54,29 @@ def run_demo(workdir: str | Path, overrides: list[str] | None = None) -> dict:
         from flows.pipeline import pipeline
 
         result = pipeline(config)
+        stages = stage_states(result.flow_run_id)
     finally:
         hub.stop()
-    summary = write_summary(workdir, result, time.monotonic() - started)
+    summary = write_summary(workdir, result, stages, time.monotonic() - started)
     print_report(workdir, summary)
     return summary
 
 
-def write_summary(workdir: Path, result, seconds: float) -> dict:
+def stage_states(flow_run_id: str | None) -> dict[str, str]:
+    """Each task's final state name in this run (`Cached` when a rerun skipped it), read back from Prefect."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs if r.state}
+
+
+def write_summary(workdir: Path, result, stages: dict[str, str], seconds: float) -> dict:
     r = result.model_dump(mode="json")
     summary = {
         "metrics": r["evaluation"]["metrics"],
+        "stages": stages,
         "validation_metrics": r["checkpoint"]["metrics"],
         "wall_seconds": round(seconds, 1),
         "flow_run_id": r["flow_run_id"],
@@ -94,6 +106,7 @@ def write_summary(workdir: Path, result, seconds: float) -> dict:
 def print_report(workdir: Path, summary: dict) -> None:
     m = summary["metrics"]
     print(f"\nhubflow demo finished in {summary['wall_seconds']} s")
+    print("  stages       " + ", ".join(f"{k}: {v}" for k, v in summary["stages"].items()))
     print(f"  test accuracy {m['accuracy']:.4f}   macro-F1 {m['macro_f1']:.4f}   ({int(m['test_rows'])} rows)")
     for name, uri in summary["outputs"].items():
         print(f"  {name:<12} {uri}")
