@@ -27,7 +27,8 @@ _SLOTS: dict[str, list[str]] = {
     "product": ["Lumo desk lamp", "Nimbus 2 earbuds", "Halcyon thermostat", "Orbit fitness band", "Kestrel backpack",
                 "Pulse X speaker", "Vela robot vacuum", "Tern e-reader", "Cobalt keyboard", "Sora webcam",
                 "Juniper air purifier", "Atlas router", "Moss plant sensor", "Ember coffee grinder", "Flint power bank",
-                "Heron smart scale", "Wren baby monitor", "Quill stylus", "Drift electric toothbrush", "Sable headphones"],
+                "Heron smart scale", "Wren baby monitor", "Quill stylus", "Drift electric toothbrush",
+                "Sable headphones"],
     "device": ["iPhone", "Android phone", "Pixel", "Samsung tablet", "Windows laptop", "MacBook", "iPad", "Chromebook"],
     "feature": ["sync", "the dashboard", "bluetooth pairing", "the firmware update", "the companion app",
                 "notifications", "the schedule screen", "the history tab", "voice control", "the export button"],
@@ -230,7 +231,8 @@ def _slot(name: str, rng: random.Random) -> str:
         return {"n": str(rng.randint(3, 15)), "digits": str(rng.randint(1000, 9999)),
                 "txn": f"TX{rng.randint(10**6, 10**8)}", "version": f"{rng.randint(1, 5)}.{rng.randint(0, 19)}"}[name]
     if name == "email":
-        return f"{rng.choice(_SLOTS['user']).replace('-', '.')}@{rng.choice(['example.com', 'mail.test', 'inbox.test'])}"
+        user = rng.choice(_SLOTS["user"]).replace("-", ".")
+        return f"{user}@{rng.choice(['example.com', 'mail.test', 'inbox.test'])}"
     return rng.choice(_SLOTS[name])
 
 
@@ -307,10 +309,10 @@ def build_demo_dataset(seed: int = 0):
     return DatasetDict(splits)
 
 
-def _card(sizes: dict[str, int]) -> str:
+def _card(sizes: dict[str, tuple[int, int]]) -> str:
     names = "\n".join(f"          '{i}': {name}" for i, name in enumerate(DEMO_LABELS))
     files = "\n".join(f"  - split: {s}\n    path: data/{s}-*" for s in sizes)
-    split_info = "\n".join(f"  - name: {s}\n    num_examples: {n}" for s, n in sizes.items())
+    split_info = "\n".join(f"  - name: {s}\n    num_bytes: {b}\n    num_examples: {n}" for s, (n, b) in sizes.items())
     return f"""---
 language:
 - en
@@ -345,7 +347,7 @@ a fine-tuned small encoder in the low-to-mid 90s of accuracy, not 100%.
 
 
 def write_demo_parquet(out_dir: str | Path, seed: int = 0) -> list[Path]:
-    """Folder → the Hub dataset layout inside it: `data/{split}-00000-of-00001.parquet` + `README.md` (paths returned)."""
+    """Folder → the Hub dataset layout: `data/{split}-00000-of-00001.parquet` + `README.md`; returns the paths."""
     out = Path(out_dir)
     (out / "data").mkdir(parents=True, exist_ok=True)
     dsdict = build_demo_dataset(seed)
@@ -355,7 +357,7 @@ def write_demo_parquet(out_dir: str | Path, seed: int = 0) -> list[Path]:
         ds.to_parquet(str(path))
         written.append(path)
     card = out / "README.md"
-    card.write_text(_card({s: len(ds) for s, ds in dsdict.items()}))
+    card.write_text(_card({s: (len(ds), ds.data.nbytes) for s, ds in dsdict.items()}))
     return [*written, card]
 
 

@@ -47,6 +47,16 @@ class Ctx:
     def storage(self) -> Storage:
         return self.hub.storage
 
+    async def json(self) -> dict:
+        """The JSON object body; a malformed one is the client's error (400), not a localhub bug (500)."""
+        try:
+            body = await self.request.json()
+        except ValueError:
+            raise HubError(400, None, "Request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise HubError(400, None, "Request body must be a JSON object")
+        return body
+
 
 Handler = Callable[[Ctx], Awaitable[Response]]
 
@@ -101,8 +111,14 @@ class Router:
         return None, {}, other
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def error_response(err: HubError, extra_headers: dict[str, str] | None = None) -> Response:
-    headers = {"X-Error-Message": err.message.encode("latin-1", "replace").decode("latin-1")}
+    # A header value must be latin-1 without control characters: messages can quote user input (paths, revisions),
+    # and a CR/LF in a header would make the HTTP layer drop the connection (or, with a laxer one, split headers).
+    message = _CONTROL_RE.sub(" ", err.message).encode("latin-1", "replace").decode("latin-1")
+    headers = {"X-Error-Message": message}
     if err.code:
         headers["X-Error-Code"] = err.code
     headers.update(extra_headers or {})

@@ -10,10 +10,12 @@ import json
 import secrets
 import time
 
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from .http import REPO_PREFIX, TYPE_OF_PLURAL, Ctx, Router, repo_for_read, repo_for_write
-from .storage import FileEntry, HubError, Repo, git_sha1, lfs_pointer
+from .storage import SHA256_RE, FileEntry, HubError, Repo, check_path, check_sha256, git_sha1, lfs_pointer
 
 router = Router()
 T = "{t:models|datasets|spaces}"
@@ -87,12 +89,16 @@ async def preupload(ctx: Ctx) -> Response:
     files = ctx.storage.tree(oid)
     patterns = _lfs_patterns(ctx, files)
     out = []
-    for f in (await ctx.request.json()).get("files", []):
-        lfs = f.get("size", 0) >= LFS_THRESHOLD or _is_lfs_path(f["path"], patterns)
-        remote = files.get(f["path"])
+    for f in (await ctx.json()).get("files", []):
+        try:
+            path, size = str(f["path"]), int(f.get("size") or 0)
+        except (KeyError, TypeError, ValueError):
+            raise HubError(400, None, "preupload wants files: [{path, size, sample}]") from None
+        lfs = size >= LFS_THRESHOLD or _is_lfs_path(path, patterns)
+        remote = files.get(path)
         # The client drops a file whose remote oid equals its local one: sha256 for LFS, git sha1 for regular.
         remote_oid = None if remote is None else (remote.sha256 if remote.lfs else remote.sha1)
-        out.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": remote_oid})
+        out.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": remote_oid})
     return JSONResponse({"files": out, "commitOid": oid})
 
 
@@ -108,12 +114,16 @@ for _prefix in ("", "datasets/", "spaces/"):
         name = ctx.params["namegit"].removesuffix(".git")
         type_ = {"": "model", "datasets/": "dataset", "spaces/": "space"}[_prefix]
         repo_for_write(ctx, type_, f"{ctx.params['ns']}/{name}")
-        body = await ctx.request.json()
+        body = await ctx.json()
         if body.get("operation") != "upload":
             raise HubError(400, None, "localhub's LFS batch API serves uploads only; download through /resolve")
         objects = []
         for obj in body.get("objects", []):
-            oid, size = obj["oid"], int(obj["size"])
+            oid, size = obj.get("oid"), obj.get("size")
+            if not isinstance(oid, str) or not SHA256_RE.match(oid) or not isinstance(size, int) or size < 0:
+                objects.append({"oid": str(oid), "size": size,
+                                "error": {"code": 422, "message": "oid must be a lowercase hex sha256, size an int >= 0"}})
+                continue
             if ctx.storage.has_blob(oid):
                 objects.append({"oid": oid, "size": size})  # no actions: the client skips stored objects
                 continue
@@ -129,26 +139,40 @@ for _prefix in ("", "datasets/", "spaces/"):
 @router.add("PUT", "/_localhub/lfs/{oid}/{size}/{expires}/{nonce}/{sig}", route_class="upload")
 async def lfs_put(ctx: Ctx) -> Response:
     p = ctx.params
-    oid, size, expires = p["oid"], int(p["size"]), int(p["expires"])
+    try:
+        oid, size, expires = check_sha256(p["oid"]), int(p["size"]), int(p["expires"])
+    except ValueError:
+        raise HubError(403, None, "Invalid upload URL") from None
     if not hmac.compare_digest(_sign(ctx, oid, size, expires, p["nonce"]), p["sig"]) or expires < time.time():
         raise HubError(403, None, "Invalid or expired upload URL")
     if p["nonce"] in ctx.hub.used_nonces:
         raise HubError(403, None, "This upload URL was already used")
+    # Claimed for the duration of the PUT (no two at once), given back unless the blob got stored: a client whose
+    # PUT failed half-way may retry the same href.
     ctx.hub.used_nonces.add(p["nonce"])
     tmp, f = ctx.storage.new_tmp()
-    h, n = hashlib.sha256(), 0
+    h, n, stored = hashlib.sha256(), 0, False
     try:
         async for chunk in ctx.request.stream():
             h.update(chunk)
             f.write(chunk)
             n += len(chunk)
+            if n > size:
+                break
         if h.hexdigest() != oid or n != size:
-            raise HubError(400, None, f"Uploaded content does not match oid {oid} / size {size} (got {n} bytes)")
-        ctx.storage.adopt_tmp(tmp, f, oid)
+            raise HubError(400, None, f"Uploaded content does not match oid {oid} / size {size} (got {n}+ bytes)")
+        # fsync of a big file takes a while: off the event loop, so downloads and API calls keep flowing.
+        await run_in_threadpool(ctx.storage.adopt_tmp, tmp, f, oid)
+        stored = True
+    except ClientDisconnect:
+        # Handled here rather than as a 500, whose log line would carry this URL's one-time signature.
+        raise HubError(400, None, "Client disconnected during the upload") from None
     finally:
         if not f.closed:
             f.close()
         tmp.unlink(missing_ok=True)
+        if not stored:
+            ctx.hub.used_nonces.discard(p["nonce"])
     return JSONResponse({})
 
 
@@ -161,35 +185,49 @@ async def commit(ctx: Ctx) -> Response:
     _, branch = ctx.storage.resolve(repo, ctx.params["rev"])
     if branch is None:
         raise HubError(400, None, f"Invalid rev id: {ctx.params['rev']} is not a branch (commits go to a branch)")
-    header, adds, deletes = {}, [], []
+    header: dict = {}
+    adds: list[FileEntry | tuple[str, bytes]] = []  # in payload order; (path, bytes) for regular files
+    deletes: list[str] = []
     raw = await ctx.request.body()
-    for line in raw.splitlines():
-        if not line.strip():
-            continue
-        item = json.loads(line)
-        key, value = item.get("key"), item.get("value", {})
-        if key == "header":
-            header = value
-        elif key == "file":
-            data = base64.b64decode(value["content"]) if value.get("encoding") == "base64" else value["content"].encode()
-            sha256, sha1 = ctx.storage.put_bytes(data)
-            adds.append(FileEntry(value["path"], sha256, sha1, len(data), False))
-        elif key == "lfsFile":
-            oid, size = value["oid"], int(value["size"])
-            blob = ctx.storage.blob_path(oid)
-            if not blob.is_file() or blob.stat().st_size != size:
-                raise HubError(422, None, f"LFS object {oid} for {value['path']} was never uploaded")
-            adds.append(FileEntry(value["path"], oid, git_sha1(lfs_pointer(oid, size)), size, True))
-        elif key in ("deletedFile", "deletedFolder"):
-            deletes.append(value["path"])
-        else:
-            raise HubError(400, None, f"Unsupported commit operation: {key}")
+    try:
+        items = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        for item in items:
+            key, value = item.get("key"), item.get("value", {})
+            if key == "header":
+                header = value
+            elif key == "file":
+                content = value["content"]
+                data = base64.b64decode(content, validate=True) if value.get("encoding") == "base64" else content.encode()
+                adds.append((check_path(value["path"]), data))
+            elif key == "lfsFile":
+                oid, size, path = check_sha256(value["oid"]), int(value["size"]), check_path(value["path"])
+                blob = ctx.storage.blob_path(oid)
+                if not blob.is_file() or blob.stat().st_size != size:
+                    raise HubError(422, None, f"LFS object {oid} for {path} was never uploaded")
+                adds.append(FileEntry(path, oid, git_sha1(lfs_pointer(oid, size)), size, True))
+            elif key in ("deletedFile", "deletedFolder"):
+                deletes.append(value["path"])
+            else:
+                raise HubError(400, None, f"Unsupported commit operation: {key}")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # bad JSON, base64 or field: the client's fault
+        raise HubError(400, None, f"Malformed commit payload: {type(err).__name__}: {str(err)[:200]}") from None
+
+    def store(op: FileEntry | tuple[str, bytes]) -> FileEntry:
+        if isinstance(op, FileEntry):
+            return op
+        path, data = op
+        return FileEntry(path, *ctx.storage.put_bytes(data), len(data), False)
+
+    # One fsync per regular file: off the event loop, so parallel downloads keep flowing meanwhile.
+    entries = await run_in_threadpool(lambda: [store(op) for op in adds])
     author = ctx.user.name if ctx.user else "anonymous"
     oid, created = ctx.storage.commit(
-        repo, branch, header.get("summary") or "Upload", header.get("description") or "", author, adds, deletes,
+        repo, branch, header.get("summary") or "Upload", header.get("description") or "", author, entries, deletes,
         parent_commit=header.get("parentCommit"),
     )
     if created:
         await ctx.hub.on_commit(repo, branch, oid)
     url = f"{ctx.base_url}/{REPO_PREFIX[type_]}{repo.id}/commit/{oid}"
-    return JSONResponse({"success": True, "commitOid": oid, "commitUrl": url, "commitMessage": header.get("summary"), "hookOutput": ""})
+    return JSONResponse(
+        {"success": True, "commitOid": oid, "commitUrl": url, "commitMessage": header.get("summary"), "hookOutput": ""}
+    )

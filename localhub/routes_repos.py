@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from .http import (
     NAME_RE, REPO_PREFIX, TYPE_OF_PLURAL, Ctx, Router, can_read, check_write, iso, repo_for_read, repo_for_write,
 )
-from .storage import FileEntry, HubError, Repo
+from .storage import SHA_RE, FileEntry, HubError, Repo
 
 router = Router()
 T = "{t:models|datasets|spaces}"
@@ -39,7 +39,7 @@ async def whoami(ctx: Ctx) -> Response:
 
 @router.add("POST", "/api/validate-yaml")
 async def validate_yaml(ctx: Ctx) -> Response:
-    body = await ctx.request.json()
+    body = await ctx.json()
     errors = []
     content = body.get("content") or ""
     if content.startswith("---"):
@@ -52,7 +52,7 @@ async def validate_yaml(ctx: Ctx) -> Response:
 
 @router.add("POST", "/api/repos/create")
 async def create_repo(ctx: Ctx) -> Response:
-    body = await ctx.request.json()
+    body = await ctx.json()
     type_ = body.get("type") or "model"
     name, ns = body.get("name") or "", body.get("organization")
     if "/" in name:
@@ -80,7 +80,7 @@ async def create_repo(ctx: Ctx) -> Response:
 
 
 async def _repo_from_body(ctx: Ctx) -> Repo:
-    body = await ctx.request.json()
+    body = await ctx.json()
     name, ns = body.get("name") or "", body.get("organization") or (ctx.user.name if ctx.user else "")
     if "/" in name:
         ns, name = name.split("/", 1)
@@ -98,7 +98,7 @@ async def delete_repo(ctx: Ctx) -> Response:
 @router.add("PUT", f"/api/{T}/{{ns}}/{{name}}/settings")
 async def settings(ctx: Ctx) -> Response:
     repo = repo_for_write(ctx, _type(ctx), _rid(ctx))
-    body = await ctx.request.json()
+    body = await ctx.json()
     fields = {}
     if "private" in body and body["private"] is not None:
         fields["private"] = int(bool(body["private"]))
@@ -162,7 +162,10 @@ async def info(ctx: Ctx) -> Response:
 async def list_repos(ctx: Ctx) -> Response:
     q = ctx.request.query_params
     author, search = q.get("author"), (q.get("search") or "").lower()
-    limit = int(q.get("limit") or 1000)
+    try:
+        limit = int(q.get("limit") or 1000)
+    except ValueError:
+        raise HubError(400, None, f"limit must be an integer, got {q.get('limit')!r}") from None
     out = []
     for repo in ctx.storage.list_repos(_type(ctx)):
         if not can_read(ctx.user, repo) or (author and repo.namespace != author) or search not in repo.id.lower():
@@ -263,6 +266,14 @@ async def commits(ctx: Ctx) -> Response:
     ])
 
 
+def _ref_name(name: object) -> str:
+    """A branch or tag name git would take; a 40-hex name would shadow commit shas in `resolve`."""
+    if (not isinstance(name, str) or not name or name.startswith(("/", "-", "refs/")) or name.endswith((".", "/"))
+            or any(c in name for c in " ~^:?*[\\") or ".." in name or "//" in name or SHA_RE.match(name)):
+        raise HubError(400, None, f"Invalid reference name: {str(name)[:100]!r}")
+    return name
+
+
 @router.add("POST,DELETE", f"/api/{T}/{{ns}}/{{name}}/branch/{{branch}}")
 async def branch(ctx: Ctx) -> Response:
     repo = repo_for_write(ctx, _type(ctx), _rid(ctx))
@@ -273,7 +284,8 @@ async def branch(ctx: Ctx) -> Response:
         ctx.storage.set_ref(repo, "branch", name, None)
         await ctx.hub.on_ref_change(repo, "delete", f"refs/heads/{name}", None)
         return JSONResponse({})
-    body = await ctx.request.json() if await ctx.request.body() else {}
+    body = await ctx.json() if await ctx.request.body() else {}
+    _ref_name(name)
     oid, _ = ctx.storage.resolve(repo, body.get("startingPoint") or "main")
     ctx.storage.set_ref(repo, "branch", name, oid)
     await ctx.hub.on_ref_change(repo, "create", f"refs/heads/{name}", oid)
@@ -283,10 +295,11 @@ async def branch(ctx: Ctx) -> Response:
 @router.add("POST", f"/api/{T}/{{ns}}/{{name}}/tag/{{rev}}")
 async def create_tag(ctx: Ctx) -> Response:
     repo = repo_for_write(ctx, _type(ctx), _rid(ctx))
-    body = await ctx.request.json()
+    body = await ctx.json()
+    tag = _ref_name(body.get("tag"))
     oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])
-    ctx.storage.set_ref(repo, "tag", body["tag"], oid)
-    await ctx.hub.on_ref_change(repo, "create", f"refs/tags/{body['tag']}", oid)
+    ctx.storage.set_ref(repo, "tag", tag, oid)
+    await ctx.hub.on_ref_change(repo, "create", f"refs/tags/{tag}", oid)
     return JSONResponse({})
 
 

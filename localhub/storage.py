@@ -22,6 +22,7 @@ from typing import IO, Iterable, Iterator
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 HEX_RE = re.compile(r"^[0-9a-f]{7,40}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 REPO_TYPES = ("model", "dataset", "space")
 
 # The Hub's default .gitattributes: the patterns that the preupload rule sends to LFS.
@@ -58,6 +59,21 @@ class HubError(Exception):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.extra = extra or {}  # more fields for the JSON body (e.g. the 409 of create_repo carries "url")
+
+
+def check_sha256(oid: str) -> str:
+    """An LFS oid names a file under blobs/: anything but 64 lowercase hex would be a path traversal."""
+    if not isinstance(oid, str) or not SHA256_RE.match(oid):
+        raise HubError(400, None, f"Invalid LFS oid (want a sha256 in lowercase hex): {str(oid)[:80]!r}")
+    return oid
+
+
+def check_path(path: str) -> str:
+    """A repo path as the Hub accepts it: relative, '/'-separated, no empty, '.', '..' or '.git' segment."""
+    parts = path.split("/") if isinstance(path, str) else [""]
+    if not path or len(path) > 1000 or "\0" in path or any(p in ("", ".", "..", ".git") for p in parts):
+        raise HubError(400, None, f"Invalid path in repo: {str(path)[:200]!r}")
+    return path
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,7 @@ class Storage:
 
     # ---- blobs -------------------------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
+        check_sha256(sha256)
         return self.blobs / sha256[:2] / sha256
 
     def has_blob(self, sha256: str) -> bool:
@@ -138,46 +155,60 @@ class Storage:
         return path, open(path, "wb")
 
     def adopt_tmp(self, tmp: Path, f: IO[bytes], sha256: str) -> None:
-        """fsync then rename a fully written temp file into place as blob `sha256`."""
+        """fsync then rename a fully written temp file into place as blob `sha256`, and fsync the directory so the
+        rename itself is durable before any commit can name the blob."""
         f.flush()
         os.fsync(f.fileno())
         f.close()
         dest = self.blob_path(sha256)
         dest.parent.mkdir(exist_ok=True)
         os.replace(tmp, dest)
+        fd = os.open(dest.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def put_bytes(self, data: bytes) -> tuple[str, str]:
         """Store bytes; returns (sha256, git sha1)."""
         sha256 = hashlib.sha256(data).hexdigest()
         if not self.has_blob(sha256):
             tmp, f = self.new_tmp()
-            f.write(data)
-            self.adopt_tmp(tmp, f, sha256)
+            try:
+                f.write(data)
+                self.adopt_tmp(tmp, f, sha256)
+            finally:
+                _discard(tmp, f)
         return sha256, git_sha1(data)
 
     def put_file(self, src: Path) -> tuple[str, int]:
         """Store a local file by streaming it; returns (sha256, size)."""
         h, size = hashlib.sha256(), 0
         tmp, f = self.new_tmp()
-        with open(src, "rb") as s:
-            while chunk := s.read(1 << 20):
-                h.update(chunk)
-                f.write(chunk)
-                size += len(chunk)
-        self.adopt_tmp(tmp, f, h.hexdigest())
+        try:
+            with open(src, "rb") as s:
+                while chunk := s.read(1 << 20):
+                    h.update(chunk)
+                    f.write(chunk)
+                    size += len(chunk)
+            self.adopt_tmp(tmp, f, h.hexdigest())
+        finally:
+            _discard(tmp, f)
         return h.hexdigest(), size
 
     # ---- repos -------------------------------------------------------------------------------------------------
+    def _rows(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        """A read on the shared connection, under the lock: never interleaved with another thread's transaction."""
+        with self.lock:
+            return self.db.execute(sql, args).fetchall()
+
     def get_repo(self, type_: str, repo_id: str) -> Repo | None:
         ns, _, name = repo_id.partition("/")
-        row = self.db.execute(
-            "SELECT * FROM repos WHERE type=? AND namespace=? AND name=?", (type_, ns, name)
-        ).fetchone()
-        return _repo(row) if row else None
+        rows = self._rows("SELECT * FROM repos WHERE type=? AND namespace=? AND name=?", (type_, ns, name))
+        return _repo(rows[0]) if rows else None
 
     def list_repos(self, type_: str) -> list[Repo]:
-        rows = self.db.execute("SELECT * FROM repos WHERE type=? ORDER BY namespace, name", (type_,)).fetchall()
-        return [_repo(r) for r in rows]
+        return [_repo(r) for r in self._rows("SELECT * FROM repos WHERE type=? ORDER BY namespace, name", (type_,))]
 
     def create_repo(
         self, type_: str, repo_id: str, private: bool, author: str, sdk: str | None = None, space: dict | None = None
@@ -206,12 +237,15 @@ class Storage:
     def delete_repo(self, repo: Repo) -> None:
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
-            oids = [r[0] for r in self.db.execute("SELECT oid FROM commits WHERE rid=?", (repo.rid,))]
-            self.db.executemany("DELETE FROM files WHERE oid=?", [(o,) for o in oids])
-            self.db.execute("DELETE FROM commits WHERE rid=?", (repo.rid,))
-            self.db.execute("DELETE FROM refs WHERE rid=?", (repo.rid,))
-            self.db.execute("DELETE FROM repos WHERE rid=?", (repo.rid,))
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("DELETE FROM files WHERE oid IN (SELECT oid FROM commits WHERE rid=?)", (repo.rid,))
+                self.db.execute("DELETE FROM commits WHERE rid=?", (repo.rid,))
+                self.db.execute("DELETE FROM refs WHERE rid=?", (repo.rid,))
+                self.db.execute("DELETE FROM repos WHERE rid=?", (repo.rid,))
+                self.db.execute("COMMIT")
+            except BaseException:  # an open transaction would wedge the shared connection
+                self.db.execute("ROLLBACK")
+                raise
 
     def update_repo(self, repo: Repo, **fields) -> Repo:
         with self.lock:
@@ -243,9 +277,8 @@ class Storage:
         if rev in refs["tag"]:
             return refs["tag"][rev], None
         if HEX_RE.match(rev):
-            rows = self.db.execute(
-                "SELECT oid FROM commits WHERE rid=? AND oid LIKE ?", (repo.rid, rev + "%")
-            ).fetchall()
+            rows = self._rows("SELECT oid FROM commits WHERE rid=? AND oid >= ? AND oid < ? LIMIT 2",
+                              (repo.rid, rev, rev + "g"))  # a prefix range: uses the primary key, unlike LIKE
             if len(rows) == 1:
                 return rows[0][0], None
         raise HubError(404, "RevisionNotFound", f"Invalid rev id: {rev}")
@@ -297,9 +330,12 @@ class Storage:
                     for p in inside:
                         del files[p]
             for entry in adds:
-                files[entry.path] = entry
+                files[check_path(entry.path)] = entry
             if files == before:
                 return head, False
+            clash = set(files) & _directories(files)
+            if clash:
+                raise HubError(400, None, f"A path cannot be both a file and a folder: {sorted(clash)[0]}")
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 oid = self._insert_commit(repo.rid, head, title, message, author, files, branch)
@@ -344,12 +380,11 @@ class Storage:
                 self.db.execute("INSERT INTO refs(rid, kind, name, oid) VALUES (?,?,?,?)", (repo.rid, kind, name, oid))
 
     def last_modified(self, repo: Repo) -> float:
-        row = self.db.execute("SELECT MAX(date) FROM commits WHERE rid=?", (repo.rid,)).fetchone()
-        return row[0] or repo.created_at
+        return self._rows("SELECT MAX(date) FROM commits WHERE rid=?", (repo.rid,))[0][0] or repo.created_at
 
     # ---- webhooks ----------------------------------------------------------------------------------------------
     def webhooks(self) -> list[dict]:
-        return [json.loads(r[0]) for r in self.db.execute("SELECT body FROM webhooks ORDER BY rowid")]
+        return [json.loads(r[0]) for r in self._rows("SELECT body FROM webhooks ORDER BY rowid")]
 
     def put_webhook(self, hook: dict) -> None:
         with self.lock:
@@ -360,6 +395,17 @@ class Storage:
     def delete_webhook(self, hook_id: str) -> None:
         with self.lock:
             self.db.execute("DELETE FROM webhooks WHERE id=?", (hook_id,))
+
+
+def _discard(tmp: Path, f: IO[bytes]) -> None:
+    """Close and remove a temp file that was not adopted (after adoption it no longer exists: a no-op)."""
+    if not f.closed:
+        f.close()
+    tmp.unlink(missing_ok=True)
+
+
+def _directories(paths: Iterable[str]) -> set[str]:
+    return {p.rsplit("/", i)[0] for p in paths for i in range(1, p.count("/") + 1)}
 
 
 def _repo(row: sqlite3.Row) -> Repo:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from tasks import store
-from tasks.config import TrainConfig
+from tasks.config import Precision, TrainConfig
 from tasks.evaluate import confusion_matrix, scores_from_confusion
 from tasks.refs import CheckpointRef, PinnedRepo, TokenizedRef
 
@@ -459,7 +459,7 @@ def _finalize(run: _Run, st: dict, tokenizer, names: list[str], base_model: Pinn
             metrics={k: float(st["best"][k]) for k in ("eval_accuracy", "eval_macro_f1", "eval_loss")},
             history_uri=run.uri("history.json"),
             train_seconds=round(run.seconds(), 3),
-            hardware=_hardware(acc, st["run_key"]["config"]["precision"]),
+            hardware=_hardware(acc, Precision(st["run_key"]["config"]["precision"]).name),
         )
         store.write_json(ref_uri, ref.model_dump(mode="json"))
     acc.wait_for_everyone()

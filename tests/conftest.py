@@ -105,3 +105,13 @@ def datasets_lib():
 
     datasets.config.USE_PARQUET_EXPORT = False
     return datasets
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """Prefect's test server on a fresh SQLite database, one per session (~20 s to start on 2 cores, so the
+    harness's default 30 s start-up timeout is raised)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -5,7 +5,9 @@ Run: `.venv/bin/pytest tests/test_localhub.py -q` (the `localhub` fixture in con
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile, RepoFolder
 
 from localhub import LocalHub
+from localhub.cli import add_serve_parser
 
 MB = 1 << 20
 
@@ -131,6 +134,10 @@ def test_revisions_refs_commits_branches_tags(hf_api: HfApi, repo: str):
     with pytest.raises(HfHubHTTPError) as err:
         hf_api.create_tag(repo, tag="v1")
     assert err.value.response.status_code == 409
+    for bad in ("has space", "a..b", second):  # a 40-hex name would shadow that commit's sha
+        with pytest.raises(HfHubHTTPError) as err:
+            hf_api.create_tag(repo, tag=bad)
+        assert err.value.response.status_code == 400, bad
 
     hf_api.delete_branch(repo, branch="dev")
     hf_api.delete_tag(repo, tag="v1")
@@ -209,6 +216,9 @@ def test_pinned_round_trip_and_snapshot_after_later_commit(hf_api: HfApi, repo: 
 
 
 def test_warm_pinned_snapshot_makes_zero_requests(hf_api: HfApi, repo: str, tmp_path: Path):
+    # Counted at the client's own HTTP session (see `counted_requests`), not by stopping the server or pointing at a
+    # dead endpoint: on a connection error snapshot_download silently falls back to the cache, so those would pass
+    # even if requests were made. The cold call shows that the hook sees the traffic.
     sha = hf_api.upload_file(path_or_fileobj=b"data", path_in_repo="d.txt", repo_id=repo).oid
     with counted_requests() as cold:
         first = snapshot_download(repo, revision=sha, cache_dir=tmp_path)
@@ -236,6 +246,9 @@ def test_missing_file_is_entry_not_found(repo: str, localhub: LocalHub, tmp_path
         hf_hub_download(repo, "nope.txt", cache_dir=tmp_path)
     r = httpx.head(f"{localhub.url}/{repo}/resolve/main/nope.txt")
     assert r.status_code == 404 and r.headers["x-error-code"] == "EntryNotFound" and r.headers["x-repo-commit"]
+    # The error message quotes the path: a CR/LF in it must not break (or split) the response headers.
+    r = httpx.get(f"{localhub.url}/{repo}/resolve/main/a%0D%0AX-Injected:%201")
+    assert r.status_code == 404 and r.headers["x-error-code"] == "EntryNotFound" and "x-injected" not in r.headers
 
 
 # ---- 3. uploads --------------------------------------------------------------------------------------------------
@@ -255,8 +268,10 @@ def test_upload_folder_regular_and_lfs(hf_api: HfApi, repo: str, tmp_path: Path)
         got = hf_hub_download(repo, name, revision=sha, cache_dir=tmp_path / "cache")
         assert sha256(got) == sha256(tmp_path / name), name
 
-    single = hf_api.upload_file(path_or_fileobj=tmp_path / "config.json", path_in_repo="sub/c.json", repo_id=repo)
-    assert Path(hf_hub_download(repo, "sub/c.json", revision=single.oid, cache_dir=tmp_path / "c")).read_text() == '{"a": 1}'
+    odd = "sub dir/ünï cödé #1 (v2)?.json"  # percent-encoded by the client, one segment at a time
+    single = hf_api.upload_file(path_or_fileobj=tmp_path / "config.json", path_in_repo=odd, repo_id=repo)
+    assert Path(hf_hub_download(repo, odd, revision=single.oid, cache_dir=tmp_path / "c")).read_text() == '{"a": 1}'
+    assert odd in hf_api.list_repo_files(repo, revision=single.oid)
 
 
 def test_create_commit_add_delete_folder_and_parent_check(hf_api: HfApi, repo: str):
@@ -323,6 +338,8 @@ def test_dataset_push_and_pinned_load(hf_api: HfApi, localhub: LocalHub, dataset
     assert any(f.endswith(".parquet") for f in hf_api.list_repo_files(repo_id, repo_type="dataset"))
     loaded = datasets_lib.load_dataset(repo_id, revision=sha, token=token, cache_dir=str(tmp_path / "ds"))
     assert loaded["train"].to_dict() == rows
+    at_main = datasets_lib.load_dataset(repo_id, split="train", token=token, cache_dir=str(tmp_path / "ds2"))
+    assert at_main.to_dict() == rows
 
 
 def test_hf_filesystem_put_ls_open_rm(localhub: LocalHub, repo: str, tmp_path: Path):
@@ -384,6 +401,30 @@ def test_auth_matrix(hf_api: HfApi, localhub: LocalHub, new_repo_id):
         assert localhub.token(user) not in log
 
 
+def test_commit_payload_cannot_escape_the_blob_store(localhub: LocalHub, repo: str):
+    """No real client sends these; a hostile one might. The NDJSON is written by hand, as the client would send it."""
+    headers = {"authorization": f"Bearer {localhub.token('alice')}", "content-type": "application/x-ndjson"}
+
+    def commit(*ops: dict) -> httpx.Response:
+        lines = [{"key": "header", "value": {"summary": "hostile"}}, *ops]
+        return httpx.post(f"{localhub.url}/api/models/{repo}/commit/main", headers=headers,
+                          content="\n".join(json.dumps(line) for line in lines))
+
+    size = Path("/etc/hostname").stat().st_size if Path("/etc/hostname").exists() else 1
+    escape = {"key": "lfsFile", "value": {"path": "x.bin", "algo": "sha256", "oid": "../" * 12 + "etc/hostname",
+                                           "size": size}}
+    assert commit(escape).status_code == 400
+    for bad in ("../up.txt", "/abs.txt", "a//b.txt", ".git/config", "a/./b"):
+        assert commit({"key": "file", "value": {"path": bad, "content": "eA==", "encoding": "base64"}}).status_code == 400
+    clash = commit({"key": "file", "value": {"path": "d", "content": "eA==", "encoding": "base64"}},
+                   {"key": "file", "value": {"path": "d/e", "content": "eA==", "encoding": "base64"}})
+    assert clash.status_code == 400
+    assert commit({"key": "nonsense"}).status_code == 400
+    r = httpx.post(f"{localhub.url}/api/models/{repo}/commit/main", headers=headers, content="{not json")
+    assert r.status_code == 400
+    assert HfApi(endpoint=localhub.url).list_repo_files(repo) == [".gitattributes"]
+
+
 # ---- 5. concurrency ----------------------------------------------------------------------------------------------
 
 def test_parallel_uploads_keep_linear_history(hf_api: HfApi, repo: str, tmp_path: Path):
@@ -417,7 +458,14 @@ def test_server_starts_fast_and_serve_help_lists_every_option(tmp_path: Path):
         hub.stop()
     assert elapsed < 2.0, f"localhub took {elapsed:.2f}s to start"
 
-    out = subprocess.run([sys.executable, "-m", "localhub", "serve", "--help"], capture_output=True, text=True,
-                         check=True).stdout
-    for option in ("--host", "--port", "--data", "--token", "--seed"):
-        assert option in out, option
+    # Every option the parser knows has help text, and shows in `serve --help`.
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers())
+    serve = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["serve"]
+    options = [a for a in serve._actions if a.option_strings and a.dest != "help"]
+    assert {o.dest for o in options} >= {"host", "port", "data", "token", "seed"}
+    for cmd in (["-m", "localhub", "serve", "--help"],
+                ["-c", "from hubflow.cli import main; main()", "hub", "serve", "--help"]):
+        out = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, check=True).stdout
+        for option in options:
+            assert option.help and option.option_strings[-1] in out, (cmd, option.dest)

@@ -71,7 +71,7 @@ def task_states(flow_run_id) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def first_run(hub_repos, localhub, tmp_path_factory):
+def first_run(prefect_api, hub_repos, localhub, tmp_path_factory):
     import os
 
     from flows.pipeline import pipeline

@@ -42,15 +42,23 @@ def _wrap(tok, **special: str):
 
 
 def train_wordpiece():
-    """A BERT-style uncased WordPiece tokenizer: [CLS] text [SEP], pad id 0."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A BERT-style uncased WordPiece tokenizer: [CLS] text [SEP], pad id 0.
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    The vocabulary is built from the corpus rather than by `WordPieceTrainer`, whose result varies from call to
+    call (ties between equally frequent merges), which would make two fixtures built alike disagree on token ids.
+    """
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted({w for text in corpus() for w in text.split()})
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    tokens = specials + chars + ["##" + c for c in string.ascii_lowercase + string.digits] + words
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(dict.fromkeys(tokens))}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(corpus(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
