@@ -5,8 +5,9 @@
 
 Messages are composed from intent templates (with `{a|b}` alternatives and `<slot>` fillers), optional greetings,
 details, distractor sentences that mention another team's vocabulary, urgency lines and sign-offs, then roughened
-(lower case, typos, texting register). About 8% come from genuinely ambiguous templates whose label is drawn among the
-plausible teams, as real tickets get routed either way: a good model tops out in the mid-90s, not at 100%.
+(lower case, typos, texting register). About 10% come from genuinely ambiguous templates whose label is drawn among
+the plausible teams, as real tickets get routed either way: all-MiniLM-L6-v2 fine-tuned for 2 epochs scores ~0.93 on
+test and TF-IDF + logistic regression ~0.93, not 1.0.
 Every text is unique across splits, so the test split is never memorised from train.
 
 This module is mostly data (the template tables), hence longer than the house's usual module.
@@ -262,7 +263,7 @@ def _message(rng: random.Random) -> tuple[str, str]:
     label = rng.choices(DEMO_LABELS, weights=[_CLASS_WEIGHTS[c] for c in DEMO_LABELS])[0]
     if rng.random() < 0.15:
         return _roughen(_fill(rng.choice(_SHORT[label]), rng), rng), label
-    ambiguous = rng.random() < 0.12
+    ambiguous = rng.random() < 0.12  # of the non-short messages: ~10% of all
     if ambiguous:
         template, teams = rng.choice(_AMBIGUOUS)
         core, label = _fill(template, rng), rng.choice(teams)
@@ -341,8 +342,8 @@ dataset_info:
 
 Synthetic customer-support messages routed to one of {len(DEMO_LABELS)} teams: {", ".join(DEMO_LABELS)}.
 Generated offline and deterministically by `hubflow.demo_data.build_demo_dataset(seed=0)`; every text is unique.
-About 8% of the messages are genuinely ambiguous (their team is drawn among the plausible ones), so expect
-a fine-tuned small encoder in the low-to-mid 90s of accuracy, not 100%.
+About 10% of the messages are genuinely ambiguous (their team is drawn among the plausible ones), so expect
+a fine-tuned small encoder in the low 90s of accuracy, not 100%.
 """
 
 

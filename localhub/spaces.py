@@ -210,8 +210,8 @@ class Spaces(Extension):
             self.storage.delete_repo(repo)  # the core created it already: a rejected create leaves nothing behind
             raise err if isinstance(err, HubError) else HubError(400, None, f"Invalid Space settings: {err}")
         self.storage.update_repo(repo, space=space)
-        with self.lock:
-            self.states[repo.id] = SpaceState(stage="NO_APP_FILE")  # the Hub's initial commit has no app
+        # The Hub's initial commit has no app. "stop", not a fresh state: a deleted namesake may still be running.
+        self._request(repo, "stop", "NO_APP_FILE")
 
     async def on_repo_deleted(self, repo: Repo) -> None:
         if repo.type == "space":
@@ -227,7 +227,7 @@ class Spaces(Extension):
             st = self.states.setdefault(repo.id, SpaceState())
             st.gen += 1
             st.stage, st.error = stage, None
-            self.commands.put((action, repo.id, st.gen))
+            self.commands.put((action, repo.id, st.gen, stage))
 
     # ---- routes --------------------------------------------------------------------------------------------------
     def _space(self, ctx: Ctx, write: bool) -> Repo:
@@ -360,13 +360,13 @@ class Spaces(Extension):
                 st.build_log.finish()
             return st is not None
 
-    def _handle(self, action: str, sid: str, gen: int) -> None:
+    def _handle(self, action: str, sid: str, gen: int, stage: str) -> None:
         st = self._current(sid, gen)
         if st is None:
-            return  # superseded by a later request
+            return  # superseded by a later request (on the same state, which then stops what runs)
         self._stop(st)
         if action == "stop":
-            self._set(sid, gen, "PAUSED")
+            self._set(sid, gen, stage)
         elif action == "remove":
             with self.lock:
                 if self._current(sid, gen):
@@ -482,7 +482,7 @@ class Spaces(Extension):
             return None, "", ["-m", "http.server", "{port}", "--bind", "127.0.0.1"]
         if sdk == "streamlit":
             if importlib.util.find_spec("streamlit") is None:
-                return "BUILD_ERROR", "streamlit is not installed in localhub's Python (offline: nothing is installed)", []
+                return "BUILD_ERROR", "streamlit is not installed in localhub's Python", []
             return None, "", ["-m", "streamlit", "run", app_file, "--server.port", "{port}",
                               "--server.address", "127.0.0.1", "--server.headless", "true"]
         if not app_file.endswith(".py"):

@@ -124,7 +124,7 @@ def preprocess(
     label_cols = {s: t.column(raw.label_column) for s, t in tables.items()}
     names, values = _label_space(label_cols, {s: f[raw.label_column] for s, f in features.items()},
                                  raw.label_column, data_cfg.train_split)
-    ids = {s: _label_ids(col, names, values, s) for s, col in label_cols.items()}
+    ids = {s: _label_ids(col, values) for s, col in label_cols.items()}
     texts = {s: t.column(raw.text_column) for s, t in tables.items()}
 
     roles = {"validation": data_cfg.validation_split, "test": data_cfg.test_split}
@@ -139,18 +139,19 @@ def preprocess(
     if not tokenizer.is_fast:
         raise ValueError(f"{model_dir} has no fast tokenizer (tokenizer.json); preprocess needs one for batched speed")
 
-    def encode(batch):
-        return tokenizer(batch["text"], truncation=True, max_length=cfg.max_length,
-                         return_attention_mask=True, return_token_type_ids=False)
-
+    encode = _arrow_encoder(tokenizer, cfg.max_length, probe=parts["train"][0][:32].to_pylist())
     out = DatasetDict()
     for role in ("train", "validation", "test"):
         text, labels = parts[role]
         table = pa.table({"text": text, "labels": pa.array(labels, pa.int64()),
                           "row_id": pa.array(np.arange(len(labels)), pa.int64())})
         ds = Dataset(InMemoryTable(table), fingerprint=_sha([fingerprint, role])[:16])
-        # One Rust call per 2,048 texts: the fast tokenizer parallelises inside a batch; no per-row Python.
-        out[role] = ds.map(encode, batched=True, batch_size=2048, writer_batch_size=2048, desc=f"tokenize {role}")
+        # Batches arrive and leave as Arrow tables; new_fingerprint spares datasets from dill-hashing the tokenizer
+        # (slower than tokenizing a few thousand rows), and ours already covers the tokenizer and the config.
+        out[role] = ds.with_format("arrow").map(
+            encode, batched=True, batch_size=4096, writer_batch_size=4096,
+            new_fingerprint=_sha([fingerprint, role, "tokenized"])[:16], desc=f"tokenize {role}",
+        ).with_format(None)
 
     uri = store.join(out_uri)
     store.remove(uri)  # no stale shards from an earlier run with another shard count
@@ -207,7 +208,7 @@ def _arrow_columns(ds, cfg: DataConfig) -> tuple[pa.ChunkedArray, pa.ChunkedArra
 
 
 def _check_text(columns: dict, text_column: str) -> None:
-    for split, (text, labels) in columns.items():
+    for split, (text, _) in columns.items():
         if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
             raise ValueError(f"text column {text_column!r} of split {split!r} holds {text.type}, not strings")
         if text.null_count:
@@ -226,6 +227,11 @@ def _label_space(label_cols: dict, features: dict, column: str, train: str) -> t
     values = None
     if isinstance(features[train], ClassLabel):
         names = list(features[train].names)
+        for split, col in label_cols.items():
+            low, high = pc.min_max(col).values()
+            if low.as_py() < 0 or high.as_py() >= len(names):  # -1 marks unlabeled rows (GLUE test sets)
+                raise ValueError(f"label column {column!r} of split {split!r} has ids outside 0..{len(names) - 1}; "
+                                 "if the split is unlabeled, set it to null so it is carved from train")
     else:
         types = {s: c.type for s, c in label_cols.items()}
         if len(set(types.values())) > 1:
@@ -240,17 +246,54 @@ def _label_space(label_cols: dict, features: dict, column: str, train: str) -> t
     observed = pc.unique(label_cols[train]).to_pylist()
     if len(names) < 2 or len(observed) < 2:
         raise ValueError(f"single-class labels: label column {column!r} of split {train!r} holds only "
-                         f"{observed} ({len(label_cols[train])} rows); a classifier needs at least 2 classes")
+                         f"{observed} ({len(label_cols[train])} rows); a classifier needs at least 2 classes "
+                         "(max_train_samples keeps the first rows: a dataset sorted by label needs more)")
     return names, values
 
 
-def _label_ids(col: pa.ChunkedArray, names: list[str], values: pa.Array | None, split: str) -> np.ndarray:
-    if values is None:  # ClassLabel: the ids are the labels; -1 marks an unlabeled split (GLUE test sets)
-        ids = col.to_numpy().astype(np.int64)
-        if ids.min() < 0 or ids.max() >= len(names):
-            raise ValueError(f"split {split!r} has label ids outside 0..{len(names) - 1} (unlabeled rows?)")
-        return ids
-    return pc.index_in(col, value_set=values).to_numpy().astype(np.int64)
+def _label_ids(col: pa.ChunkedArray, values: pa.Array | None) -> np.ndarray:
+    """Label column → int64 ids: ClassLabel ids as they are, other values by their index in the sorted values."""
+    if values is not None:
+        col = pc.index_in(col, value_set=values)
+    return col.to_numpy().astype(np.int64)
+
+
+def _arrow_encoder(tokenizer, max_length: int, probe: list[str]):
+    """A fast tokenizer → a batch function pa.Table(text) → the same table + input_ids, attention_mask (unpadded).
+
+    It calls the Rust tokenizer directly: `tokenizer(...)` rebuilds a Python dict per row (most of its time on short
+    texts). The backend holds the normaliser and special-token template, so ids match `tokenizer(text,
+    truncation=True, max_length=max_length)`; a tokenizer that adds Python-side logic fails the check on `probe`
+    and is called the ordinary way.
+    """
+    from itertools import chain
+
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a copy: our truncation, the caller's untouched
+    backend.enable_truncation(max_length)
+    backend.no_padding()  # padding happens per batch in the collator
+    encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast skips char offsets
+
+    def rust_ids(texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in encode_batch(texts)]
+
+    def python_ids(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False,
+                         return_token_type_ids=False)["input_ids"]
+
+    ids_of = rust_ids if rust_ids(probe) == python_ids(probe) else python_ids
+
+    def encode(batch: pa.Table) -> pa.Table:
+        ids = ids_of(batch.column("text").to_pylist())
+        offsets = np.zeros(len(ids) + 1, np.int32)
+        np.cumsum(np.fromiter(map(len, ids), np.int32, len(ids)), out=offsets[1:])
+        flat = np.fromiter(chain.from_iterable(ids), np.int32, int(offsets[-1]))
+        # int32 ids / int8 mask: the types datasets itself gives these columns
+        return batch.append_column("input_ids", pa.ListArray.from_arrays(offsets, flat)).append_column(
+            "attention_mask", pa.ListArray.from_arrays(offsets, np.ones(len(flat), np.int8)))
+
+    return encode
 
 
 def _carve(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
@@ -270,6 +313,8 @@ def _carve(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[s
             start += k
         taken["train"].append(idx[start:])
     out = {role: np.sort(np.concatenate(parts)) for role, parts in taken.items()}
+    if len(out["train"]) == 0:
+        raise ValueError(f"carving {fractions} left no train rows: too few rows per class")
     for role in fractions:  # tiny data: every split gets at least one row
         if len(out[role]) == 0:
             pick = rng.integers(len(out["train"]))

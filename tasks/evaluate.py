@@ -56,7 +56,7 @@ def build_report(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str])
     cm = confusion_matrix(y_true, y_pred, len(label_names))
     s = scores_from_confusion(cm)
     per_class = [
-        {"label": name, "precision": s["precision"][i], "recall": s["recall"][i], "f1": s["f1"][i], "support": s["support"][i]}
+        {"label": name, **{k: s[k][i] for k in ("precision", "recall", "f1", "support")}}
         for i, name in enumerate(label_names)
     ]
     return {
@@ -118,7 +118,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| {_cell(c['label'])} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
         for c in report["per_class"]
     ]
-    lines += ["", "| true \\ predicted | " + " | ".join(_cell(n) for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += ["", "| true \\ predicted | " + " | ".join(_cell(n) for n in names) + " |"]
+    lines += ["|---" * (len(names) + 1) + "|"]
     lines += [
         f"| {_cell(name)} | " + " | ".join(str(v) for v in row) + " |"
         for name, row in zip(names, report["confusion_matrix"])

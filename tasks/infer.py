@@ -64,16 +64,18 @@ def predict(
         rows = min(cfg.shard_size, n - start)
         shards.append({"index": i, "id": sid, "file": f"shard-{i:05d}-{sid}.parquet", "start": start, "rows": rows})
 
+    existing = _listing(fs, root)  # one listing, not a request per shard
     classifier = None  # loaded on the first shard that needs it: a finished rerun never loads the model
     for done, shard in enumerate(shards):
         path = f"{root}/{shard['file']}"
-        if not fs.exists(path):
+        if shard["file"] not in existing:
             classifier = classifier or _Classifier.load(model_uri, model_fingerprint, device, dtype)
             part = table.slice(shard["start"], shard["rows"])
             probs = classifier.probs(part.column("input_ids"), cfg.batch_size, cfg.max_tokens_per_batch)
             _write_atomically(fs, path, _shard_table(part, probs, label_names))
         if on_progress:
-            on_progress((done + 1) / len(shards), f"shard {done + 1}/{len(shards)} ({shard['start'] + shard['rows']}/{n} rows)")
+            rows_done = shard["start"] + shard["rows"]
+            on_progress((done + 1) / len(shards), f"shard {done + 1}/{len(shards)} ({rows_done}/{n} rows)")
 
     manifest = {
         "format": FORMAT,
@@ -110,7 +112,9 @@ def read_predictions(ref: PredictionsRef) -> pa.Table:
     return table
 
 
-def predict_texts(model_dir: str | Path, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> list[dict]:
+def predict_texts(
+    model_dir: str | Path, texts: list[str], batch_size: int = 32, max_length: int | None = None
+) -> list[dict]:
     """Classify a few raw texts (ad-hoc use, the Space app): [{pred, label, score, probs}] in input order."""
     clf = _cached_classifier(str(Path(model_dir).resolve()), os.stat(Path(model_dir, "config.json")).st_mtime_ns)
     limit = max_length or min(clf.tokenizer.model_max_length, clf.max_positions)
@@ -137,7 +141,7 @@ class _Classifier:
     def load(cls, model_uri: str, fingerprint: str | None, device: torch.device, dtype: torch.dtype) -> "_Classifier":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        local = store.get_dir(model_uri, _cache_dir(model_uri, fingerprint))
+        local = _fetch(model_uri, fingerprint)
         if fingerprint is not None and (actual := weights_fingerprint(local)) != fingerprint:
             raise ValueError(f"{model_uri} holds weights {actual[:12]}…, not the expected {fingerprint[:12]}…")
         model = AutoModelForSequenceClassification.from_pretrained(local, dtype=dtype, use_safetensors=True)
@@ -193,9 +197,17 @@ def _cached_classifier(model_dir: str, _mtime_ns: int) -> _Classifier:
     return _Classifier.load(model_dir, None, device, dtype)
 
 
-def _cache_dir(model_uri: str, fingerprint: str | None) -> Path:
+def _fetch(model_uri: str, fingerprint: str | None) -> Path:
+    """A local folder holding the model: the store folder itself when local, else a cached download."""
     key = fingerprint or hashlib.sha256(model_uri.encode()).hexdigest()
-    return Path(tempfile.gettempdir(), "hubflow-models", key[:16])
+    cache = Path(tempfile.gettempdir(), "hubflow-models", key[:32])
+    done = cache / ".complete"  # written last: a download cut short is fetched again, never half used
+    if fingerprint is not None and done.exists():
+        return cache
+    local = store.get_dir(model_uri, cache)
+    if local == cache:
+        done.touch()
+    return local
 
 
 def _label_names(model_uri: str) -> list[str]:
@@ -217,13 +229,22 @@ def _shard_table(part: pa.Table, probs: np.ndarray, label_names: list[str]) -> p
         pred=pa.array(pred, pa.int64()),
         pred_label=pc.take(pa.array(label_names, pa.string()), pa.array(pred)),
         score=pa.array(probs.max(axis=1), pa.float32()),
-        probs=pa.ListArray.from_arrays(pa.array(np.arange(0, n * c + 1, c), pa.int32()), pa.array(probs.ravel(), pa.float32())),
+        probs=pa.ListArray.from_arrays(
+            pa.array(np.arange(0, n * c + 1, c), pa.int32()), pa.array(probs.ravel(), pa.float32())
+        ),
     )
     return pa.table(columns)
 
 
+def _listing(fs, root: str) -> set[str]:
+    try:
+        return {Path(p).name for p in fs.ls(root, detail=False)}
+    except FileNotFoundError:  # an object store has no empty folders: a fresh prefix does not exist yet
+        return set()
+
+
 def _write_atomically(fs, path: str, table: pa.Table) -> None:
-    """A shard is either absent or complete: local files go through a temp name + rename; object-store PUTs are atomic."""
+    """A shard is absent or complete: a local file goes through a temp name + rename; an object-store PUT is atomic."""
     buf = io.BytesIO()
     pq.write_table(table, buf)
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol

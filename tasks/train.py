@@ -1,7 +1,7 @@
 """Fine-tune a sequence classifier on a tokenized dataset; resumable; the same code on CPU, one GPU or N GPUs.
 
-tokenized (TokenizedRef) + base model folder -> `{out_uri}/model` (best epoch: safetensors, tokenizer,
-label_maps.json), `{out_uri}/history.json`, `{out_uri}/checkpoint_ref.json` -> CheckpointRef.
+tokenized (TokenizedRef) + base model folder -> `{out_uri}/model` (the best evaluation's weights as safetensors,
+tokenizer, label_maps.json), `{out_uri}/history.json`, `{out_uri}/checkpoint_ref.json` -> CheckpointRef.
 
 In process (what the flow's task does):   train_model(tokenized, model_dir, base_model, cfg, out_uri)
 On N GPUs:   accelerate launch -m tasks.train --tokenized-ref '<json>' --model-dir DIR \
@@ -60,14 +60,14 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(len(self.lengths), generator=g).numpy()
-        mega = self.batch_size * 50
-        order = np.concatenate(
-            [chunk[np.argsort(-self.lengths[chunk], kind="stable")] for chunk in np.split(perm, range(mega, len(perm), mega))]
-        ) if len(perm) else perm
-        full = len(order) // self.batch_size * self.batch_size
-        batches = order[:full].reshape(-1, self.batch_size)[torch.randperm(full // self.batch_size, generator=g).numpy()]
+        mega = self.batch_size * 50  # a multiple of batch_size: batches never straddle two mega-batches
+        chunks = [perm[i : i + mega] for i in range(0, len(perm), mega)]
+        order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks] or [perm])
+        full = len(order) - len(order) % self.batch_size
+        batches = order[:full].reshape(-1, self.batch_size)
+        batches = batches[torch.randperm(len(batches), generator=g).numpy()]
         # The short tail batch goes last, so every batch before it has exactly batch_size rows.
-        yield from np.concatenate([batches.reshape(-1), order[full:]]).tolist()
+        yield from np.concatenate([batches.ravel(), order[full:]]).tolist()
 
 
 def train_model(
@@ -78,12 +78,18 @@ def train_model(
     out_uri: str,
     on_progress: Progress | None = None,
 ) -> CheckpointRef:
-    """Fine-tune `model_dir` on `tokenized` (train split; validation each epoch); keep the best epoch by macro-F1."""
+    """Fine-tune `model_dir` on `tokenized` (train split; validation each epoch); keep the best evaluation's weights."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
     started = time.perf_counter()
+    # accelerate keeps its settings in process-wide singletons and refuses a second Accelerator with another mixed
+    # precision. A Prefect worker runs many trainings in one process, so each starts from clean state; the process
+    # group (PartialState) is kept, so this is a no-op under `accelerate launch`.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     accelerator = Accelerator(
         mixed_precision=cfg.precision.value, gradient_accumulation_steps=cfg.gradient_accumulation_steps
     )
@@ -162,7 +168,7 @@ def train_model(
         metrics = _evaluate(model, eval_dl, accelerator, len(names))
         metrics.update(step=st["step"], epoch=round(st["step"] / steps_per_epoch, 4))
         st["history"]["evals"].append(metrics)
-        if st["best"] is None or metrics["eval_macro_f1"] > st["best"]["eval_macro_f1"]:
+        if st["best"] is None or _rank(metrics) > _rank(st["best"]):
             st["best"], st["best_dir"] = metrics, _next_dir(st)  # the checkpoint below holds these weights
         _checkpoint(run, st)
         progress(
@@ -179,7 +185,9 @@ def train_model(
 class _Run:
     """What the helpers below share: the prepared objects, where to write, and the clock."""
 
-    def __init__(self, accelerator, model, optimizer, scheduler, out_uri, total_steps, steps_per_epoch, progress, started):
+    def __init__(
+        self, accelerator, model, optimizer, scheduler, out_uri, total_steps, steps_per_epoch, progress, started
+    ):
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.out_uri, self.total_steps, self.steps_per_epoch = out_uri, total_steps, steps_per_epoch
         self.progress, self.started, self.prior_seconds = progress, started, 0.0
@@ -199,8 +207,7 @@ def _dataloaders(tokenized: TokenizedRef, tokenizer, cfg: TrainConfig, accelerat
     from torch.utils.data import DataLoader
     from transformers import DataCollatorWithPadding
 
-    with accelerator.main_process_first():  # a remote store is fetched once per node, not raced
-        dsd = load_from_disk(tokenized.uri, storage_options=store.storage_options(tokenized.uri))
+    dsd = load_from_disk(tokenized.uri, storage_options=store.storage_options(tokenized.uri))
     cols = ["input_ids", "attention_mask", "labels"]
     train, val = dsd["train"].select_columns(cols), dsd["validation"].select_columns(cols)
     if len(train) == 0 or len(val) == 0:
@@ -257,6 +264,11 @@ def _evaluate(model, eval_dl, accelerator, n_classes: int) -> dict[str, float]:
         "eval_accuracy": scores["accuracy"],
         "eval_macro_f1": scores["macro_f1"],
     }
+
+
+def _rank(metrics: dict[str, float]) -> tuple[float, float]:
+    # Best = highest macro-F1 (accuracy hides a neglected class); on a tie, the lower validation loss.
+    return metrics["eval_macro_f1"], -metrics["eval_loss"]
 
 
 def _flush_losses(run: _Run, st: dict, pending: list) -> None:
@@ -412,7 +424,8 @@ def _local_copy(uri: str, tmp: str) -> str:
 def weights_fingerprint(folder: str | Path) -> str:
     """sha256 of the weights of a save_pretrained folder (model.safetensors, or its shards in name order)."""
     folder = Path(folder)
-    files = [folder / "model.safetensors"] if (folder / "model.safetensors").exists() else sorted(folder.glob("*.safetensors"))
+    single = folder / "model.safetensors"
+    files = [single] if single.exists() else sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no safetensors weights in {folder}")
     h = hashlib.sha256()
@@ -444,9 +457,8 @@ def _finalize(run: _Run, st: dict, tokenizer, names: list[str], base_model: Pinn
             out = Path(tmp, "model")
             model.save_pretrained(out)  # transformers 5 always writes safetensors (no safe_serialization flag)
             tokenizer.save_pretrained(out)
-            (out / "label_maps.json").write_text(
-                json.dumps({"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}, indent=2)
-            )
+            maps = {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+            (out / "label_maps.json").write_text(json.dumps(maps, indent=2))
             fingerprint = weights_fingerprint(out)
             store.remove(run.uri("model"))  # no stale files from an earlier layout survive next to the new ones
             store.put_dir(out, run.uri("model"))
@@ -470,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="Fine-tune a sequence classifier (run under `accelerate launch`).")
-    parser.add_argument("--tokenized-ref", required=True, type=TokenizedRef.model_validate_json, help="TokenizedRef JSON")
+    parser.add_argument("--tokenized-ref", required=True, type=TokenizedRef.model_validate_json, help="ref JSON")
     parser.add_argument("--model-dir", required=True, help="local folder of the base model snapshot")
     parser.add_argument("--base-model", required=True, type=PinnedRepo.model_validate_json, help="PinnedRepo JSON")
     parser.add_argument("--config", required=True, type=TrainConfig.model_validate_json, help="TrainConfig JSON")

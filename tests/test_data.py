@@ -8,6 +8,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
+from transformers import AutoTokenizer
 
 from hubflow.demo_data import DEMO_LABELS, build_demo_dataset, write_demo_parquet
 from tasks import data
@@ -54,6 +55,12 @@ def _tickets(n: int, start: int = 0) -> Dataset:
     rows = range(start, start + n)
     return Dataset.from_dict({"text": [f"message number {i} about {teams[i % 3]}" for i in rows],
                               "label": [teams[i % 3] for i in rows]})
+
+
+def _ids(ids: list[int]) -> Dataset:
+    """Rows with ClassLabel(["a", "b"]) ids; -1 is the datasets convention for an unlabeled row."""
+    features = Features(text=Value("string"), label=ClassLabel(names=["a", "b"]))
+    return Dataset.from_dict({"text": [f"row {i}" for i in range(len(ids))], "label": ids}, features=features)
 
 
 # ----- demo dataset --------------------------------------------------------------------------------------------------
@@ -135,11 +142,12 @@ def test_raw_fingerprint_hashes_content_not_location(tmp_path):
         (DatasetDict(train=_tickets(6), validation=_tickets(0)), {}, ["'validation'", "empty"]),
         (DatasetDict(train=Dataset.from_dict({"text": ["a", "b"], "label": ["x", "x"]})), {},
          ["single-class", "'label'", "'train'"]),
-        (DatasetDict(train=_tickets(3).cast_column("label", ClassLabel(names=["account", "billing", "shipping"]))
-                     .filter(lambda r: r["label"] == 0)), {}, ["single-class", "'train'"]),
+        (DatasetDict(train=_ids([1, 1, 1])), {}, ["single-class", "'train'", "[1]"]),
         (DatasetDict(validation=_tickets(6)), {}, ["train split", "'train'", "validation"]),
+        (DatasetDict(train=_ids([0, 1, 0]), test=_ids([-1, -1])), {}, ["'test'", "outside 0..1", "null"]),
     ],
-    ids=["no-text-column", "no-label-column", "empty-split", "single-class", "single-class-classlabel", "no-train"],
+    ids=["no-text-column", "no-label-column", "empty-split", "single-class", "single-class-classlabel", "no-train",
+         "unlabeled-test"],
 )
 def test_write_raw_splits_rejects_unusable_data_naming_the_culprit(tmp_path, dsdict, cfg_kw, words):
     with pytest.raises(ValueError) as err:
@@ -175,8 +183,10 @@ def test_preprocess_keeps_rows_in_order_with_classlabel_ids(tmp_path, demo, toke
     assert list(out) == ["train", "validation", "test"]
     lengths = [len(ids) for ds in out.values() for ids in _col(ds, "input_ids")]
     assert max(lengths) == 16 and min(lengths) < 16  # truncated, not padded
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     for split, n in ref.splits.items():
         ds = out[split]
+        assert _col(ds, "input_ids") == tokenizer(_col(ds, "text"), truncation=True, max_length=16)["input_ids"]
         assert set(ds.column_names) == {"input_ids", "attention_mask", "labels", "row_id", "text"}
         assert _col(ds, "row_id") == list(range(n))
         assert _col(ds, "text") == _col(demo[split], "text")[:n]

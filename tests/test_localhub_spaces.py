@@ -6,7 +6,6 @@ in ~0.2 s); one test runs a real gradio app and calls it with `gradio_client` (s
 
 from __future__ import annotations
 
-import os
 import textwrap
 import time
 import uuid
@@ -107,7 +106,8 @@ def test_settings_round_trip_and_secrets_stay_write_only(api: HfApi, hub: LocalH
     assert set(secrets) == {"API_KEY"} and secrets["API_KEY"].description == "the key"
     raw = httpx.get(f"{hub.url}/api/spaces/{repo_id}/secrets", headers={"authorization": f"Bearer {api.token}"})
     assert "s3cr3t-value" not in raw.text and "value" not in raw.json()["API_KEY"]
-    assert "s3cr3t-value" not in httpx.get(f"{hub.url}/api/spaces/{repo_id}", headers={"authorization": f"Bearer {api.token}"}).text
+    info = httpx.get(f"{hub.url}/api/spaces/{repo_id}", headers={"authorization": f"Bearer {api.token}"})
+    assert "s3cr3t-value" not in info.text
 
     api.add_space_secret(repo_id, "OTHER", "x")
     api.delete_space_secret(repo_id, "API_KEY")
@@ -220,6 +220,17 @@ def test_pause_and_restart(api: HfApi):
     assert httpx.get(api.space_info(repo_id).host).json()["version"] == "v2"
 
 
+def test_deleting_a_space_stops_its_app_even_if_recreated_at_once(api: HfApi):
+    repo_id = new_space(api)
+    upload(api, repo_id, env_app())
+    assert wait(api, repo_id).stage == "RUNNING"
+    pid = httpx.get(api.space_info(repo_id).host).json()["pid"]
+    api.delete_repo(repo_id, repo_type="space")
+    api.create_repo(repo_id, repo_type="space", space_sdk="gradio")
+    assert wait_dead(pid)
+    assert api.get_space_runtime(repo_id).stage == "NO_APP_FILE"
+
+
 def test_no_app_file(api: HfApi):
     repo_id = new_space(api)
     api.upload_file(path_or_fileobj=b"---\nsdk: gradio\napp_file: main.py\n---\n# demo\n", path_in_repo="README.md",
@@ -237,7 +248,7 @@ def test_static_space_is_served(api: HfApi):
 
 
 def test_app_that_never_answers_times_out(tmp_path: Path):
-    hub = start_hub(tmp_path, LOCALHUB_SPACE_START_TIMEOUT="1.5")
+    hub = start_hub(tmp_path, LOCALHUB_SPACE_START_TIMEOUT="3")
     try:
         api = HfApi(endpoint=hub.url, token=hub.token("alice"))
         repo_id = new_space(api)

@@ -152,7 +152,7 @@ def make_tiny_tokenized(
     seed: int = 0,
     max_length: int = 64,
 ) -> TokenizedRef:
-    """The input contract of training/inference: a DatasetDict saved at `dir`, tokenized with `model_dir`'s tokenizer."""
+    """The training/inference input contract: a DatasetDict saved at `dir`, tokenized by `model_dir`'s tokenizer."""
     from datasets import Dataset, DatasetDict, Features, List, Value
     from transformers import AutoTokenizer
 
