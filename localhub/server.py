@@ -74,6 +74,7 @@ def serve(host: str, port: int, data_dir: str | Path, users: dict[str, User], se
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s localhub %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs full URLs, and a webhook URL may carry credentials
     hub = build_hub(data_dir, users)
     hub.base_url = f"http://{host}:{port}"
     if seed:
@@ -81,7 +82,7 @@ def serve(host: str, port: int, data_dir: str | Path, users: dict[str, User], se
 
         seed_hub(hub.storage, seed)
     config = uvicorn.Config(hub.asgi, host=host, port=port, access_log=False, log_level="warning", lifespan="on",
-                            interface="asgi3")
+                            interface="asgi3", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     log.info("serving %s (data in %s, %d users)", hub.base_url, data_dir, len({u.name for u in users.values()}))
     server.run()
