@@ -200,7 +200,9 @@ def _cached_classifier(model_dir: str, _mtime_ns: int) -> _Classifier:
 def _fetch(model_uri: str, fingerprint: str | None) -> Path:
     """A local folder holding the model: the store folder itself when local, else a cached download."""
     key = fingerprint or hashlib.sha256(model_uri.encode()).hexdigest()
-    cache = Path(tempfile.gettempdir(), "hubflow-models", key[:32])
+    # HUBFLOW_MODEL_CACHE: where a worker keeps downloaded models (large; put it on a disk with room).
+    root = os.environ.get("HUBFLOW_MODEL_CACHE") or Path(tempfile.gettempdir(), "hubflow-models")
+    cache = Path(root, key[:32])
     done = cache / ".complete"  # written last: a download cut short is fetched again, never half used
     if fingerprint is not None and done.exists():
         return cache

@@ -112,7 +112,7 @@ def test_checkpoint_reloads_and_reproduces_predictions(first_run):
 
     _, state = first_run
     result = state.result()
-    folder = f"{result.checkpoint.uri}/model"
+    folder = result.checkpoint.uri
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     assert [model.config.id2label[i] for i in range(model.config.num_labels)] == result.checkpoint.label_names
     stored = read_predictions(result.predictions).slice(0, 12).to_pylist()

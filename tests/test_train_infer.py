@@ -300,7 +300,8 @@ def s3(monkeypatch):
     server.stop()
 
 
-def test_an_s3_store_carries_resume_state_datasets_shards_and_reports(tiny, s3):
+def test_an_s3_store_carries_resume_state_datasets_shards_and_reports(tiny, s3, tmp_path, monkeypatch):
+    monkeypatch.setenv("HUBFLOW_MODEL_CACHE", str(tmp_path / "models"))
     model_dir, tokenized = tiny
     store.put_dir(tokenized.uri, f"{s3}/tokenized")
     remote = tokenized.model_copy(update={"uri": f"{s3}/tokenized"})
@@ -320,6 +321,7 @@ def test_an_s3_store_carries_resume_state_datasets_shards_and_reports(tiny, s3):
 
     pred = predict(ref.uri, ref.fingerprint, remote, "test", InferenceConfig(shard_size=16), f"{s3}/pred")
     assert read_predictions(pred).column("row_id").to_pylist() == list(range(50))
+    assert (tmp_path / "models" / ref.fingerprint[:32] / ".complete").exists()  # the model was fetched once, whole
     assert predict(ref.uri, ref.fingerprint, remote, "test", InferenceConfig(shard_size=16), f"{s3}/pred") == pred
     ev = evaluate_predictions(pred, LABELS, f"{s3}/eval", ref.history_uri)
     fs, _ = store.fs_for(s3)
