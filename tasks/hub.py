@@ -106,7 +106,26 @@ def load_dataset_at(data: PinnedRepo, config_name: str | None):
 
     # At a pinned sha datasets resolves files from the tree; the parquet-export probe would leave the machine.
     datasets.config.USE_PARQUET_EXPORT = False
-    return datasets.load_dataset(data.repo_id, config_name, revision=data.sha, token=hf_token() or False)
+    token = hf_token() or False
+    try:
+        return datasets.load_dataset(data.repo_id, config_name, revision=data.sha, token=token)
+    except datasets.exceptions.DatasetGenerationError as e:
+        raise PreflightError(_unreadable_split(data, config_name, token, e)) from e
+
+
+def _unreadable_split(data: PinnedRepo, config_name: str | None, token, error: Exception) -> str:
+    """Name the split that broke `load_dataset` (it builds every split at once and only says that one failed)."""
+    import datasets
+
+    builder = datasets.load_dataset_builder(data.repo_id, config_name, revision=data.sha, token=token)
+    for split, files in (builder.config.data_files or {}).items():
+        try:
+            rows = datasets.load_dataset(builder.name, data_files={split: files}, split=split).num_rows
+        except Exception as e:  # noqa: BLE001 - any reader error here is the answer we are looking for
+            return f"data.source={data.repo_id!r}@{data.sha[:10]}: split {split!r} is empty or unreadable ({e.__cause__ or e})"
+        if rows == 0:
+            return f"data.source={data.repo_id!r}@{data.sha[:10]}: split {split!r} is empty"
+    return f"data.source={data.repo_id!r}@{data.sha[:10]}: datasets could not build the splits ({error.__cause__ or error})"
 
 
 def _status(e: HfHubHTTPError) -> str:

@@ -20,7 +20,26 @@ from .caching import stage_key
 from .config import DataConfig, InferenceConfig, ModelConfig, PreprocessConfig, TrainConfig
 from .refs import CheckpointRef, EvalRef, PinnedRepo, PredictionsRef, RawDataRef, TokenizedRef
 
-NETWORK_RETRIES = dict(retries=3, retry_delay_seconds=[2, 5, 15])
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry network hiccups (connection errors, 429, 5xx), never bad input: that fails the same way every time."""
+    import httpx
+    import httpx2  # huggingface_hub's transport
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        state.result()
+    except (httpx.TransportError, httpx2.TransportError, ConnectionError, TimeoutError):
+        return True
+    except HfHubHTTPError as e:
+        return e.response is not None and (e.response.status_code == 429 or e.response.status_code >= 500)
+    except BaseException:  # noqa: BLE001 - anything else is not worth a retry
+        return False
+    return False
+
+
+NETWORK_RETRIES = dict(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=_transient)
 MODULES = {
     "pull-dataset": ("tasks.hub", "tasks.data"),
     "preprocess": ("tasks.data",),
