@@ -11,21 +11,7 @@ from prefect.runtime import flow_run
 
 from tasks import stages, store
 from tasks.config import PipelineConfig
-from tasks.refs import CheckpointRef, EvalRef, PinnedRepo, PredictionsRef, RawDataRef, Ref, TokenizedRef
-
-
-class PipelineResult(Ref):
-    """What a pipeline run produced: every pinned sha, every stage's output URI, the metrics."""
-
-    flow_run_id: str | None
-    base_model: PinnedRepo
-    dataset: PinnedRepo | None
-    raw: RawDataRef
-    tokenized: TokenizedRef
-    checkpoint: CheckpointRef
-    predictions: PredictionsRef
-    evaluation: EvalRef
-    summary_uri: str
+from tasks.refs import PipelineResult
 
 
 @flow(name="hubflow-pipeline", persist_result=True, log_prints=True)
@@ -38,16 +24,17 @@ def pipeline(config: PipelineConfig) -> PipelineResult:
     checkpoint = stages.train(tokenized, base_model, config.train, config.artifact_store)
     predictions = stages.predict(checkpoint, tokenized, "test", config.inference, config.artifact_store)
     evaluation = stages.evaluate(predictions, checkpoint, config.artifact_store)
-    return record_run(base_model, dataset, raw, tokenized, checkpoint, predictions, evaluation, config.artifact_store)
+    return record_run(config, base_model, dataset, raw, tokenized, checkpoint, predictions, evaluation)
 
 
-def record_run(base_model, dataset, raw, tokenized, checkpoint, predictions, evaluation, artifact_store) -> PipelineResult:
+def record_run(config, base_model, dataset, raw, tokenized, checkpoint, predictions, evaluation) -> PipelineResult:
     """Write the run's summary to the store and log the headline numbers."""
     run_id = flow_run.get_id()
-    summary_uri = store.join(artifact_store, "runs", run_id or "local", "summary.json")
+    summary_uri = store.join(config.artifact_store, "runs", run_id or "local", "summary.json")
     result = PipelineResult(
-        flow_run_id=run_id, base_model=base_model, dataset=dataset, raw=raw, tokenized=tokenized,
-        checkpoint=checkpoint, predictions=predictions, evaluation=evaluation, summary_uri=summary_uri,
+        flow_run_id=run_id, flow_run_url=flow_run.get_flow_run_ui_url(), config=config, base_model=base_model,
+        dataset=dataset, raw=raw, tokenized=tokenized, checkpoint=checkpoint, predictions=predictions,
+        evaluation=evaluation, summary_uri=summary_uri,
     )
     store.write_json(summary_uri, result.model_dump(mode="json"))
     m = evaluation.metrics

@@ -103,6 +103,53 @@ class InferenceConfig(_Stage):
     data: DataConfig | None = Field(None, description="Run inference over this dataset instead of the test split.")
 
 
+class GateMetric(str, Enum):
+    accuracy = "accuracy"
+    macro_f1 = "macro_f1"
+
+
+class GateConfig(_Stage):
+    """Champion/challenger: publish only a model that clears the bar and beats what is already published."""
+
+    enabled: bool = Field(False, description="Off: always publish. On: publish only when the checks below pass.")
+    metric: GateMetric = Field(GateMetric.macro_f1, description="Test-split metric the gate compares.")
+    threshold: float = Field(0.0, ge=0, le=1, description="The challenger's metric must be at least this.")
+    beat_champion: bool = Field(
+        True, description="Also require beating the model already published at the target repo, on the same test set."
+    )
+
+
+class PublishConfig(_Stage):
+    enabled: bool = Field(False, description="Publish the model, its card and the predictions to the Hub.")
+    repo_id: str | None = Field(
+        None, description="Target model repo ('ns/name'); default: '<token user>/<base model name>-<dataset name>'."
+    )
+    private: bool = Field(True, description="Create the model and predictions repos private.")
+    predictions_repo_id: str | None = Field(
+        None, description="Target dataset repo for the predictions; default: '<model repo>-predictions'."
+    )
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+    @field_validator("repo_id", "predictions_repo_id")
+    @classmethod
+    def _repo_ids(cls, v: str | None, info) -> str | None:
+        return None if v is None else _check_repo_id(v, f"publish.{info.field_name}")
+
+
+class SpaceConfig(_Stage):
+    enabled: bool = Field(False, description="Deploy a gradio Space serving the published model.")
+    space_id: str | None = Field(None, description="Target Space ('ns/name'); default: '<model repo>-demo'.")
+    private: bool = Field(False, description="Create the Space private.")
+    hardware: str | None = Field(None, description="Space hardware flavor, e.g. 'cpu-basic' or 't4-small'.")
+    sleep_time_seconds: int | None = Field(None, ge=60, description="Put the Space to sleep after this idle time.")
+    timeout_seconds: int = Field(600, ge=10, le=7200, description="How long to wait for the Space to reach RUNNING.")
+
+    @field_validator("space_id")
+    @classmethod
+    def _space_id(cls, v: str | None) -> str | None:
+        return None if v is None else _check_repo_id(v, "space.space_id")
+
+
 class PipelineConfig(_Stage):
     """Everything one pipeline run needs. Also the flow's parameters and the Prefect UI run form."""
 
@@ -112,6 +159,8 @@ class PipelineConfig(_Stage):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
     artifact_store: str = Field(
         "./.hubflow/store",
         description="fsspec URI where every stage writes its outputs: a local folder, or s3://bucket/prefix.",

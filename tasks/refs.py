@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from .config import PipelineConfig
+
 
 class Ref(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -74,3 +76,54 @@ class EvalRef(Ref):
     uri: str
     split: str
     metrics: dict[str, float]
+
+
+class GateDecision(Ref):
+    """Whether a challenger was promoted, and why (champion/challenger on the same test set)."""
+
+    promoted: bool
+    metric: str
+    challenger: float
+    champion: float | None
+    champion_sha: str | None
+    threshold: float
+    reason: str
+
+
+class PublishedRepo(Ref):
+    """A Hub repo at the commit a publish made (or found unchanged: `created` False)."""
+
+    repo_id: str
+    repo_type: Literal["model", "dataset", "space"]
+    sha: str
+    url: str
+    created: bool
+    tag: str | None = None
+
+
+class SpaceDeployment(Ref):
+    """A Space serving a published model: where it runs and the stage it reached."""
+
+    space_id: str
+    sha: str
+    stage: str
+    url: str | None
+    model: PublishedRepo
+
+
+class PipelineResult(Ref):
+    """What a training pipeline run produced: its config, every pinned sha, every stage's output, the metrics.
+
+    Stored as `summary_uri` (JSON), which is what the publish flow takes to publish an existing run."""
+
+    flow_run_id: str | None
+    flow_run_url: str | None = None
+    config: PipelineConfig
+    base_model: PinnedRepo
+    dataset: PinnedRepo | None
+    raw: RawDataRef
+    tokenized: TokenizedRef
+    checkpoint: CheckpointRef
+    predictions: PredictionsRef
+    evaluation: EvalRef
+    summary_uri: str
