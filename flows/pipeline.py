@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks import stages, store
+from tasks import dispatch, stages, store
 from tasks.config import PipelineConfig
 from tasks.refs import PipelineResult
 
@@ -21,8 +21,9 @@ def pipeline(config: PipelineConfig) -> PipelineResult:
     raw = stages.pull_dataset(config.data, dataset, config.artifact_store)
     stages.pull_model(base_model, config.model.allow_pickle_weights)
     tokenized = stages.preprocess(raw, base_model, config.preprocess, config.data, config.artifact_store)
-    checkpoint = stages.train(tokenized, base_model, config.train, config.artifact_store)
-    predictions = stages.predict(checkpoint, tokenized, "test", config.inference, config.artifact_store)
+    checkpoint = dispatch.train(tokenized, base_model, config.train, config.artifact_store, config.execution)
+    predictions = dispatch.predict(checkpoint, tokenized, "test", config.inference, config.artifact_store,
+                                   config.execution)
     evaluation = stages.evaluate(predictions, checkpoint, config.artifact_store)
     return record_run(config, base_model, dataset, raw, tokenized, checkpoint, predictions, evaluation)
 

@@ -150,6 +150,24 @@ class SpaceConfig(_Stage):
         return None if v is None else _check_repo_id(v, "space.space_id")
 
 
+class ExecutionMode(str, Enum):
+    """Where the GPU stages run: in this process, or as runs of their own deployments on the gpu work pool."""
+
+    local = "local"
+    pools = "pools"
+
+
+class ExecutionConfig(_Stage):
+    mode: ExecutionMode = Field(
+        ExecutionMode.local,
+        description="local: every stage in this flow run (no server or pools needed). pools: training and batch "
+        "inference run as deployments on the gpu pool (needs a Prefect server, workers and a shared s3:// store).",
+    )
+    train_deployment: str = Field("hubflow-train/gpu", description="Deployment ('flow/deployment') that trains.")
+    predict_deployment: str = Field("hubflow-predict/gpu", description="Deployment that runs batch inference.")
+    timeout_seconds: int = Field(6 * 3600, ge=60, description="Give up waiting for a dispatched stage after this.")
+
+
 class PipelineConfig(_Stage):
     """Everything one pipeline run needs. Also the flow's parameters and the Prefect UI run form."""
 
@@ -161,10 +179,18 @@ class PipelineConfig(_Stage):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     space: SpaceConfig = Field(default_factory=SpaceConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     artifact_store: str = Field(
         "./.hubflow/store",
         description="fsspec URI where every stage writes its outputs: a local folder, or s3://bucket/prefix.",
     )
+
+    @model_validator(mode="after")
+    def _pools_need_a_shared_store(self) -> "PipelineConfig":
+        # A gpu worker on another machine cannot read this machine's disk: fail before anything is dispatched.
+        if self.execution.mode is ExecutionMode.pools and "://" not in self.artifact_store:
+            raise ValueError(f"execution.mode=pools needs a shared artifact_store (s3://...), not {self.artifact_store!r}")
+        return self
 
     @model_validator(mode="after")
     def _precision_needs_gpu_mode(self) -> "PipelineConfig":

@@ -1,0 +1,102 @@
+"""hubflow's stages against the peers a user would otherwise reach for, in one run; prints `name: ratio` lines.
+
+    python -m bench                          # everything below except rerun_vs_first (~6-8 min on 2 cores)
+    python -m bench --quick                  # small sizes, one repetition: a smoke run (~1-2 min)
+    python -m bench --only train_vs_trainer  # one comparison (repeatable)
+    python -m bench.lfs                      # localhub LFS throughput (a separate benchmark)
+
+Ratios (higher is better, except rerun_vs_first):
+    inference_vs_pipeline      tasks.infer.predict vs transformers.pipeline          target >= 3
+    inference_vs_bare          ... vs a bare inference_mode loop over pre-padded batches   target >= 0.9
+    train_vs_trainer           tasks.train.train_model vs transformers.Trainer       target >= 1.3
+    preprocess_vs_per_example  tasks.data.preprocess vs per-example Dataset.map      target >= 5
+    rerun_vs_first             unchanged pipeline rerun / first run (lower is better) target <= 0.10 (opt-in)
+
+Each contender is warmed up once, then the contenders run back to back in rotating order; the ratio is the median
+over repetitions of peer seconds / our seconds. torch uses os.cpu_count() intra-op threads on every side.
+See docs/benchmarks.md for what each clock covers and the recorded figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+RATIOS = ["inference_vs_pipeline", "inference_vs_bare", "train_vs_trainer", "preprocess_vs_per_example",
+          "rerun_vs_first"]
+DEFAULT = RATIOS[:-1]  # rerun_vs_first starts localhub and Prefect and runs the pipeline twice: only on request
+TARGETS = {"inference_vs_pipeline": ">= 3", "inference_vs_bare": ">= 0.9", "train_vs_trainer": ">= 1.3",
+           "preprocess_vs_per_example": ">= 5", "rerun_vs_first": "<= 0.10"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes and one repetition (smoke run)")
+    parser.add_argument("--only", action="append", choices=RATIOS, metavar="NAME",
+                        help=f"run only this comparison (repeatable): {', '.join(RATIOS)}")
+    parser.add_argument("--reps", type=int, help="timed repetitions per contender (default 3, --quick 1)")
+    args = parser.parse_args(argv)
+    wanted = set(args.only or DEFAULT)
+
+    # Offline, quiet, and no stray cache writes outside the scratch folder: set before the libraries load.
+    root = Path(tempfile.mkdtemp(prefix="hubflow-bench-"))
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                      HF_DATASETS_CACHE=str(root / "hf_datasets"), TRANSFORMERS_VERBOSITY="error")
+    try:
+        run(root, wanted, args.quick, args.reps)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(root: Path, wanted: set[str], quick: bool, reps: int | None) -> None:
+    import datasets
+    import torch
+
+    from bench.common import FULL, QUICK, Report, classifier_dir, set_threads, tokenized_splits
+
+    datasets.disable_progress_bars()
+    sizes = QUICK if quick else FULL
+    reps = reps or sizes.reps
+    threads = set_threads()
+    started = time.perf_counter()
+    print(f"hubflow bench: torch {torch.__version__}, {threads} intra-op threads (os.cpu_count()), "
+          f"cuda={torch.cuda.is_available()}, {'quick' if quick else 'full'} sizes, {reps} repetition(s)", flush=True)
+    report = Report()
+
+    if wanted & {"inference_vs_pipeline", "inference_vs_bare", "train_vs_trainer"}:
+        split_sizes = {"train": sizes.train_rows, "validation": sizes.val_rows, "test": sizes.infer_rows}
+        tokenized = tokenized_splits(root, "main", split_sizes)
+    if wanted & {"inference_vs_pipeline", "inference_vs_bare"}:
+        from bench import inference
+
+        clf_dir, clf_fp = classifier_dir(root)
+        inference.run(root, clf_dir, clf_fp, tokenized, wanted, reps, report)
+    if "train_vs_trainer" in wanted:
+        from bench import training
+
+        training.run(root, tokenized, reps, report)
+    if "preprocess_vs_per_example" in wanted:
+        from bench import preprocessing
+
+        preprocessing.run(root, sizes.preprocess_rows, reps, report)
+    if "rerun_vs_first" in wanted:
+        from bench import rerun
+
+        rerun.run(root, quick, report)
+
+    for name, value in report.notes.items():
+        print(f"  ({name}: {value})")
+    print(f"\n# ratios ({time.perf_counter() - started:.0f} s in all; higher is better except rerun_vs_first; "
+          "targets: " + ", ".join(f"{n} {TARGETS[n]}" for n in RATIOS if n in report.ratios) + ")")
+    for name in RATIOS:  # exactly `name: ratio`, one per line, for whoever parses this
+        if name in report.ratios:
+            print(f"{name}: {report.ratios[name]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Preprocessing: `tasks.data.preprocess` vs a per-example `Dataset.map` with the same tokenizer.
+
+Same raw parquet splits (train/validation/test, 80/10/10 of the rows), same tokenizer, truncation at the same
+max_length. Each clock covers parquet in → tokenized DatasetDict saved to disk:
+
+* ours  `preprocess(...)`: read the parquet splits, label ids on whole Arrow columns, load the tokenizer (and hash
+        its files for the fingerprint), tokenize in Arrow batches through the Rust backend, `save_to_disk`.
+* peer  load the tokenizer, `Dataset.from_parquet` per split (into a fresh cache folder, as a user's first run),
+        `.map(lambda ex: tok(ex["text"], truncation=True, max_length=...))` (not batched), `save_to_disk`.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path
+
+from bench.common import MAX_LENGTH, Report, base_model_dir, describe, interleave, paired_ratio, raw_splits, timed
+
+
+def run(root: Path, rows: int, reps: int, report: Report) -> None:
+    from datasets import Dataset, DatasetDict
+    from transformers import AutoTokenizer
+
+    from tasks.config import PreprocessConfig
+    from tasks.data import preprocess
+
+    base = base_model_dir()
+    tenth = rows // 10
+    raw, data_cfg = raw_splits(root, "preprocess", {"train": rows - 2 * tenth, "validation": tenth, "test": tenth},
+                               seed=1)
+    cfg = PreprocessConfig(max_length=MAX_LENGTH)
+
+    def ours(rep) -> float:
+        return timed(lambda: preprocess(raw, base, cfg, data_cfg, str(root / "pre" / f"ours-{rep}")))
+
+    def per_example(rep) -> float:
+        out = root / "pre" / f"peer-{rep}"
+
+        def go():
+            tok = AutoTokenizer.from_pretrained(base)
+            dsd = DatasetDict({
+                s: Dataset.from_parquet(posixpath.join(raw.uri, f"{s}.parquet"), cache_dir=str(out / "cache"))
+                for s in raw.splits
+            })
+            dsd = dsd.map(lambda ex: tok(ex["text"], truncation=True, max_length=MAX_LENGTH))
+            dsd.save_to_disk(str(out / "tokenized"))
+
+        return timed(go)
+
+    ours("warmup")
+    per_example("warmup")
+    times = interleave({"ours": ours, "per_example": per_example}, reps)
+
+    report.figure(f"\n# preprocess: {rows:,} rows (80/10/10 splits), max_length {MAX_LENGTH}, {reps} repetitions")
+    report.figure(f"  ours        tasks.data.preprocess:             {describe(times['ours'], rows, 'rows')}")
+    report.figure(f"  per-example Dataset.map(tok(ex['text'])):      {describe(times['per_example'], rows, 'rows')}")
+    report.ratios["preprocess_vs_per_example"] = paired_ratio(times["per_example"], times["ours"])

@@ -1,0 +1,20 @@
+"""Training as a flow of its own, so it can be a deployment on the gpu work pool.
+
+The pipeline dispatches here with `run_deployment` (execution.mode=pools), passing refs only; the result (a
+CheckpointRef) is persisted to the shared result storage so the parent can read it from another machine.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks import stages
+from tasks.config import TrainConfig
+from tasks.refs import CheckpointRef, PinnedRepo, TokenizedRef
+
+
+@flow(name="hubflow-train", persist_result=True, log_prints=True)
+def train_flow(tokenized: TokenizedRef, base_model: PinnedRepo, train: TrainConfig, artifact_store: str) -> CheckpointRef:
+    """Fine-tune the pinned base model on the tokenized splits in the store."""
+    stages.pull_model(base_model, False)
+    return stages.train(tokenized, base_model, train, artifact_store)
