@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 RATIOS = ["inference_vs_pipeline", "inference_vs_bare", "train_vs_trainer", "preprocess_vs_per_example",
@@ -46,7 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     # Offline, quiet, and no stray cache writes outside the scratch folder: set before the libraries load.
     root = Path(tempfile.mkdtemp(prefix="hubflow-bench-"))
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                      HF_DATASETS_CACHE=str(root / "hf_datasets"), TRANSFORMERS_VERBOSITY="error")
+                      HF_DATASETS_CACHE=str(root / "hf_datasets"), TRANSFORMERS_VERBOSITY="error",
+                      HF_HUB_DISABLE_PROGRESS_BARS="1")
+    # Trainer's default dataloader_pin_memory=True warns on every run without a GPU; it changes nothing on CPU.
+    warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator is found")
     try:
         run(root, wanted, args.quick, args.reps)
     finally:
@@ -59,7 +63,10 @@ def run(root: Path, wanted: set[str], quick: bool, reps: int | None) -> None:
 
     from bench.common import FULL, QUICK, Report, classifier_dir, set_threads, tokenized_splits
 
+    import transformers
+
     datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
     sizes = QUICK if quick else FULL
     reps = reps or sizes.reps
     threads = set_threads()

@@ -56,39 +56,42 @@ def run(root: Path, clf_dir: str, clf_fp: str, tokenized, wanted: set[str], reps
     batches = bare_batches(ids, pad_id, BATCH_SIZE)
     load_seconds: list[float] = []
 
-    def ours(rep) -> float:
+    # Warm-ups run on a small part (the validation split, the first 64 texts, two batches): same code paths.
+    def ours(rep, split="test") -> float:
         out = str(root / "predictions" / f"ours-{rep}")  # fresh: a finished shard would be skipped
-        return timed(lambda: predict(clf_dir, clf_fp, tokenized, "test", cfg, out))
+        return timed(lambda: predict(clf_dir, clf_fp, tokenized, split, cfg, out))
 
-    def peer_pipeline(rep) -> float:
+    def peer_pipeline(rep, k=None) -> float:
         def go():
             pipe = pipeline("text-classification", model=clf_dir, tokenizer=clf_dir, batch_size=BATCH_SIZE,
                             device="cpu")
-            return pipe(texts, truncation=True, max_length=MAX_LENGTH)
+            return pipe(texts[:k], truncation=True, max_length=MAX_LENGTH)
 
         return timed(go)
 
     @torch.inference_mode()
-    def forward_all(model):
-        probs = [model(input_ids=i, attention_mask=m).logits.float().softmax(-1) for i, m in batches]
+    def forward_all(model, k=None):
+        probs = [model(input_ids=i, attention_mask=m).logits.float().softmax(-1) for i, m in batches[:k]]
         return torch.cat(probs).numpy()
 
-    def bare(rep) -> float:
+    def bare(rep, k=None) -> float:
         def load():
             return AutoModelForSequenceClassification.from_pretrained(clf_dir, dtype=torch.float32).eval()
 
         holder = {}
         t_load = timed(lambda: holder.setdefault("m", load()))
         load_seconds.append(t_load)
-        return t_load + timed(lambda: forward_all(holder["m"]))
+        return t_load + timed(lambda: forward_all(holder["m"], k))
 
     contenders = {"ours": ours}
     if "inference_vs_pipeline" in wanted:
         contenders["pipeline"] = peer_pipeline
     if "inference_vs_bare" in wanted:
         contenders["bare"] = bare
-    for name, fn in contenders.items():  # warm-up: imports, allocator, first-call paths
-        fn("warmup")
+    warmups = {"ours": lambda: ours("warmup", split="validation"), "pipeline": lambda: peer_pipeline("warmup", k=64),
+               "bare": lambda: bare("warmup", k=2)}
+    for name in contenders:  # imports, allocator, first-call paths
+        warmups[name]()
     load_seconds.clear()
     times = interleave(contenders, reps)
 

@@ -3,6 +3,10 @@
     hubflow demo [--workdir DIR]                   offline demo: localhub + MiniLM + the pipeline
     hubflow run RECIPE.yaml [--set key=value ...]  run any recipe
     hubflow hub serve --port P --data DIR ...      the Hub-compatible server (localhub)
+    hubflow space preview RUN_OR_REPO [--port P]   the demo Space's app on this machine
+    hubflow webhooks serve --port P               Hub webhooks -> Prefect events (hub.dataset.updated)
+    hubflow webhooks register --url U --watch dataset:ns/name   the Hub webhook that feeds it
+    hubflow pools up [--type process|docker|kubernetes]   the cpu and gpu work pools (PREFECT_API_URL)
 """
 
 from __future__ import annotations
@@ -32,6 +36,37 @@ def main(argv: list[str] | None = None) -> None:
 
     add_serve_parser(hub.add_subparsers(required=True))
 
+    space = sub.add_parser("space", help="the demo Space").add_subparsers(required=True, dest="space_command")
+    preview = space.add_parser("preview", help="run the Space's app locally for a run or a Hub model repo")
+    preview.add_argument("target", metavar="RUN_OR_REPO", help="a run's summary.json (path or store URI), or a model repo id")
+    preview.add_argument("--revision", help="branch, tag or sha of a repo (default main; pinned to a sha)")
+    preview.add_argument("--port", type=int, help="local port (default: a free one)")
+    preview.add_argument("--max-length", type=int, default=128, help="tokens per text for a repo (a run uses its own)")
+    preview.set_defaults(func=_space_preview)
+
+    hooks = sub.add_parser("webhooks", help="Hub webhooks as Prefect events (secret: $HUBFLOW_WEBHOOK_SECRET)")
+    hooks_sub = hooks.add_subparsers(required=True, dest="webhooks_command")
+    serve = hooks_sub.add_parser("serve", help="receive Hub webhooks and emit hub.<type>.updated events")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8787, help="port (default 8787)")
+    serve.add_argument("--state-dir", help="where the record of announced revisions lives "
+                                           "(default $HUBFLOW_STATE_DIR or ~/.local/state/hubflow)")
+    serve.add_argument("--branch", default="main", help="the branch whose commits count (default main)")
+    serve.set_defaults(func=_webhooks_serve)
+    register = hooks_sub.add_parser("register", help="create (or update) the Hub webhook pointing at the receiver")
+    register.add_argument("--url", required=True, help="the receiver's public URL, e.g. https://host/webhooks/hub")
+    register.add_argument("--watch", action="append", required=True, metavar="TYPE:NS/NAME",
+                          help="a repo to watch, dataset:ns/name or model:ns/name (repeatable)")
+    register.set_defaults(func=_webhooks_register)
+
+    pools = sub.add_parser("pools", help="the cpu and gpu work pools").add_subparsers(required=True, dest="pools_command")
+    up = pools.add_parser("up", help="create or update the cpu and gpu pools from deployments/pools/<type>-*.json")
+    up.add_argument("--type", default="process", choices=("process", "docker", "kubernetes"), dest="pool_type",
+                    help="worker type (default process)")
+    up.add_argument("--gpu-limit", type=int, metavar="N",
+                    help="at most N concurrent runs in the whole gpu pool (default: no pool-wide limit)")
+    up.set_defaults(func=_pools_up)
+
     args = parser.parse_args(argv)
     args.func(args)
 
@@ -40,6 +75,12 @@ def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(args.workdir, args.set)
+
+
+def _space_preview(args: argparse.Namespace) -> None:
+    from .preview import app_env, serve
+
+    sys.exit(serve(app_env(args.target, args.revision, args.max_length), args.port))
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -54,3 +95,26 @@ def _run(args: argparse.Namespace) -> None:
     result = pipeline(config)
     print(json.dumps(result.model_dump(mode="json")["evaluation"]["metrics"], indent=2))
     print(f"summary: {result.summary_uri}")
+
+
+def _webhooks_serve(args: argparse.Namespace) -> None:
+    from .webhooks import serve
+
+    serve(args.host, args.port, args.state_dir, args.branch)
+
+
+def _webhooks_register(args: argparse.Namespace) -> None:
+    from .webhooks import register
+
+    print(json.dumps(register(args.url, args.watch), indent=2))
+
+
+def _pools_up(args: argparse.Namespace) -> None:
+    from .pools import PoolError, pools_up
+
+    try:
+        done = pools_up(args.pool_type, args.gpu_limit)
+    except PoolError as e:
+        sys.exit(f"hubflow: {e}")
+    for pool, what in done.items():
+        print(f"work pool {pool!r} ({args.pool_type}): {what}")

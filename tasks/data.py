@@ -4,6 +4,8 @@
     write_raw_splits(dsdict, cfg, out_uri, …)  an already loaded DatasetDict (the Hub pull) → RawDataRef
     label_names_of(raw)                        RawDataRef → class names, index = label id
     preprocess(raw, model_dir, cfg, data_cfg, out_uri) → TokenizedRef;  load_tokenized(ref) → DatasetDict
+    load_files_split(source, split)            one split of a folder of files → Dataset (batch inference)
+    tokenize_for_inference(ds, …, out_root)    one split of texts, labels ignored → TokenizedRef
 
 Raw splits keep their source names (`{out_uri}/{split}.parquet`); `preprocess` maps them onto `train`, `validation`
 and `test`, carving the missing ones from train. Label work is done on whole Arrow columns, never per row.
@@ -164,6 +166,83 @@ def load_tokenized(ref: TokenizedRef):
     from datasets import load_from_disk
 
     return load_from_disk(ref.uri, storage_options=store.storage_options(ref.uri))
+
+
+def load_files_split(source: str, split: str):
+    """One split of an s3:// or local folder of files (found as `load_raw_files` finds them) → a Dataset."""
+    from datasets import load_dataset
+
+    found = _discover(source, [split])
+    if split not in found:
+        raise ValueError(f"no files for split {split!r} under {source}")
+    fmt, paths = found[split]
+    return load_dataset(fmt, data_files={split: [store.join(source, p) for p in paths]}, split=split,
+                        storage_options=store.storage_options(source))
+
+
+def tokenize_for_inference(
+    ds, text_column: str, split: str, model_dir: str, label_names: list[str], max_length: int, out_root: str,
+    max_samples: int | None = None,
+) -> TokenizedRef:
+    """One split of texts + the model's fast tokenizer → a one-split DatasetDict at `{out_root}/{fingerprint}`.
+
+    Columns: input_ids, attention_mask, row_id, text (no labels: a label column, if any, is ignored). The fingerprint
+    hashes the texts themselves, the tokenizer and max_length, so the same inputs are tokenized once and reused.
+    """
+    from datasets import Dataset, DatasetDict
+    from datasets.table import InMemoryTable
+    from transformers import AutoTokenizer
+
+    if text_column not in ds.column_names:
+        raise ValueError(f"text column {text_column!r} not found in split {split!r}; available columns: {ds.column_names}")
+    if len(ds) == 0:
+        raise ValueError(f"split {split!r} is empty")
+    if max_samples:
+        ds = ds.select(range(min(max_samples, len(ds))))
+    text = ds.with_format("arrow")[:].column(text_column)
+    _check_text({split: (text, None)}, text_column)
+    text = text.cast(pa.large_string())
+    digest = hashlib.sha256()
+    with pa.ipc.new_stream(_HashSink(digest), pa.schema([("text", pa.large_string())])) as writer:
+        # One contiguous batch (IPC bytes depend on chunking); IPC rebases sliced offsets: equal texts, equal bytes.
+        writer.write_table(pa.table({"text": text.combine_chunks()}))
+    fingerprint = _sha({"v": _PREPROCESS_VERSION, "kind": "inference", "texts": digest.hexdigest(),
+                        "tokenizer": _tokenizer_hash(model_dir), "max_length": max_length, "split": split})
+    uri = store.join(out_root, fingerprint[:24])
+    ref = TokenizedRef(uri=uri, fingerprint=fingerprint, splits={split: len(text)}, label_names=label_names)
+    if store.exists(store.join(uri, "dataset_dict.json")):  # written last by save_to_disk
+        return ref
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{model_dir} has no fast tokenizer (tokenizer.json); batch inference needs one")
+    encode = _arrow_encoder(tokenizer, max_length, probe=text[:32].to_pylist())
+    table = pa.table({"text": text, "row_id": pa.array(np.arange(len(text)), pa.int64())})
+    dataset = Dataset(InMemoryTable(table), fingerprint=_sha([fingerprint, "raw"])[:16])
+    out = DatasetDict({split: dataset.with_format("arrow").map(
+        encode, batched=True, batch_size=4096, writer_batch_size=4096, new_fingerprint=fingerprint[:16],
+        desc=f"tokenize {split}",
+    ).with_format(None)})
+    store.remove(uri)
+    out.save_to_disk(uri, storage_options=store.storage_options(uri))
+    return ref
+
+
+class _HashSink:
+    """A write-only file object that feeds a hash, so hashing a column never holds a second copy of it."""
+
+    def __init__(self, digest):
+        self.digest, self.closed = digest, False
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
 
 
 # ----- helpers -------------------------------------------------------------------------------------------------------

@@ -127,3 +127,11 @@ class PipelineResult(Ref):
     predictions: PredictionsRef
     evaluation: EvalRef
     summary_uri: str
+
+
+class PublishOutcome(Ref):
+    """What a publish did: the gate's decision, then the model and predictions repos (None when not promoted)."""
+
+    decision: GateDecision
+    model: PublishedRepo | None = None
+    predictions: PublishedRepo | None = None

@@ -121,9 +121,33 @@ def train(tokenized: TokenizedRef, model: PinnedRepo, cfg: TrainConfig, artifact
     """Fine-tune with accelerate; a retry resumes from the last checkpoint in the store."""
     from .train import train_model
 
+    import torch
+
     out = _out("train", artifact_store, {"tokenized": tokenized, "model": model, "cfg": cfg})
+    if torch.cuda.device_count() > 1:  # a multi-GPU worker: one process per GPU, the same training code
+        return _accelerate_launch(tokenized, hub.model_dir(model), model, cfg, out, torch.cuda.device_count())
     progress = Progress("train-progress", f"Fine-tuning {model.repo_id}@{model.sha[:10]}")
     return train_model(tokenized, hub.model_dir(model), model, cfg, out, on_progress=progress)
+
+
+def _accelerate_launch(tokenized, model_dir: str, model: PinnedRepo, cfg: TrainConfig, out: str, gpus: int) -> CheckpointRef:
+    """`accelerate launch --multi_gpu` of tasks.train, its output streamed to the run log; the ref comes via the store."""
+    import subprocess
+    import sys
+
+    from prefect import get_run_logger
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
+           "--mixed_precision", cfg.precision.value, "-m", "tasks.train",
+           "--tokenized-ref", tokenized.model_dump_json(), "--model-dir", model_dir,
+           "--base-model", model.model_dump_json(), "--config", cfg.model_dump_json(), "--out-uri", out]
+    logger = get_run_logger()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            logger.info(line.rstrip())
+    if proc.returncode:
+        raise RuntimeError(f"accelerate launch on {gpus} GPUs exited with {proc.returncode}")
+    return CheckpointRef.model_validate(store.read_json(store.join(out, "checkpoint_ref.json")))
 
 
 @task(name="predict", cache_key_fn=_cache_key("predict"), persist_result=True)

@@ -1,0 +1,94 @@
+"""`hubflow space preview`: the Space's own app (tasks/space_app/app.py) on this machine, for a person to try.
+
+    hubflow space preview alice/my-model [--revision v1] [--port 7860]   # a model repo on $HF_ENDPOINT's Hub, pinned
+    hubflow space preview ./.hubflow/store/runs/<id>/summary.json         # a pipeline run's checkpoint (or s3:// URI)
+
+The app runs as its own process with the same variables a deployed Space gets, so the page is the Space's page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+PREVIEW_EXAMPLES = 5
+
+
+def is_run(target: str) -> bool:
+    """A run summary (a `summary.json` path or store URI) rather than a Hub repo id."""
+    return target.endswith(".json") or "://" in target or Path(target).is_file()
+
+
+def app_env(target: str, revision: str | None = None, max_length: int = 128) -> dict[str, str]:
+    """The variables the app needs for a run's checkpoint (a local folder) or a Hub model repo pinned to a sha."""
+    if is_run(target):
+        return _run_env(target)
+    from tasks import space
+    from tasks.hub import endpoint, pin
+    from tasks.refs import PublishedRepo
+
+    pinned = pin(target, "model", revision or "main", "model")
+    model = PublishedRepo(repo_id=target, repo_type="model", sha=pinned.sha, url=f"{endpoint()}/{target}", created=False)
+    _, examples = space.describe_model(model)
+    return space.space_variables(model, examples, max_length)
+
+
+def _run_env(summary_uri: str) -> dict[str, str]:
+    from tasks import store
+    from tasks.infer import read_predictions
+    from tasks.refs import PipelineResult
+
+    result = PipelineResult.model_validate(store.read_json(summary_uri))
+    ckpt = result.checkpoint
+    cache = Path(tempfile.gettempdir(), "hubflow-preview", ckpt.fingerprint[:32])
+    folder = store.get_dir(ckpt.uri, cache)  # a local store answers with the folder itself, no copy
+    texts = read_predictions(result.predictions).column("text").to_pylist()[:PREVIEW_EXAMPLES]
+    return {"MODEL_ID": str(Path(folder).resolve()), "MAX_LENGTH": str(result.config.preprocess.max_length),
+            "EXAMPLES": json.dumps(texts)}
+
+
+def serve(env: dict[str, str], port: int | None = None, on_ready=print) -> int:
+    """Run the app until it exits or Ctrl-C; calls `on_ready(message)` once it answers. Returns an exit code."""
+    from tasks.hub import hf_token
+    from tasks.space import APP_DIR
+
+    port = port or _free_port()
+    full = {**os.environ, **env, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+            "GRADIO_ANALYTICS_ENABLED": "False"}
+    token = hf_token()  # may come from a Prefect Secret block; the app reads HF_TOKEN, as on a Space
+    if token and not os.path.isdir(env["MODEL_ID"]):
+        full["HF_TOKEN"] = token
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="hubflow-preview-") as cwd:  # gradio writes caches into its cwd
+        proc = subprocess.Popen([sys.executable, str(APP_DIR / "app.py")], cwd=cwd, env=full)
+        try:
+            while proc.poll() is None and not _answers(url):
+                time.sleep(0.5)
+            if proc.poll() is None:
+                on_ready(f"Preview of {env['MODEL_ID']} at {url}  (Ctrl-C stops it)")
+            return proc.wait()
+        except KeyboardInterrupt:  # the terminal sent SIGINT to the app too; make sure it is gone
+            proc.terminate()
+            proc.wait(15)
+            return 130
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

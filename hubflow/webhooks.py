@@ -1,0 +1,158 @@
+"""Hub webhooks → Prefect events: the receiver (`hubflow webhooks serve`) and its registration on the Hub.
+
+    export HUBFLOW_WEBHOOK_SECRET=...   # or HUBFLOW_WEBHOOK_SECRET_BLOCK=<name of a Prefect Secret block>
+    export PREFECT_API_URL=http://prefect:4200/api
+    hubflow webhooks serve --host 0.0.0.0 --port 8787 --state-dir /var/lib/hubflow
+    hubflow webhooks register --url https://ingress.example/webhooks/hub --watch dataset:me/reviews
+
+Prefect's inbound webhooks are a Cloud feature, so an open-source server needs this receiver. `POST /webhooks/hub`
+checks `X-Webhook-Secret` in constant time (401), parses the Hub's v3 payload (400), and for a commit to the watched
+branch of a dataset or model repo calls `tasks.events.emit_hub_update` — which emits each revision once. It answers
+202 `{"emitted", "event_id", "reason"}` within milliseconds: `emit_event` only queues the event, Prefect's events
+worker sends it. 503 when Prefect did not take the event, so the Hub retries. Without Hub access (no ingress), use
+the polling sensor `flows/watch.py` instead.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from contextlib import asynccontextmanager
+
+SECRET_ENV = "HUBFLOW_WEBHOOK_SECRET"
+SECRET_BLOCK_ENV = "HUBFLOW_WEBHOOK_SECRET_BLOCK"  # name of a Prefect Secret block holding the secret
+PATH = "/webhooks/hub"
+MAX_BODY = 1 << 20  # the Hub's payloads are a few KB
+log = logging.getLogger("hubflow.webhooks")
+
+
+def webhook_secret() -> str:
+    """The shared secret, read once at start: $HUBFLOW_WEBHOOK_SECRET, else the Secret block it names. Never logged."""
+    secret = os.environ.get(SECRET_ENV)
+    block = os.environ.get(SECRET_BLOCK_ENV)
+    if not secret and block:
+        from prefect.blocks.system import Secret
+
+        secret = Secret.load(block).get()
+    if not secret:
+        raise SystemExit(f"hubflow webhooks: no secret; set {SECRET_ENV}, or {SECRET_BLOCK_ENV} to a Prefect Secret "
+                         "block's name (an open receiver would let anyone start runs)")
+    return secret
+
+
+def create_app(secret: str, seen, branch: str = "main"):
+    """The receiver as a Starlette app; `seen` is the `tasks.events.SeenRevisions` record it emits through."""
+    from huggingface_hub import WebhookPayload
+    from prefect.events.worker import EventsWorker
+    from pydantic import ValidationError
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tasks.events import EmitError, emit_hub_update, hub_event_id
+
+    expected = secret.encode()
+    wanted_ref = f"refs/heads/{branch}"
+
+    def answer(emitted: bool, event_id=None, reason: str | None = None, status: int = 202) -> JSONResponse:
+        if reason and reason.startswith("ignored"):
+            log.info("%s", reason)
+        return JSONResponse({"emitted": emitted, "event_id": event_id and str(event_id), "reason": reason}, status)
+
+    async def receive(request: Request) -> JSONResponse:
+        given = request.headers.get("x-webhook-secret", "").encode()
+        if not hmac.compare_digest(given, expected):
+            log.warning("refused a delivery from %s: missing or wrong X-Webhook-Secret",
+                        request.client.host if request.client else "?")
+            return JSONResponse({"error": "missing or wrong X-Webhook-Secret"}, 401)
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return JSONResponse({"error": "payload too large"}, 413)
+        try:
+            payload = WebhookPayload.model_validate(json.loads(body))
+        except (ValueError, ValidationError) as e:  # JSONDecodeError is a ValueError
+            return JSONResponse({"error": f"not a Hub webhook payload: {e}"[:500]}, 400)
+
+        repo = payload.repo
+        if payload.event.scope != "repo.content" or repo.type not in ("dataset", "model"):
+            return answer(False, reason=f"ignored: {payload.event.scope} on {repo.type} {repo.name}")
+        # The new sha is in updatedRefs: WebhookPayload.repo.head_sha stays None (the Hub sends `headSha`).
+        sha = next((r.newSha for r in payload.updatedRefs or [] if r.ref == wanted_ref and r.newSha), None)
+        if sha is None:
+            return answer(False, reason=f"ignored: no new commit on {wanted_ref} of {repo.type} {repo.name}")
+        try:
+            event = await run_in_threadpool(emit_hub_update, repo.type, repo.name, sha, wanted_ref, "webhook", seen)
+        except EmitError as e:
+            log.error("%s", e)
+            return answer(False, hub_event_id(repo.type, repo.name, sha), "prefect did not take the event", 503)
+        if event is None:
+            log.info("%s %s@%s: already announced", repo.type, repo.name, sha[:10])
+            return answer(False, hub_event_id(repo.type, repo.name, sha), "duplicate: revision already announced")
+        log.info("%s %s@%s: emitted hub.%s.updated (%s)", repo.type, repo.name, sha[:10], repo.type, event.id)
+        return answer(True, event.id)
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        await run_in_threadpool(EventsWorker.drain_all, 10)  # send what is queued before the process goes
+        seen.close()
+
+    return Starlette(routes=[Route(PATH, receive, methods=["POST"]), Route("/health", health, methods=["GET"])],
+                     lifespan=lifespan)
+
+
+def serve(host: str, port: int, state_dir: str | None, branch: str = "main") -> None:
+    """Run the receiver until interrupted."""
+    import uvicorn
+    from prefect.settings import get_current_settings
+
+    from tasks.events import SeenRevisions
+
+    secret = webhook_secret()
+    if not get_current_settings().api.url:
+        raise SystemExit("hubflow webhooks: set PREFECT_API_URL to the Prefect server whose automations should see "
+                         "the events (without it they would go to a throwaway temporary server)")
+    seen = SeenRevisions(state_dir)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("receiving Hub webhooks on http://%s:%d%s (branch %s, record %s)", host, port, PATH, branch, seen.path)
+    uvicorn.run(create_app(secret, seen, branch), host=host, port=port, log_level="info")
+
+
+def register(url: str, watch: list[str]) -> dict:
+    """Create the Hub webhook for `url` watching `type:ns/name` items, or add them to the one already there."""
+    from huggingface_hub import WebhookWatchedItem
+
+    from tasks import hub
+
+    items = [_watched_item(w) for w in watch]
+    secret = webhook_secret()
+    if not hub.hf_token():
+        raise SystemExit("hubflow webhooks: no Hub token; set HF_TOKEN or HUBFLOW_HF_TOKEN_BLOCK")
+    api = hub.api()
+    existing = next((h for h in api.list_webhooks() if h.url == url), None)
+    if existing is None:
+        hook = api.create_webhook(url=url, watched=[WebhookWatchedItem(type=t, name=n) for t, n in items],
+                                  domains=["repo"], secret=secret)
+    else:  # idempotent: keep what it watched, add ours, refresh the secret, re-enable it
+        watched = [(w.type, w.name) for w in existing.watched]
+        watched += [i for i in items if i not in watched]
+        hook = api.update_webhook(existing.id, url=url, watched=[WebhookWatchedItem(type=t, name=n) for t, n in watched],
+                                  domains=["repo"], secret=secret)
+        if hook.disabled:
+            hook = api.enable_webhook(hook.id)
+    return {"id": hook.id, "url": hook.url, "watched": [f"{w.type}:{w.name}" for w in hook.watched],
+            "created": existing is None}
+
+
+def _watched_item(text: str) -> tuple[str, str]:
+    kind, _, name = text.partition(":")
+    if kind not in ("dataset", "model") or name.count("/") != 1:
+        raise SystemExit(f"hubflow webhooks: --watch {text!r}: expected dataset:NAMESPACE/NAME or model:NAMESPACE/NAME")
+    return kind, name

@@ -1,0 +1,220 @@
+"""Model and dataset cards for a published run: Hub metadata in the front matter, the story in the body.
+
+PipelineResult (+ the evaluation report) -> `ModelCard` (base model and dataset pinned to shas, model-index with the
+test metrics, hyper-parameters, hardware, per-class scores, the Prefect run, a usage snippet) and, for the
+predictions, a `DatasetCard`. Lineage is also kept machine-readable under the `hubflow:` front-matter key, which is
+what publish compares to decide that a repo already holds this exact content. Pure: no Hub calls, no token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+
+import hubflow
+from tasks import store
+from tasks.evaluate import render_markdown
+from tasks.refs import PipelineResult, PublishedRepo
+
+# Front-matter keys that identify what a model repo holds; publish compares them (see tasks/publish.py). The flow
+# run id is recorded but not compared: a cached rerun yields the same model and must not make a new commit.
+MODEL_LINEAGE = ("base_model", "base_model_sha", "dataset", "dataset_sha", "model_fingerprint", "test_data_fingerprint")
+PREDICTIONS_LINEAGE = ("model_repo", "model_sha", "model_fingerprint", "test_data_fingerprint", "rows")
+
+
+def model_lineage(result: PipelineResult) -> dict[str, Any]:
+    """The `hubflow:` front-matter block of the model card."""
+    return {
+        "base_model": result.base_model.repo_id,
+        "base_model_sha": result.base_model.sha,
+        "dataset": result.dataset.repo_id if result.dataset else result.raw.source,
+        "dataset_sha": result.dataset.sha if result.dataset else result.raw.source_sha,
+        "dataset_fingerprint": result.raw.fingerprint,
+        "model_fingerprint": result.checkpoint.fingerprint,
+        "test_data_fingerprint": result.predictions.data_fingerprint,
+        "flow_run_id": result.flow_run_id,
+        "hubflow_version": hubflow.__version__,
+    }
+
+
+def model_card(result: PipelineResult, repo_id: str, revision: str, license: str | None = None,
+               report: dict[str, Any] | None = None) -> ModelCard:
+    """The model repo's README.md; `revision` (a tag or sha) goes into the usage snippet."""
+    report = report if report is not None else store.read_json(result.evaluation.uri)
+    data_id, data_sha, data_name = _dataset(result)
+    split = _test_split(result)
+    common = dict(task_type="text-classification", task_name="Text Classification", dataset_type=data_id,
+                  dataset_name=data_name, dataset_config=result.config.data.config_name, dataset_split=split,
+                  dataset_revision=data_sha)
+    metrics = result.evaluation.metrics
+    card_data = ModelCardData(
+        model_name=repo_id.split("/")[-1],
+        base_model=result.base_model.repo_id,
+        base_model_relation="finetune",
+        datasets=[result.dataset.repo_id] if result.dataset else None,
+        license=license,
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=["hubflow", "text-classification"],
+        eval_results=[
+            EvalResult(**common, metric_type="accuracy", metric_name="Accuracy", metric_value=metrics["accuracy"]),
+            EvalResult(**common, metric_type="f1", metric_name="Macro F1", metric_value=metrics["macro_f1"],
+                       metric_args={"average": "macro"}),
+        ],
+        hubflow=model_lineage(result),
+    )
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{_model_body(result, repo_id, revision, report)}")
+
+
+def _model_body(result: PipelineResult, repo_id: str, revision: str, report: dict[str, Any]) -> str:
+    base, ck, cfg = result.base_model, result.checkpoint, result.config
+    data_id, data_sha, _ = _dataset(result)
+    m = result.evaluation.metrics
+    run = result.flow_run_id or "(not run under Prefect)"
+    run_link = f"[{run}]({result.flow_run_url})" if result.flow_run_url else f"`{run}`"
+    hyper = cfg.train.model_dump(mode="json")
+    hyper.update({f"preprocess.{k}": v for k, v in cfg.preprocess.model_dump(mode="json").items()})
+    lines = [
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        f"A text classifier ({len(ck.label_names)} classes: {', '.join(f'`{n}`' for n in ck.label_names)}), "
+        f"fine-tuned from [`{base.repo_id}`]({_hub_path(base.repo_id)}) on `{data_id}` by "
+        f"hubflow {hubflow.__version__}. Test accuracy **{m['accuracy']:.4f}**, "
+        f"macro-F1 **{m['macro_f1']:.4f}** on {int(m.get('test_rows', report['rows']))} rows.",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'classifier = pipeline("text-classification", model="{repo_id}", revision="{revision}")',
+        'classifier("Your text here")',
+        "```",
+        "",
+        "A private repo needs a token with read access: log in (`hf auth login`) or set `HF_TOKEN`.",
+        "",
+        "## Lineage",
+        "",
+        "| input | repo | commit |",
+        "|---|---|---|",
+        f"| base model | `{base.repo_id}` (asked for `{base.revision}`) | `{base.sha}` |",
+        f"| dataset | `{data_id}`" + (f" (config `{cfg.data.config_name}`)" if cfg.data.config_name else "")
+        + f" | `{data_sha or 'n/a'}` |",
+        "",
+        "| split | taken from | rows |",
+        "|---|---|---|",
+        *[f"| {role} | {src} | {rows} |" for role, src, rows in _splits(result)],
+        "",
+        f"Weights sha256 (model fingerprint): `{ck.fingerprint}`.",
+        "",
+        "## Training",
+        "",
+        f"Trained on {ck.hardware} in {ck.train_seconds:.1f} s. Best validation: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in sorted(ck.metrics.items())) + ".",
+        "",
+        "| hyper-parameter | value |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in hyper.items()],
+        "",
+        "## Evaluation (test split)",
+        "",
+        render_markdown(report),
+        "## Provenance",
+        "",
+        f"Produced by the Prefect flow run {run_link} with hubflow {hubflow.__version__}. The `hubflow:` front-matter "
+        "keys repeat the lineage in machine-readable form.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def predictions_lineage(result: PipelineResult, model: PublishedRepo) -> dict[str, Any]:
+    """The `hubflow:` front-matter block of the predictions dataset card."""
+    data_id, data_sha, _ = _dataset(result)
+    return {
+        "model_repo": model.repo_id,
+        "model_sha": model.sha,
+        "model_fingerprint": result.checkpoint.fingerprint,
+        "source_dataset": data_id,
+        "source_dataset_sha": data_sha,
+        "test_data_fingerprint": result.predictions.data_fingerprint,
+        "rows": result.predictions.rows,
+        "flow_run_id": result.flow_run_id,
+    }
+
+
+def predictions_card(result: PipelineResult, model: PublishedRepo, files: list[str]) -> DatasetCard:
+    """The predictions dataset's README.md: what model (repo@sha) predicted what data (dataset@sha)."""
+    data_id, data_sha, _ = _dataset(result)
+    rows = result.predictions.rows
+    card_data = DatasetCardData(
+        pretty_name=f"Predictions of {model.repo_id}",
+        task_categories=["text-classification"],
+        source_datasets=[result.dataset.repo_id] if result.dataset else None,
+        size_categories=[_size_category(rows)],
+        tags=["hubflow", "predictions"],
+        configs=[{"config_name": "default", "data_files": [{"split": "test", "path": "data/test-*.parquet"}]}],
+        hubflow=predictions_lineage(result, model),
+    )
+    body = "\n".join([
+        f"# Predictions of {model.repo_id}",
+        "",
+        f"{rows} rows of the test split of `{data_id}`@`{data_sha or 'n/a'}`, in input order, as predicted by "
+        f"[`{model.repo_id}`]({_hub_path(model.repo_id)}) at commit `{model.sha}`.",
+        "",
+        "| column | meaning |",
+        "|---|---|",
+        "| row_id | row index in the test split |",
+        "| text | input text |",
+        "| label | true class id |",
+        "| pred | predicted class id |",
+        "| pred_label | predicted class name |",
+        "| score | probability of the predicted class |",
+        "",
+        f"Class ids: {', '.join(f'{i} = `{n}`' for i, n in enumerate(result.checkpoint.label_names))}.",
+        "",
+        f"Files: {', '.join(f'`{f}`' for f in files)}.",
+        "",
+    ])
+    return DatasetCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
+
+
+def _dataset(result: PipelineResult) -> tuple[str, str | None, str]:
+    """(id, sha, short name) of the training data: a Hub dataset, or the store/local source it was read from."""
+    if result.dataset:
+        return result.dataset.repo_id, result.dataset.sha, result.dataset.repo_id.split("/")[-1]
+    return result.raw.source, result.raw.source_sha, result.raw.source.rstrip("/").split("/")[-1]
+
+
+def _test_split(result: PipelineResult) -> str:
+    split = result.config.data.test_split
+    return split if split and split in result.raw.splits else "test"
+
+
+def _splits(result: PipelineResult) -> list[tuple[str, str, int]]:
+    """(role, where its rows came from, rows) for train, validation, test, as preprocess made them."""
+    cfg, pre = result.config.data, result.config.preprocess
+    named = {"train": cfg.train_split, "validation": cfg.validation_split, "test": cfg.test_split}
+    out = []
+    for role, source in named.items():
+        if role not in result.tokenized.splits:
+            continue
+        if role == "train" or (source and source in result.raw.splits):
+            origin = f"`{source}`"
+        else:
+            origin = f"carved from `{cfg.train_split}` ({getattr(pre, f'{role}_fraction'):.0%}, seed {pre.split_seed})"
+        out.append((role, origin, result.tokenized.splits[role]))
+    return out
+
+
+def _hub_path(repo_id: str) -> str:
+    # Relative to the Hub the card is rendered on: the same card reads right on huggingface.co or a private hub.
+    return f"/{repo_id}"
+
+
+def _size_category(rows: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if rows < limit:
+            return name
+    return "n>1M"
