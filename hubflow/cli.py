@@ -4,7 +4,7 @@
     hubflow run RECIPE.yaml [--set key=value ...]  run any recipe
     hubflow hub serve --port P --data DIR ...      the Hub-compatible server (localhub)
     hubflow space preview RUN_OR_REPO [--port P]   the demo Space's app on this machine
-    hubflow webhooks serve --port P               Hub webhooks -> Prefect events (hub.dataset.updated)
+    hubflow webhooks serve --port P                Hub webhooks -> Prefect events (hub.dataset.updated)
     hubflow webhooks register --url U --watch dataset:ns/name   the Hub webhook that feeds it
     hubflow pools up [--type process|docker|kubernetes]   the cpu and gpu work pools (PREFECT_API_URL)
 """
