@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: install demo test test-all bench
+.PHONY: install browser demo test test-all bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,7 +17,11 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/hubflow demo --workdir ./hubflow-demo
 
-test: install
+# The browser test drives Debian's chromium (Playwright's own browser download needs the internet).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
+test: install browser
 	$(VENV)/bin/pytest -q
 
 test-all: install

@@ -151,6 +151,19 @@ def test_pools_up_refuses_to_change_a_pools_type(deployed):
         pools_up("docker")
 
 
+def test_gpu_limit_is_set_on_request_and_otherwise_left_alone(deployed):
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    from hubflow.pools import pools_up
+
+    assert pools_up("process", gpu_limit=2) == {"cpu": "updated", "gpu": "updated"}
+    pools_up("process")
+    with _client() as client:
+        assert (client.read_work_pool("cpu").concurrency_limit, client.read_work_pool("gpu").concurrency_limit) == (None, 2)
+        client.update_work_pool("gpu", WorkPoolUpdate(concurrency_limit=None))
+        assert client.read_work_pool("gpu").concurrency_limit is None
+
+
 # ---- deployments ------------------------------------------------------------------------------------------------
 
 
@@ -183,8 +196,11 @@ def test_pipeline_defaults_are_the_demo_recipe_in_pools_mode(deployed):
     demo = load_recipe(ROOT / "deployments" / "configs" / "demo.yaml")
     assert config.model_dump(exclude={"execution", "artifact_store"}) == demo.model_dump(
         exclude={"execution", "artifact_store"})
-    retrain = _deployment(deployed, "hubflow-pipeline/retrain").parameters["config"]
-    assert PipelineConfig.model_validate(retrain) == config
+    retrain = _deployment(deployed, "hubflow-pipeline/retrain")
+    assert PipelineConfig.model_validate(retrain.parameters["config"]) == config
+    # One retrain at a time; a run that meets another waits for it (and then mostly hits the stage caches).
+    assert retrain.global_concurrency_limit.limit == 1
+    assert retrain.concurrency_options.collision_strategy.value == "ENQUEUE"
 
 
 def test_parameter_schema_is_the_typed_config_and_the_server_enforces_it(deployed):

@@ -1,7 +1,7 @@
 """The demo Space, deployed on localhub (which really runs it): serves batch predictions, keeps the token secret,
 rolls back a version that does not come up.
 
-Run: `.venv/bin/pytest tests/test_space.py -q` (~2-3 min on 2 cores: every deploy starts a real gradio app, and
+Run: `.venv/bin/pytest tests/test_space.py -q` (~80 s on 2 cores: every deploy starts a real gradio app, and
 importing gradio + torch + transformers dominates).
 """
 

@@ -1,6 +1,6 @@
 """A person's view of the demo Space: headless Chromium opens the app localhub runs, types, submits, reads the label.
 
-Run: `.venv/bin/pytest tests/test_space_browser.py -q` (~40 s). Needs Debian's Chromium at /usr/bin/chromium
+Run: `.venv/bin/pytest tests/test_space_browser.py -q` (~25 s). Needs Debian's Chromium at /usr/bin/chromium
 (`apt-get install -y chromium`; playwright's own browser download is not used: the machine is offline).
 The screenshot goes to $HUBFLOW_TEST_ARTIFACTS (default: the test's tmp_path); its path is printed (`-rP` shows it).
 """
