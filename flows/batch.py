@@ -25,21 +25,7 @@ from prefect.runtime import flow_run
 
 from tasks import dispatch, stages, store
 from tasks.config import DataConfig, ExecutionConfig, ExecutionMode, InferenceConfig, ModelConfig
-from tasks.refs import CheckpointRef, PinnedRepo, PredictionsRef, Ref, TokenizedRef
-
-
-class BatchResult(Ref):
-    """What a batch inference run produced, with the shas it was pinned to."""
-
-    flow_run_id: str | None
-    model: PinnedRepo
-    dataset: PinnedRepo | None
-    source: str
-    split: str
-    model_uri: str
-    tokenized: TokenizedRef
-    predictions: PredictionsRef
-    summary_uri: str
+from tasks.refs import BatchResult, CheckpointRef, PinnedRepo, PredictionsRef, TokenizedRef
 
 
 @flow(name="hubflow-batch-inference", persist_result=True, log_prints=True)

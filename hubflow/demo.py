@@ -99,8 +99,21 @@ def write_summary(workdir: Path, result, stages: dict[str, str], seconds: float)
             "run_summary": r["summary_uri"],
         },
     }
+    published = r.get("published") or {}
+    summary["published"] = {
+        "promoted": (published.get("decision") or {}).get("promoted"),
+        "reason": (published.get("decision") or {}).get("reason"),
+        "model": _repo(published.get("model")),
+        "predictions": _repo(published.get("predictions")),
+    }
+    space = r.get("space")
+    summary["space"] = {"id": space["space_id"], "commit": space["sha"], "url": space["url"], "stage": space["stage"]} if space else None
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _repo(ref: dict | None) -> dict | None:
+    return {"repo_id": ref["repo_id"], "commit": ref["sha"], "tag": ref.get("tag"), "url": ref["url"]} if ref else None
 
 
 def print_report(workdir: Path, summary: dict) -> None:
@@ -110,6 +123,16 @@ def print_report(workdir: Path, summary: dict) -> None:
     print(f"  test accuracy {m['accuracy']:.4f}   macro-F1 {m['macro_f1']:.4f}   ({int(m['test_rows'])} rows)")
     for name, uri in summary["outputs"].items():
         print(f"  {name:<12} {uri}")
+    pub = summary["published"]
+    if pub["model"]:
+        print(f"  model repo   {pub['model']['repo_id']}@{pub['model']['commit'][:10]} (tag {pub['model']['tag']})")
+        print(f"  predictions  {pub['predictions']['repo_id']}@{pub['predictions']['commit'][:10]}")
+    elif pub["reason"]:
+        print(f"  not published: {pub['reason']}")
+    if summary["space"]:
+        sp = summary["space"]
+        print(f"  space        {sp['id']} {sp['stage']} at {sp['url']} (stops with this demo's localhub)")
     print(f"  summary      {workdir / 'summary.json'}")
+    print(f"\nTry the model in the browser: hubflow space preview {summary['outputs']['run_summary']}")
     print("\nTo browse the runs, artifacts and logs in the Prefect UI:")
     print(f"  PREFECT_HOME={workdir / 'prefect'} prefect server start   # then open http://127.0.0.1:4200")

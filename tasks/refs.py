@@ -127,6 +127,8 @@ class PipelineResult(Ref):
     predictions: PredictionsRef
     evaluation: EvalRef
     summary_uri: str
+    published: PublishOutcome | None = None
+    space: SpaceDeployment | None = None
 
 
 class PublishOutcome(Ref):
@@ -135,3 +137,17 @@ class PublishOutcome(Ref):
     decision: GateDecision
     model: PublishedRepo | None = None
     predictions: PublishedRepo | None = None
+
+
+class BatchResult(Ref):
+    """What a batch inference run (flows/batch.py) produced, with the shas it was pinned to."""
+
+    flow_run_id: str | None
+    model: PinnedRepo
+    dataset: PinnedRepo | None
+    source: str
+    split: str
+    model_uri: str
+    tokenized: TokenizedRef
+    predictions: PredictionsRef
+    summary_uri: str

@@ -24,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from . import hub
 from .config import SpaceConfig
-from .refs import PublishedRepo, SpaceDeployment
+from .refs import PipelineResult, PublishedRepo, SpaceDeployment
 from .stages import NETWORK_RETRIES
 
 APP_DIR = Path(__file__).parent / "space_app"
@@ -216,6 +216,17 @@ def describe_model(model: PublishedRepo) -> tuple[list[str], list[str]]:
     examples = [i.get("text") if isinstance(i, dict) else i for i in items]
     examples = [e for e in examples if isinstance(e, str) and e.strip()]
     return label_names, examples or list(GENERIC_EXAMPLES)
+
+
+@task(name="space-inputs")
+def space_inputs(result: PipelineResult, n: int = 3) -> tuple[list[str], list[str], int, list[tuple[str, str]]]:
+    """From a training run: label names, example texts, max_length, and (text, batch label) pairs to smoke-test."""
+    from .infer import read_predictions
+
+    rows = read_predictions(result.predictions).slice(0, n).to_pylist()
+    texts = [r["text"] for r in rows]
+    return (result.checkpoint.label_names, texts, result.config.preprocess.max_length,
+            [(r["text"], r["pred_label"]) for r in rows])
 
 
 @task(name="pin-model", **NETWORK_RETRIES)

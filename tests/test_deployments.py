@@ -197,7 +197,11 @@ def test_pipeline_defaults_are_the_demo_recipe_in_pools_mode(deployed):
     assert config.model_dump(exclude={"execution", "artifact_store"}) == demo.model_dump(
         exclude={"execution", "artifact_store"})
     retrain = _deployment(deployed, "hubflow-pipeline/retrain")
-    assert PipelineConfig.model_validate(retrain.parameters["config"]) == config
+    retrain_config = PipelineConfig.model_validate(retrain.parameters["config"])
+    # Retraining publishes through the chained publish deployment, so not in the run as well.
+    assert not retrain_config.publish.enabled and not retrain_config.space.enabled
+    assert retrain_config.publish.repo_id == config.publish.repo_id
+    assert retrain_config.model_dump(exclude={"publish", "space"}) == config.model_dump(exclude={"publish", "space"})
     # One retrain at a time; a run that meets another waits for it (and then mostly hits the stage caches).
     assert retrain.global_concurrency_limit.limit == 1
     assert retrain.concurrency_options.collision_strategy.value == "ENQUEUE"
@@ -286,6 +290,7 @@ def test_dataset_update_event_starts_a_retrain_at_the_new_sha(deployed):
     config = new[0].parameters["config"]
     assert config["data"]["revision"] == sha
     assert config["data"]["source"] == "hubflow/support-tickets" and config["artifact_store"] == STORE
+    assert config["publish"]["enabled"] is False  # the chained publish deployment publishes
 
 
 def test_a_completed_retrain_chains_into_publish_and_a_failed_one_does_not(deployed):
@@ -308,7 +313,8 @@ def test_a_completed_retrain_chains_into_publish_and_a_failed_one_does_not(deplo
     new = [r for r in _runs_of(publish_id) if r.id not in before]
     assert len(new) == 1
     assert new[0].parameters["summary_uri"] == f"{STORE}/runs/{done.id}/summary.json"
-    assert new[0].parameters["publish"]["repo_id"] == "hubflow/support-tickets-classifier"
+    publish = new[0].parameters["publish"]
+    assert publish == _deployment(deployed, "hubflow-pipeline/pipeline").parameters["config"]["publish"]
 
 
 # ---- batch inference ----------------------------------------------------------------------------------------------
@@ -361,6 +367,25 @@ def test_batch_inference_keeps_every_row_and_reruns_from_the_store(batch_repos, 
     again = batch_inference(**args, return_state=True)
     assert again.result().predictions == result.predictions
     assert _task_states(again.state_details.flow_run_id)["predict"] == "Cached"
+
+
+def test_batch_inference_reads_a_folder_of_files_and_ignores_labels(batch_repos, localhub, tmp_path, monkeypatch):
+    import json
+
+    from flows.batch import batch_inference
+    from tasks.config import DataConfig
+    from tasks.infer import read_predictions
+
+    monkeypatch.setenv("HF_TOKEN", localhub.token("alice"))
+    rows = synthetic_rows(25, seed=3)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "today.jsonl").write_text("".join(json.dumps({"body": t, "label": y}) + "\n" for t, y in rows))
+    data = DataConfig(source=str(tmp_path / "in"), test_split="today", text_column="body", max_test_samples=20)
+    result = batch_inference(batch_repos["model"], data, max_length=32, artifact_store=str(tmp_path / "store"))
+    table = read_predictions(result.predictions)
+    assert result.dataset is None and result.split == "today"
+    assert table.column("text").to_pylist() == [t for t, _ in rows[:20]]
+    assert "label" not in table.column_names
 
 
 def _task_states(flow_run_id) -> dict[str, str]:
