@@ -43,6 +43,8 @@ HUB_USERS = {
     "alice": (f"hf_alice_{secrets.token_hex(12)}", "write"),
     "bob": (f"hf_bob_{secrets.token_hex(12)}", "write"),
     "reader": (f"hf_reader_{secrets.token_hex(12)}", "read"),
+    # Owns hubflow/support-tickets, the dataset deployments/prefect.yaml's retrain trigger watches.
+    "hubflow": (f"hf_hubflow_{secrets.token_hex(12)}", "write"),
 }
 
 

@@ -135,13 +135,147 @@ RemoteFileSystem(basepath="s3://{BUCKET}/prefect-results", settings={{"key": "te
         procs.stop()
 
 
-def _client(topology):
-    from prefect.client.orchestration import SyncPrefectClient
-
-    return SyncPrefectClient(topology["api_url"])
-
-
 def _s3(topology):
     import s3fs
 
     return s3fs.S3FileSystem(client_kwargs={"endpoint_url": topology["s3_url"]}, key="testing", secret="testing")
+
+
+def _client(topology):
+    from prefect.client.orchestration import SyncPrefectClient
+
+    client = SyncPrefectClient(topology["api_url"])
+    client.__enter__()
+    return client
+
+
+def _runs_of(client, flow_name: str, deployment: str | None = None):
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowFilter, FlowFilterName
+
+    kwargs = {"flow_filter": FlowFilter(name=FlowFilterName(any_=[flow_name]))}
+    if deployment:
+        kwargs["deployment_filter"] = DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
+    return client.read_flow_runs(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(topology, localhub, tmp_path_factory):
+    """Publish a tiny model and the support-tickets dataset, then run hubflow-pipeline/pipeline through the server."""
+    from huggingface_hub import HfApi
+
+    from hubflow.demo_data import write_demo_parquet
+    from tests.tiny import make_tiny_bert
+
+    alice = HfApi(endpoint=localhub.url, token=localhub.token("alice"))
+    owner = HfApi(endpoint=localhub.url, token=localhub.token("hubflow"))
+    tag = uuid.uuid4().hex[:6]
+    model_repo = f"alice/topology-bert-{tag}"
+    alice.create_repo(model_repo)
+    alice.upload_folder(folder_path=str(make_tiny_bert(tmp_path_factory.mktemp("bert"), num_labels=4)), repo_id=model_repo)
+    owner.create_repo("hubflow/support-tickets", repo_type="dataset", exist_ok=True)
+    data_dir = tmp_path_factory.mktemp("tickets")
+    write_demo_parquet(data_dir)
+    owner.upload_folder(folder_path=str(data_dir), repo_id="hubflow/support-tickets", repo_type="dataset")
+    config = {
+        "model": {"repo_id": model_repo},
+        "data": {"source": "hubflow/support-tickets", "max_train_samples": 160, "max_eval_samples": 40,
+                 "max_test_samples": 60},
+        "preprocess": {"max_length": 32},
+        "train": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "checkpoint_every_steps": 5},
+        "inference": {"batch_size": 16, "shard_size": 25},
+        "publish": {"enabled": True, "repo_id": f"alice/topology-published-{tag}"},
+        "execution": {"mode": "pools", "timeout_seconds": 900},
+        "artifact_store": topology["env"]["HUBFLOW_STORE"],
+    }
+    script = f"""
+import json, sys
+from prefect.deployments import run_deployment
+run = run_deployment("hubflow-pipeline/pipeline", parameters={{"config": json.loads(sys.argv[1])}}, timeout=1200,
+                     poll_interval=2)
+print(json.dumps({{"id": str(run.id), "state": run.state.name}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(config)], env=topology["env"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(proc.stdout.strip().splitlines()[-1])
+    logs = {n: topology["procs"].tail(n) for n in ("cpu-1", "gpu-1", "gpu-2")}
+    assert run["state"] == "Completed", json.dumps(logs, indent=1)[-6000:]
+    return {"id": run["id"], "model_repo": model_repo, "published_repo": config["publish"]["repo_id"]}
+
+
+def _result(topology, run_id: str):
+    """The run's PipelineResult, read from its summary in the shared store."""
+    from tasks.refs import PipelineResult
+
+    path = f"{topology['env']['HUBFLOW_STORE']}/runs/{run_id}/summary.json"
+    return PipelineResult.model_validate_json(_s3(topology).cat_file(path))
+
+
+def test_stages_run_on_the_right_pools(topology, pipeline_run):
+    client = _client(topology)
+    parent = client.read_flow_run(pipeline_run["id"])
+    assert parent.work_pool_name == "cpu"
+    train = [r for r in _runs_of(client, "hubflow-train") if r.parent_task_run_id]
+    predict = [r for r in _runs_of(client, "hubflow-predict") if r.parent_task_run_id]
+    assert train and predict
+    for child in train + predict:
+        assert child.work_pool_name == "gpu" and child.state.is_completed(), (child.name, child.work_pool_name)
+    result = _result(topology, pipeline_run["id"])
+    # Every output lives in the shared S3 store, none on a worker's disk.
+    s3 = _s3(topology)
+    for uri in (result.raw.uri, result.tokenized.uri, result.checkpoint.uri, result.predictions.uri,
+                result.evaluation.uri, result.summary_uri):
+        assert uri.startswith("s3://") and s3.exists(uri), uri
+
+
+def test_the_model_is_published_on_the_hub(topology, pipeline_run, localhub):
+    from huggingface_hub import HfApi
+
+    result = _result(topology, pipeline_run["id"])
+    api = HfApi(endpoint=localhub.url, token=localhub.token("alice"))
+    info = api.model_info(pipeline_run["published_repo"])
+    assert result.published.model.sha == info.sha
+    assert "model.safetensors" in {s.rfilename for s in info.siblings}
+
+
+def test_a_new_dataset_revision_starts_exactly_one_retrain(topology, pipeline_run, localhub, tmp_path):
+    from huggingface_hub import HfApi
+
+    procs, env = topology["procs"], topology["env"]
+    for worker in ("cpu-1", "gpu-1", "gpu-2"):  # the retrain run only has to be created, not executed
+        procs.stop(worker)
+    port = topology["hook_port"]
+    procs.start("receiver", [str(BIN / "hubflow"), "webhooks", "serve", "--host", "127.0.0.1", "--port", str(port),
+                             "--state-dir", str(tmp_path / "hook-state")], env)
+    wait_for(lambda: _up(f"http://127.0.0.1:{port}/health"), 60, "webhook receiver")
+    hook_url = f"http://127.0.0.1:{port}/webhooks/hub"
+    register_env = {**env, "HF_TOKEN": localhub.token("hubflow")}
+    subprocess.run([str(BIN / "hubflow"), "webhooks", "register", "--url", hook_url, "--watch",
+                    "dataset:hubflow/support-tickets"], env=register_env, check=True, cwd=ROOT)
+    bad = httpx.post(hook_url, json={}, headers={"X-Webhook-Secret": "wrong"})
+    assert bad.status_code == 401
+
+    client = _client(topology)
+    before = len(_runs_of(client, "hubflow-pipeline", "retrain"))
+    owner = HfApi(endpoint=localhub.url, token=localhub.token("hubflow"))
+    sha = owner.upload_file(path_or_fileobj=b"# a new revision\n", path_in_repo="NOTES.md",
+                            repo_id="hubflow/support-tickets", repo_type="dataset").oid
+
+    def retrains():
+        runs = _runs_of(client, "hubflow-pipeline", "retrain")
+        return runs if len(runs) > before else None
+
+    runs = wait_for(retrains, 60, "the retrain run")
+    time.sleep(3)  # a duplicate would show up here
+    runs = _runs_of(client, "hubflow-pipeline", "retrain")
+    new = [r for r in runs if r.parameters["config"]["data"]["revision"] == sha]
+    assert len(runs) - before == 1 and len(new) == 1, [r.parameters["config"]["data"]["revision"] for r in runs]
+
+
+def test_schedules_are_on_the_server(topology):
+    client = _client(topology)
+    deployment = client.read_deployment_by_name("hubflow-pipeline/retrain")
+    (schedule,) = deployment.schedules
+    assert schedule.schedule.cron == "0 3 * * 1" and schedule.schedule.timezone == "Europe/Berlin"
+    nightly = client.read_deployment_by_name("hubflow-batch-inference/nightly")
+    assert nightly.schedules[0].schedule.cron == "30 1 * * *"
