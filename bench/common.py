@@ -31,7 +31,7 @@ class Sizes:
     reps: int
 
 
-FULL = Sizes(infer_rows=2000, train_rows=640, val_rows=200, preprocess_rows=20000, reps=3)
+FULL = Sizes(infer_rows=2000, train_rows=512, val_rows=200, preprocess_rows=20000, reps=3)
 QUICK = Sizes(infer_rows=256, train_rows=128, val_rows=64, preprocess_rows=2000, reps=1)
 
 

@@ -123,7 +123,8 @@ def test_the_space_serves_the_better_model_and_answers_like_batch_inference(runs
     from tasks.infer import read_predictions
 
     row = read_predictions(better.predictions).to_pylist()[0]
-    answer = Client(space.url, hf_token=localhub.token("alice"), verbose=False).predict(row["text"], api_name="/predict")
+    host = inputs["api"].space_info(inputs["space"]).host  # where it runs now (a later deploy may have restarted it)
+    answer = Client(host, verbose=False).predict(row["text"], api_name="/predict")
     assert answer["label"] == row["pred_label"]
 
 
