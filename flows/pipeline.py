@@ -14,7 +14,8 @@ from prefect.runtime import flow_run
 
 from tasks import dispatch, stages, store
 from tasks.config import PipelineConfig
-from tasks.publish import gate, publish_model, publish_predictions
+from tasks.gate import gate
+from tasks.publish import publish_model, publish_predictions
 from tasks.refs import PipelineResult, PublishOutcome, SpaceDeployment
 from tasks.space import deploy_space, space_inputs
 

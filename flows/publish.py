@@ -13,7 +13,8 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.config import PublishConfig
-from tasks.publish import gate, load_run, publish_model, publish_predictions
+from tasks.gate import gate
+from tasks.publish import load_run, publish_model, publish_predictions
 from tasks.refs import PublishOutcome
 
 

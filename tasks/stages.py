@@ -43,7 +43,7 @@ NETWORK_RETRIES = dict(retries=3, retry_delay_seconds=[2, 5, 15], retry_conditio
 MODULES = {
     "pull-dataset": ("tasks.hub", "tasks.data"),
     "preprocess": ("tasks.data",),
-    "train": ("tasks.train",),
+    "train": ("tasks.train", "tasks.resume"),  # every module whose code shapes the trained model
     "predict": ("tasks.infer",),
     "evaluate": ("tasks.evaluate",),
 }

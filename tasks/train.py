@@ -10,6 +10,7 @@ On N GPUs:   accelerate launch -m tasks.train --tokenized-ref '<json>' --model-d
 Resume: every `checkpoint_every_steps` optimizer steps and at each epoch end the loop writes an explicit
 checkpoint to `{out_uri}/resume/step-*/` and then points `{out_uri}/resume/latest.json` at it. A rerun with the
 same out_uri (a Prefect retry) loads it and carries on from that step, skipping the batches already consumed.
+The checkpoint layout and the same-run check are in tasks/resume.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from tasks import store
+from tasks import resume, store
 from tasks.config import Precision, TrainConfig
 from tasks.evaluate import confusion_matrix, scores_from_confusion
 from tasks.refs import CheckpointRef, PinnedRepo, TokenizedRef
@@ -35,8 +35,6 @@ Progress = Callable[[float, str], None]
 
 LOG_EVERY = 10  # optimizer steps between loss read-backs: one host sync per LOG_EVERY steps, not per step
 MAX_GRAD_NORM = 1.0  # transformers.Trainer's default clipping; fine-tuning is unstable without it
-# Settings that may change between a run and its resumption; any other change means a different run.
-_RESUMABLE_CHANGES = {"epochs", "max_steps", "checkpoint_every_steps", "eval_batch_size"}
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler[int]):
@@ -126,9 +124,9 @@ def train_model(
     )
     model, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
 
-    run = _Run(accelerator, model, optimizer, scheduler, out_uri, total_steps, steps_per_epoch, progress, started)
+    run = resume.Run(accelerator, model, optimizer, scheduler, out_uri, total_steps, steps_per_epoch, progress, started)
     run_key = {"config": cfg.model_dump(mode="json"), "data": tokenized.fingerprint, "base_model": base_model.sha}
-    st = _load_resume(run, run_key) or _fresh_state(run_key, total_steps, steps_per_epoch)
+    st = resume.load_latest(run, run_key) or resume.fresh_state(run_key, total_steps, steps_per_epoch)
     run.prior_seconds = st["train_seconds"]
 
     while st["step"] < total_steps and st["epoch"] < n_epochs:
@@ -159,7 +157,7 @@ def train_model(
                 break
             if st["step"] % cfg.checkpoint_every_steps == 0:
                 _flush_losses(run, st, pending)
-                _checkpoint(run, st)
+                resume.save_checkpoint(run, st)
                 progress(st["step"] / total_steps, f"checkpoint saved at step {st['step']}")
         _flush_losses(run, st, pending)
         if st["batch"] >= batches_per_epoch:
@@ -169,8 +167,8 @@ def train_model(
         metrics.update(step=st["step"], epoch=round(st["step"] / steps_per_epoch, 4))
         st["history"]["evals"].append(metrics)
         if st["best"] is None or _rank(metrics) > _rank(st["best"]):
-            st["best"], st["best_dir"] = metrics, _next_dir(st)  # the checkpoint below holds these weights
-        _checkpoint(run, st)
+            st["best"], st["best_dir"] = metrics, resume.next_dir(st)  # the checkpoint below holds these weights
+        resume.save_checkpoint(run, st)
         progress(
             st["step"] / total_steps,
             f"epoch {metrics['epoch']:.2f}: eval_loss {metrics['eval_loss']:.4f} "
@@ -180,24 +178,6 @@ def train_model(
     ref = _finalize(run, st, tokenizer, names, base_model)
     progress(1.0, f"model written to {ref.uri}")
     return ref
-
-
-class _Run:
-    """What the helpers below share: the prepared objects, where to write, and the clock."""
-
-    def __init__(
-        self, accelerator, model, optimizer, scheduler, out_uri, total_steps, steps_per_epoch, progress, started
-    ):
-        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
-        self.out_uri, self.total_steps, self.steps_per_epoch = out_uri, total_steps, steps_per_epoch
-        self.progress, self.started, self.prior_seconds = progress, started, 0.0
-
-    def seconds(self) -> float:
-        """Training wall time over every session of this run (a resumed run adds to the earlier ones)."""
-        return self.prior_seconds + time.perf_counter() - self.started
-
-    def uri(self, *parts: str) -> str:
-        return store.join(self.out_uri, *parts)
 
 
 def _dataloaders(tokenized: TokenizedRef, tokenizer, cfg: TrainConfig, accelerator):
@@ -271,7 +251,7 @@ def _rank(metrics: dict[str, float]) -> tuple[float, float]:
     return metrics["eval_macro_f1"], -metrics["eval_loss"]
 
 
-def _flush_losses(run: _Run, st: dict, pending: list) -> None:
+def _flush_losses(run: resume.Run, st: dict, pending: list) -> None:
     """Read the pending per-step losses back (one sync), averaged over processes, into the history."""
     if not pending:
         return
@@ -281,141 +261,6 @@ def _flush_losses(run: _Run, st: dict, pending: list) -> None:
         st["history"]["steps"].append({"step": first + i, "loss": loss, "lr": lr})
     pending.clear()
     run.progress(st["step"] / run.total_steps, f"step {st['step']}/{run.total_steps} loss {losses[-1]:.4f}")
-
-
-# --- resume checkpoints: explicit dicts under {out_uri}/resume/, made current by rewriting latest.json ---
-
-
-def _fresh_state(run_key: dict, total_steps: int, steps_per_epoch: int) -> dict[str, Any]:
-    return {
-        "run_key": run_key,
-        "epoch": 0,  # epochs finished
-        "batch": 0,  # batches of the current epoch already consumed (this process)
-        "step": 0,  # optimizer steps taken
-        "saves": 0,  # checkpoints written; makes every checkpoint folder name unique
-        "train_seconds": 0.0,
-        "best": None,  # validation metrics of the best evaluation so far
-        "best_dir": None,  # the resume folder holding that evaluation's weights
-        "history": {
-            "steps": [],
-            "evals": [],
-            "resumed_from": [],
-            "total_steps": total_steps,
-            "steps_per_epoch": steps_per_epoch,
-        },
-    }
-
-
-def _next_dir(st: dict) -> str:
-    return f"step-{st['step']:08d}-{st['saves']:04d}"
-
-
-def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        # numpy's state as plain values and a tensor, so the file loads with torch.load(weights_only=True)
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng(rng: dict[str, Any]) -> None:
-    random.setstate(rng["python"])
-    kind, keys, pos, has_gauss, gauss = rng["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def _checkpoint(run: _Run, st: dict) -> None:
-    """Write model, optimizer, scheduler, RNG and loop state; then make it the one a retry resumes from."""
-    from safetensors.torch import save_model
-
-    acc = run.accelerator
-    name = _next_dir(st)
-    st["saves"] += 1
-    st["train_seconds"] = run.seconds()
-    with tempfile.TemporaryDirectory() as tmp:
-        if acc.is_main_process:
-            save_model(acc.unwrap_model(run.model), f"{tmp}/model.safetensors")
-            torch.save(
-                {
-                    "state": st,
-                    "optimizer": run.optimizer.state_dict(),
-                    "scheduler": run.scheduler.state_dict(),
-                    "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-                },
-                f"{tmp}/state.pt",
-            )
-        torch.save(_rng_state(), f"{tmp}/rng-{acc.process_index}.pt")  # dropout streams differ per process
-        store.put_dir(tmp, run.uri("resume", name))
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        # Until this small atomic write lands, a crash leaves the previous checkpoint current.
-        store.write_json(run.uri("resume", "latest.json"), {"dir": name})
-        fs, root = store.fs_for(run.uri("resume"))
-        for path in fs.ls(root, detail=False):
-            if Path(path).name.startswith("step-") and Path(path).name not in (name, st["best_dir"]):
-                fs.rm(path, recursive=True)
-    acc.wait_for_everyone()
-
-
-def _load_resume(run: _Run, run_key: dict) -> dict[str, Any] | None:
-    """Restore the latest checkpoint under `{out_uri}/resume` into the prepared objects; None when there is none."""
-    from safetensors.torch import load_model
-
-    latest = run.uri("resume", "latest.json")
-    if not store.exists(latest):
-        return None
-    folder = run.uri("resume", store.read_json(latest)["dir"])
-    saved = _torch_load(store.join(folder, "state.pt"))
-    st = saved["state"]
-    _check_same_run(st["run_key"], run_key, run.out_uri)
-    acc = run.accelerator
-    with tempfile.TemporaryDirectory() as tmp:
-        load_model(acc.unwrap_model(run.model), _local_copy(store.join(folder, "model.safetensors"), tmp))
-    run.optimizer.load_state_dict(saved["optimizer"])
-    run.scheduler.load_state_dict(saved["scheduler"])
-    if acc.scaler is not None and saved["scaler"]:
-        acc.scaler.load_state_dict(saved["scaler"])
-    rng_uri = store.join(folder, f"rng-{acc.process_index}.pt")
-    _set_rng(_torch_load(rng_uri if store.exists(rng_uri) else store.join(folder, "rng-0.pt")))
-    # A longer max_steps/epochs on resume moves the end of training; the schedule and history follow it.
-    st["run_key"] = run_key
-    st["history"].update(total_steps=run.total_steps, steps_per_epoch=run.steps_per_epoch)
-    st["history"]["resumed_from"].append(st["step"])
-    run.progress(st["step"] / run.total_steps, f"resumed from checkpoint at step {st['step']}/{run.total_steps}")
-    return st
-
-
-def _check_same_run(saved: dict, current: dict, out_uri: str) -> None:
-    changed = [k for k in ("data", "base_model") if saved[k] != current[k]]
-    changed += [
-        f"config.{k}"
-        for k in sorted(set(saved["config"]) | set(current["config"]))
-        if k not in _RESUMABLE_CHANGES and saved["config"].get(k) != current["config"].get(k)
-    ]
-    if changed:
-        raise ValueError(
-            f"{out_uri}/resume holds a checkpoint of a different run ({', '.join(changed)} differ); "
-            "use a fresh out_uri or remove the resume folder"
-        )
-
-
-def _torch_load(uri: str) -> Any:
-    fs, path = store.fs_for(uri)
-    with fs.open(path, "rb") as f:
-        return torch.load(f, map_location="cpu", weights_only=True)
-
-
-def _local_copy(uri: str, tmp: str) -> str:
-    fs, path = store.fs_for(uri)
-    local = f"{tmp}/{Path(path).name}"
-    fs.get_file(path, local)
-    return local
 
 
 # --- the final model ---
@@ -443,7 +288,7 @@ def _hardware(accelerator, precision: str) -> str:
     return f"cpu x{torch.get_num_threads()} threads{procs} ({precision})"
 
 
-def _finalize(run: _Run, st: dict, tokenizer, names: list[str], base_model: PinnedRepo) -> CheckpointRef:
+def _finalize(run: resume.Run, st: dict, tokenizer, names: list[str], base_model: PinnedRepo) -> CheckpointRef:
     """Write the best weights as a save_pretrained folder, plus history and the ref; every process returns the ref."""
     from safetensors.torch import load_model
 
@@ -453,7 +298,7 @@ def _finalize(run: _Run, st: dict, tokenizer, names: list[str], base_model: Pinn
         model = acc.unwrap_model(run.model)
         with tempfile.TemporaryDirectory() as tmp:
             best = run.uri("resume", st["best_dir"], "model.safetensors")
-            load_model(model, _local_copy(best, tmp))
+            load_model(model, resume.local_copy(best, tmp))
             out = Path(tmp, "model")
             model.save_pretrained(out)  # transformers 5 always writes safetensors (no safe_serialization flag)
             tokenizer.save_pretrained(out)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.tiny import make_tiny_bert, synthetic_rows
+from tests.tiny import push_parquet_dataset, push_tiny_bert, synthetic_rows
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -324,21 +324,16 @@ def test_a_completed_retrain_chains_into_publish_and_a_failed_one_does_not(deplo
 def batch_repos(localhub, tmp_path_factory):
     """A tiny BERT classifier and an unlabeled dataset (a text column only, one `test` split) on localhub."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=localhub.url, token=localhub.token("alice"))
     tag = uuid.uuid4().hex[:6]
     model_repo, data_repo = f"alice/tiny-clf-{tag}", f"alice/unlabeled-{tag}"
-    model_dir = make_tiny_bert(tmp_path_factory.mktemp("tiny-clf"), num_labels=3)
-    api.create_repo(model_repo)
-    model_sha = api.upload_folder(folder_path=str(model_dir), repo_id=model_repo).oid
+    model_dir = tmp_path_factory.mktemp("tiny-clf")  # make_tiny_bert writes the model into it
+    model_sha = push_tiny_bert(api, model_repo, model_dir, num_labels=3)
     texts = [t for t, _ in synthetic_rows(90, seed=7)]
-    folder = tmp_path_factory.mktemp("unlabeled")
-    (folder / "data").mkdir()
-    pq.write_table(pa.table({"text": texts}), folder / "data" / "test-00000-of-00001.parquet")
-    api.create_repo(data_repo, repo_type="dataset")
-    data_sha = api.upload_folder(folder_path=str(folder), repo_id=data_repo, repo_type="dataset").oid
+    tables = {"test": pa.table({"text": texts})}
+    data_sha = push_parquet_dataset(api, data_repo, tmp_path_factory.mktemp("unlabeled"), tables)
     return {"model": model_repo, "model_sha": model_sha, "model_dir": model_dir, "data": data_repo,
             "data_sha": data_sha, "texts": texts}
 

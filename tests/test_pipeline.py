@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.tiny import make_tiny_bert
+from tests.tiny import make_tiny_bert, push_demo_dataset, push_parquet_dataset, push_tiny_bert
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -21,18 +21,11 @@ def hub_repos(localhub, tmp_path_factory):
     """alice/tiny-bert (a config-built BERT) and alice/tickets (the demo dataset layout) on localhub."""
     from huggingface_hub import HfApi
 
-    from hubflow.demo_data import write_demo_parquet
-
     api = HfApi(endpoint=localhub.url, token=localhub.token("alice"))
     tag = uuid.uuid4().hex[:6]
     model_repo, data_repo = f"alice/tiny-bert-{tag}", f"alice/tickets-{tag}"
-    model_dir = make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), num_labels=4)
-    api.create_repo(model_repo)
-    model_sha = api.upload_folder(folder_path=str(model_dir), repo_id=model_repo).oid
-    data_dir = tmp_path_factory.mktemp("tickets")
-    write_demo_parquet(data_dir)
-    api.create_repo(data_repo, repo_type="dataset")
-    data_sha = api.upload_folder(folder_path=str(data_dir), repo_id=data_repo, repo_type="dataset").oid
+    model_sha = push_tiny_bert(api, model_repo, tmp_path_factory.mktemp("tiny-bert"), num_labels=4)
+    data_sha = push_demo_dataset(api, data_repo, tmp_path_factory.mktemp("tickets"))
     return {"model": model_repo, "model_sha": model_sha, "data": data_repo, "data_sha": data_sha, "api": api}
 
 
@@ -175,17 +168,12 @@ def test_missing_column(hub_repos, tmp_path, alice_env):
 
 def _dataset_repo(hub_repos, tmp_path, rows: dict[str, list[tuple[str, str]]]) -> str:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    folder = tmp_path / "ds" / "data"
-    folder.mkdir(parents=True)
-    for split, items in rows.items():
-        table = pa.table({"text": [t for t, _ in items], "label": [lab for _, lab in items]},
-                         schema=pa.schema([("text", pa.string()), ("label", pa.string())]))
-        pq.write_table(table, folder / f"{split}-00000-of-00001.parquet")
+    schema = pa.schema([("text", pa.string()), ("label", pa.string())])
+    tables = {split: pa.table({"text": [t for t, _ in items], "label": [lab for _, lab in items]}, schema=schema)
+              for split, items in rows.items()}
     repo = f"alice/bad-{uuid.uuid4().hex[:6]}"
-    hub_repos["api"].create_repo(repo, repo_type="dataset")
-    hub_repos["api"].upload_folder(folder_path=str(tmp_path / "ds"), repo_id=repo, repo_type="dataset")
+    push_parquet_dataset(hub_repos["api"], repo, tmp_path / "ds", tables)
     return repo
 
 

@@ -18,25 +18,15 @@ TAG = f"rel-{uuid.uuid4().hex[:6]}"
 @pytest.fixture(scope="module")
 def inputs(localhub, tmp_path_factory):
     """A config-built tiny BERT and a learnable keyword dataset (tests/tiny.py) as Hub repos."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from huggingface_hub import HfApi
 
-    from tests.tiny import LABELS, make_tiny_bert, synthetic_rows
+    from tests.tiny import push_keyword_dataset, push_tiny_bert
 
     api = HfApi(endpoint=localhub.url, token=localhub.token("alice"))
     model_repo, data_repo = f"alice/{TAG}-base", f"alice/{TAG}-data"
-    api.create_repo(model_repo)
-    model_sha = api.upload_folder(folder_path=str(make_tiny_bert(tmp_path_factory.mktemp("bert"))),
-                                  repo_id=model_repo).oid
-    folder = tmp_path_factory.mktemp("data")
-    (folder / "data").mkdir()
-    for seed, (split, n) in enumerate({"train": 240, "validation": 45, "test": 60}.items()):
-        rows = synthetic_rows(n, seed=seed)
-        pq.write_table(pa.table({"text": [t for t, _ in rows], "label": [LABELS[y] for _, y in rows]}),
-                       folder / "data" / f"{split}-00000-of-00001.parquet")
-    api.create_repo(data_repo, repo_type="dataset")
-    data_sha = api.upload_folder(folder_path=str(folder), repo_id=data_repo, repo_type="dataset").oid
+    model_sha = push_tiny_bert(api, model_repo, tmp_path_factory.mktemp("bert"))
+    sizes = {"train": 240, "validation": 45, "test": 60}
+    data_sha = push_keyword_dataset(api, data_repo, tmp_path_factory.mktemp("data"), sizes)
     return {"api": api, "model": model_repo, "model_sha": model_sha, "data": data_repo, "data_sha": data_sha,
             "target": f"alice/{TAG}-model", "space": f"alice/{TAG}-space"}
 

@@ -163,19 +163,14 @@ def pipeline_run(topology, localhub, tmp_path_factory):
     """Publish a tiny model and the support-tickets dataset, then run hubflow-pipeline/pipeline through the server."""
     from huggingface_hub import HfApi
 
-    from hubflow.demo_data import write_demo_parquet
-    from tests.tiny import make_tiny_bert
+    from tests.tiny import push_demo_dataset, push_tiny_bert
 
     alice = HfApi(endpoint=localhub.url, token=localhub.token("alice"))
     owner = HfApi(endpoint=localhub.url, token=localhub.token("hubflow"))
     tag = uuid.uuid4().hex[:6]
     model_repo = f"alice/topology-bert-{tag}"
-    alice.create_repo(model_repo)
-    alice.upload_folder(folder_path=str(make_tiny_bert(tmp_path_factory.mktemp("bert"), num_labels=4)), repo_id=model_repo)
-    owner.create_repo("hubflow/support-tickets", repo_type="dataset", exist_ok=True)
-    data_dir = tmp_path_factory.mktemp("tickets")
-    write_demo_parquet(data_dir)
-    owner.upload_folder(folder_path=str(data_dir), repo_id="hubflow/support-tickets", repo_type="dataset")
+    push_tiny_bert(alice, model_repo, tmp_path_factory.mktemp("bert"), num_labels=4)
+    push_demo_dataset(owner, "hubflow/support-tickets", tmp_path_factory.mktemp("tickets"), exist_ok=True)
     config = {
         "model": {"repo_id": model_repo},
         "data": {"source": "hubflow/support-tickets", "max_train_samples": 160, "max_eval_samples": 40,

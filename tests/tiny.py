@@ -6,6 +6,12 @@ need no network and no cached downloads:
     model_dir = make_tiny_bert(tmp_path / "bert")                  # save_pretrained folder, safetensors
     ref = make_tiny_tokenized(tmp_path / "tok", model_dir)         # TokenizedRef, DatasetDict on disk
     llama_dir = make_tiny_llama(tmp_path / "llama")                # LlamaForCausalLM + byte-level BPE tokenizer
+
+and pushed as Hub repos (one `create_repo` + one `upload_folder`; each returns the commit sha):
+
+    push_tiny_bert(api, "alice/bert", tmp_path / "bert", num_labels=4)                    # make_tiny_bert's folder
+    push_keyword_dataset(api, "alice/data", tmp_path / "data", {"train": 240, "test": 60})  # synthetic_rows
+    push_demo_dataset(api, "alice/tickets", tmp_path / "tickets")                        # hubflow's demo dataset
 """
 
 from __future__ import annotations
@@ -189,3 +195,43 @@ def make_tiny_tokenized(
         splits=dict(sizes),
         label_names=list(LABELS),
     )
+
+
+# ---- as Hub repos ---------------------------------------------------------------------------------------------------
+def push_tiny_bert(api, repo_id: str, tmp_dir: str | Path, num_labels: int = 3) -> str:
+    """`make_tiny_bert(tmp_dir, num_labels)` uploaded to a new model repo `repo_id` -> its commit sha."""
+    api.create_repo(repo_id)
+    return api.upload_folder(folder_path=str(make_tiny_bert(tmp_dir, num_labels=num_labels)), repo_id=repo_id).oid
+
+
+def push_parquet_dataset(api, repo_id: str, tmp_dir: str | Path, tables: dict, exist_ok: bool = False) -> str:
+    """{split: pyarrow Table} written as `tmp_dir/data/{split}-00000-of-00001.parquet` and uploaded to the dataset
+    repo `repo_id` (created; `exist_ok` as in `create_repo`) -> its commit sha."""
+    import pyarrow.parquet as pq
+
+    folder = Path(tmp_dir)
+    (folder / "data").mkdir(parents=True)
+    for split, table in tables.items():
+        pq.write_table(table, folder / "data" / f"{split}-00000-of-00001.parquet")
+    api.create_repo(repo_id, repo_type="dataset", exist_ok=exist_ok)
+    return api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset").oid
+
+
+def push_keyword_dataset(api, repo_id: str, tmp_dir: str | Path, sizes: dict[str, int]) -> str:
+    """`synthetic_rows(n, seed=i)` for the i-th (split, n) of `sizes`, as text + label-name columns -> commit sha."""
+    import pyarrow as pa
+
+    tables = {}
+    for seed, (split, n) in enumerate(sizes.items()):
+        rows = synthetic_rows(n, seed=seed)
+        tables[split] = pa.table({"text": [t for t, _ in rows], "label": [LABELS[y] for _, y in rows]})
+    return push_parquet_dataset(api, repo_id, tmp_dir, tables)
+
+
+def push_demo_dataset(api, repo_id: str, tmp_dir: str | Path, exist_ok: bool = False) -> str:
+    """hubflow's demo dataset (`write_demo_parquet`: support tickets, card included) uploaded to `repo_id` -> sha."""
+    from hubflow.demo_data import write_demo_parquet
+
+    write_demo_parquet(tmp_dir)
+    api.create_repo(repo_id, repo_type="dataset", exist_ok=exist_ok)
+    return api.upload_folder(folder_path=str(tmp_dir), repo_id=repo_id, repo_type="dataset").oid

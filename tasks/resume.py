@@ -1,0 +1,196 @@
+"""Resume checkpoints of a training run: explicit dicts under `{out_uri}/resume/`, made current by rewriting one file.
+
+Layout (one run = one out_uri; a Prefect retry reruns with the same out_uri and carries on):
+
+    {out_uri}/resume/
+        latest.json            {"dir": "step-00000014-0002"}: the checkpoint a rerun resumes from
+        step-SSSSSSSS-NNNN/    one checkpoint: optimizer step S, the run's N-th save (a step can be saved twice:
+                               at a multiple of `checkpoint_every_steps`, and after the epoch's evaluation)
+            model.safetensors  the unwrapped model's weights (main process)
+            state.pt           {"state": the loop state, "optimizer", "scheduler", "scaler"} (main process)
+            rng-<process>.pt   python, numpy, torch and cuda RNG states of each process (its dropout stream)
+
+`save_checkpoint` writes the folder, then rewrites latest.json (a small atomic write: a crash before it leaves the
+previous checkpoint current), then removes every other `step-*` folder except the best evaluation's (`best_dir`),
+whose weights become the final model. `load_latest` restores all of it into the prepared objects, after checking
+that the checkpoint belongs to the same run: same data fingerprint, base model sha and config, except the settings
+in `_RESUMABLE_CHANGES` (a longer max_steps/epochs extends the run). Files load with torch.load(weights_only=True),
+so the saved state holds only plain values and tensors.
+
+The loop state (`fresh_state`) is what train.py's loop advances: epoch, batch within the epoch, step, saves, the
+best metrics and their folder, training seconds so far, and the history that becomes `{out_uri}/history.json`.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tasks import store
+
+# Settings that may change between a run and its resumption; any other change means a different run.
+_RESUMABLE_CHANGES = {"epochs", "max_steps", "checkpoint_every_steps", "eval_batch_size"}
+
+
+class Run:
+    """What the training helpers share: the prepared objects, where to write, and the clock."""
+
+    def __init__(
+        self, accelerator, model, optimizer, scheduler, out_uri, total_steps, steps_per_epoch, progress, started
+    ):
+        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
+        self.out_uri, self.total_steps, self.steps_per_epoch = out_uri, total_steps, steps_per_epoch
+        self.progress, self.started, self.prior_seconds = progress, started, 0.0
+
+    def seconds(self) -> float:
+        """Training wall time over every session of this run (a resumed run adds to the earlier ones)."""
+        return self.prior_seconds + time.perf_counter() - self.started
+
+    def uri(self, *parts: str) -> str:
+        return store.join(self.out_uri, *parts)
+
+
+def fresh_state(run_key: dict, total_steps: int, steps_per_epoch: int) -> dict[str, Any]:
+    """The loop state of a run that starts at step 0 (`run_key`: config, data fingerprint, base model sha)."""
+    return {
+        "run_key": run_key,
+        "epoch": 0,  # epochs finished
+        "batch": 0,  # batches of the current epoch already consumed (this process)
+        "step": 0,  # optimizer steps taken
+        "saves": 0,  # checkpoints written; makes every checkpoint folder name unique
+        "train_seconds": 0.0,
+        "best": None,  # validation metrics of the best evaluation so far
+        "best_dir": None,  # the resume folder holding that evaluation's weights
+        "history": {
+            "steps": [],
+            "evals": [],
+            "resumed_from": [],
+            "total_steps": total_steps,
+            "steps_per_epoch": steps_per_epoch,
+        },
+    }
+
+
+def next_dir(st: dict) -> str:
+    """The folder name the next `save_checkpoint` writes (unique: it counts saves)."""
+    return f"step-{st['step']:08d}-{st['saves']:04d}"
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's RNG states (python, numpy, torch, cuda)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        # numpy's state as plain values and a tensor, so the file loads with torch.load(weights_only=True)
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng(rng: dict[str, Any]) -> None:
+    """Restore what `_rng_state` saved (cuda only on the same number of devices)."""
+    random.setstate(rng["python"])
+    kind, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save_checkpoint(run: Run, st: dict) -> None:
+    """Write model, optimizer, scheduler, RNG and loop state; then make it the one a retry resumes from."""
+    from safetensors.torch import save_model
+
+    acc = run.accelerator
+    name = next_dir(st)
+    st["saves"] += 1
+    st["train_seconds"] = run.seconds()
+    with tempfile.TemporaryDirectory() as tmp:
+        if acc.is_main_process:
+            save_model(acc.unwrap_model(run.model), f"{tmp}/model.safetensors")
+            torch.save(
+                {
+                    "state": st,
+                    "optimizer": run.optimizer.state_dict(),
+                    "scheduler": run.scheduler.state_dict(),
+                    "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+                },
+                f"{tmp}/state.pt",
+            )
+        torch.save(_rng_state(), f"{tmp}/rng-{acc.process_index}.pt")  # dropout streams differ per process
+        store.put_dir(tmp, run.uri("resume", name))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        # Until this small atomic write lands, a crash leaves the previous checkpoint current.
+        store.write_json(run.uri("resume", "latest.json"), {"dir": name})
+        fs, root = store.fs_for(run.uri("resume"))
+        for path in fs.ls(root, detail=False):
+            if Path(path).name.startswith("step-") and Path(path).name not in (name, st["best_dir"]):
+                fs.rm(path, recursive=True)
+    acc.wait_for_everyone()
+
+
+def load_latest(run: Run, run_key: dict) -> dict[str, Any] | None:
+    """Restore the latest checkpoint under `{out_uri}/resume` into the prepared objects; None when there is none."""
+    from safetensors.torch import load_model
+
+    latest = run.uri("resume", "latest.json")
+    if not store.exists(latest):
+        return None
+    folder = run.uri("resume", store.read_json(latest)["dir"])
+    saved = _torch_load(store.join(folder, "state.pt"))
+    st = saved["state"]
+    _check_same_run(st["run_key"], run_key, run.out_uri)
+    acc = run.accelerator
+    with tempfile.TemporaryDirectory() as tmp:
+        load_model(acc.unwrap_model(run.model), local_copy(store.join(folder, "model.safetensors"), tmp))
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    if acc.scaler is not None and saved["scaler"]:
+        acc.scaler.load_state_dict(saved["scaler"])
+    rng_uri = store.join(folder, f"rng-{acc.process_index}.pt")
+    _set_rng(_torch_load(rng_uri if store.exists(rng_uri) else store.join(folder, "rng-0.pt")))
+    # A longer max_steps/epochs on resume moves the end of training; the schedule and history follow it.
+    st["run_key"] = run_key
+    st["history"].update(total_steps=run.total_steps, steps_per_epoch=run.steps_per_epoch)
+    st["history"]["resumed_from"].append(st["step"])
+    run.progress(st["step"] / run.total_steps, f"resumed from checkpoint at step {st['step']}/{run.total_steps}")
+    return st
+
+
+def _check_same_run(saved: dict, current: dict, out_uri: str) -> None:
+    """Raise ValueError when the saved run key differs from the current one beyond `_RESUMABLE_CHANGES`."""
+    changed = [k for k in ("data", "base_model") if saved[k] != current[k]]
+    changed += [
+        f"config.{k}"
+        for k in sorted(set(saved["config"]) | set(current["config"]))
+        if k not in _RESUMABLE_CHANGES and saved["config"].get(k) != current["config"].get(k)
+    ]
+    if changed:
+        raise ValueError(
+            f"{out_uri}/resume holds a checkpoint of a different run ({', '.join(changed)} differ); "
+            "use a fresh out_uri or remove the resume folder"
+        )
+
+
+def _torch_load(uri: str) -> Any:
+    """torch.load a store URI onto the CPU, plain values and tensors only."""
+    fs, path = store.fs_for(uri)
+    with fs.open(path, "rb") as f:
+        return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def local_copy(uri: str, tmp: str) -> str:
+    """Download `uri` into the local folder `tmp`; -> the local path."""
+    fs, path = store.fs_for(uri)
+    local = f"{tmp}/{Path(path).name}"
+    fs.get_file(path, local)
+    return local
+
