@@ -1,7 +1,7 @@
 """hubflow's stages against the peers a user would otherwise reach for, in one run; prints `name: ratio` lines.
 
-    python -m bench                          # everything below except rerun_vs_first (~6-8 min on 2 cores)
-    python -m bench --quick                  # small sizes, one repetition: a smoke run (~1-2 min)
+    python -m bench                          # everything below except rerun_vs_first (~6 min on 2 quiet cores)
+    python -m bench --quick                  # small sizes, one repetition: a smoke run (~40 s)
     python -m bench --only train_vs_trainer  # one comparison (repeatable)
     python -m bench.lfs                      # localhub LFS throughput (a separate benchmark)
 
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", action="append", choices=RATIOS, metavar="NAME",
                         help=f"run only this comparison (repeatable): {', '.join(RATIOS)}")
     parser.add_argument("--reps", type=int, help="timed repetitions per contender (default 3, --quick 1)")
+    parser.add_argument("--max-length", type=int, default=128,
+                        help="truncation length on every side (default 128, PreprocessConfig's default)")
     args = parser.parse_args(argv)
     wanted = set(args.only or DEFAULT)
 
@@ -52,14 +54,16 @@ def main(argv: list[str] | None = None) -> None:
     # Trainer's default dataloader_pin_memory=True warns on every run without a GPU; it changes nothing on CPU.
     warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator is found")
     try:
-        run(root, wanted, args.quick, args.reps)
+        run(root, wanted, args.quick, args.reps, args.max_length)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run(root: Path, wanted: set[str], quick: bool, reps: int | None) -> None:
+def run(root: Path, wanted: set[str], quick: bool, reps: int | None, max_length: int) -> None:
     import datasets
     import torch
+
+    from dataclasses import replace
 
     from bench.common import FULL, QUICK, Report, classifier_dir, set_threads, tokenized_splits
 
@@ -67,37 +71,36 @@ def run(root: Path, wanted: set[str], quick: bool, reps: int | None) -> None:
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
-    sizes = QUICK if quick else FULL
-    reps = reps or sizes.reps
+    plan = replace(QUICK if quick else FULL, max_length=max_length)
+    plan = replace(plan, reps=reps or plan.reps)
     threads = set_threads()
     started = time.perf_counter()
     print(f"hubflow bench: torch {torch.__version__}, {threads} intra-op threads (os.cpu_count()), "
-          f"cuda={torch.cuda.is_available()}, {'quick' if quick else 'full'} sizes, {reps} repetition(s)", flush=True)
+          f"cuda={torch.cuda.is_available()}, {'quick' if quick else 'full'} sizes, {plan.reps} repetition(s), "
+          f"max_length {plan.max_length}", flush=True)
     report = Report()
 
     if wanted & {"inference_vs_pipeline", "inference_vs_bare", "train_vs_trainer"}:
-        split_sizes = {"train": sizes.train_rows, "validation": sizes.val_rows, "test": sizes.infer_rows}
-        tokenized = tokenized_splits(root, "main", split_sizes)
+        split_sizes = {"train": plan.train_rows, "validation": plan.val_rows, "test": plan.infer_rows}
+        tokenized = tokenized_splits(root, "main", split_sizes, plan.max_length)
     if wanted & {"inference_vs_pipeline", "inference_vs_bare"}:
         from bench import inference
 
         clf_dir, clf_fp = classifier_dir(root)
-        inference.run(root, clf_dir, clf_fp, tokenized, wanted, reps, report)
+        inference.run(root, clf_dir, clf_fp, tokenized, wanted, plan, report)
     if "train_vs_trainer" in wanted:
         from bench import training
 
-        training.run(root, tokenized, reps, report)
+        training.run(root, tokenized, plan, report)
     if "preprocess_vs_per_example" in wanted:
         from bench import preprocessing
 
-        preprocessing.run(root, sizes.preprocess_rows, reps, report)
+        preprocessing.run(root, plan, report)
     if "rerun_vs_first" in wanted:
         from bench import rerun
 
         rerun.run(root, quick, report)
 
-    for name, value in report.notes.items():
-        print(f"  ({name}: {value})")
     print(f"\n# ratios ({time.perf_counter() - started:.0f} s in all; higher is better except rerun_vs_first; "
           "targets: " + ", ".join(f"{n} {TARGETS[n]}" for n in RATIOS if n in report.ratios) + ")")
     for name in RATIOS:  # exactly `name: ratio`, one per line, for whoever parses this

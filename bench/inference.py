@@ -16,10 +16,11 @@ Same classifier folder, same test split, batch size 32 on every side. What each 
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 
-from bench.common import BATCH_SIZE, MAX_LENGTH, Report, describe, interleave, paired_ratio, timed
+from bench.common import BATCH_SIZE, Plan, Report, describe, interleave, paired_ratio, timed
 
 
 def bare_batches(input_ids: list[list[int]], pad_id: int, batch_size: int):
@@ -40,7 +41,15 @@ def bare_batches(input_ids: list[list[int]], pad_id: int, batch_size: int):
     return batches
 
 
-def run(root: Path, clf_dir: str, clf_fp: str, tokenized, wanted: set[str], reps: int, report: Report) -> None:
+def padded_tokens(lengths: list[int], batch_size: int) -> tuple[int, int]:
+    """Token positions the model computes (rows x batch width, summed): batches in input order vs length-sorted."""
+    def total(ls):
+        return sum(len(ls[i:i + batch_size]) * max(ls[i:i + batch_size]) for i in range(0, len(ls), batch_size))
+
+    return total(lengths), total(sorted(lengths, reverse=True))
+
+
+def run(root: Path, clf_dir: str, clf_fp: str, tokenized, wanted: set[str], plan: Plan, report: Report) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
@@ -65,9 +74,18 @@ def run(root: Path, clf_dir: str, clf_fp: str, tokenized, wanted: set[str], reps
         def go():
             pipe = pipeline("text-classification", model=clf_dir, tokenizer=clf_dir, batch_size=BATCH_SIZE,
                             device="cpu")
-            return pipe(texts[:k], truncation=True, max_length=MAX_LENGTH)
+            return pipe(texts[:k], truncation=True, max_length=plan.max_length)
 
-        return timed(go)
+        before = os.environ.get("TOKENIZERS_PARALLELISM")
+        try:
+            return timed(go)
+        finally:
+            # A pipeline call sets TOKENIZERS_PARALLELISM=false for the whole process when it is unset, which
+            # would make every later Rust tokenizer call (preprocess, in the same `python -m bench`) single-threaded.
+            if before is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = before
 
     @torch.inference_mode()
     def forward_all(model, k=None):
@@ -93,18 +111,24 @@ def run(root: Path, clf_dir: str, clf_fp: str, tokenized, wanted: set[str], reps
     for name in contenders:  # imports, allocator, first-call paths
         warmups[name]()
     load_seconds.clear()
-    times = interleave(contenders, reps)
+    times = interleave(contenders, plan.reps)
 
-    report.figure(f"\n# inference: {n} texts, batch {BATCH_SIZE}, max_length {MAX_LENGTH}, {reps} repetitions")
-    report.figure(f"  ours     tasks.infer.predict (incl. model load, shard writes): {describe(times['ours'], n, 'texts')}")
+    def line(label: str, name: str) -> None:
+        report.figure(f"  {label:<64}{describe(times[name], n, 'texts')}")
+
+    report.figure(f"\n# inference: {n} texts, batch {BATCH_SIZE}, max_length {plan.max_length}, "
+                  f"{plan.reps} repetitions")
+    in_order, by_length = padded_tokens([len(i) for i in ids], BATCH_SIZE)
+    report.figure(f"  (context) padded tokens: {in_order:,} in input order (the pipeline's batches) vs {by_length:,} "
+                  f"length-sorted (ours, bare): {in_order / by_length:.2f}x")
+    line("ours     tasks.infer.predict (incl. model load, shard writes):", "ours")
     if "pipeline" in times:
-        report.figure(f"  pipeline transformers.pipeline (incl. load + tokenize):        "
-                      f"{describe(times['pipeline'], n, 'texts')}")
+        line("pipeline transformers.pipeline (incl. load + tokenize):", "pipeline")
         report.ratios["inference_vs_pipeline"] = paired_ratio(times["pipeline"], times["ours"])
     if "bare" in times:
-        report.figure(f"  bare     inference_mode loop, pre-padded (incl. model load):   {describe(times['bare'], n, 'texts')}")
-        forward_only = [t - lo for t, lo in zip(times["bare"], load_seconds)]
-        report.figure(f"           of which model load: median {statistics.median(load_seconds):.2f} s; "
-                      f"forward only: {describe(forward_only, n, 'texts')}")
+        line("bare     inference_mode loop, pre-padded (incl. model load):", "bare")
+        times["bare_forward"] = [t - lo for t, lo in zip(times["bare"], load_seconds)]
+        report.figure(f"           of which model load: median {statistics.median(load_seconds):.2f} s")
+        line("bare     forward only:", "bare_forward")
+        report.figure(f"           ours vs bare forward only: {paired_ratio(times['bare_forward'], times['ours']):.2f}")
         report.ratios["inference_vs_bare"] = paired_ratio(times["bare"], times["ours"])
-        report.notes["inference_vs_bare_forward_only"] = f"{paired_ratio(forward_only, times['ours']):.2f}"

@@ -17,21 +17,21 @@ from __future__ import annotations
 import posixpath
 from pathlib import Path
 
-from bench.common import MAX_LENGTH, Report, base_model_dir, describe, interleave, paired_ratio, raw_splits, timed
+from bench.common import Plan, Report, base_model_dir, describe, interleave, paired_ratio, raw_splits, timed
 
 
-def run(root: Path, rows: int, reps: int, report: Report) -> None:
+def run(root: Path, plan: Plan, report: Report) -> None:
     from datasets import Dataset, DatasetDict
     from transformers import AutoTokenizer
 
     from tasks.config import PreprocessConfig
     from tasks.data import preprocess
 
-    base = base_model_dir()
+    base, rows = base_model_dir(), plan.preprocess_rows
     tenth = rows // 10
     raw, data_cfg = raw_splits(root, "preprocess", {"train": rows - 2 * tenth, "validation": tenth, "test": tenth},
                                seed=1)
-    cfg = PreprocessConfig(max_length=MAX_LENGTH)
+    cfg = PreprocessConfig(max_length=plan.max_length)
 
     def ours(rep) -> float:
         return timed(lambda: preprocess(raw, base, cfg, data_cfg, str(root / "pre" / f"ours-{rep}")))
@@ -45,7 +45,7 @@ def run(root: Path, rows: int, reps: int, report: Report) -> None:
                 s: Dataset.from_parquet(posixpath.join(raw.uri, f"{s}.parquet"), cache_dir=str(out / "cache"))
                 for s in raw.splits
             })
-            dsd = dsd.map(lambda ex: tok(ex["text"], truncation=True, max_length=MAX_LENGTH))
+            dsd = dsd.map(lambda ex: tok(ex["text"], truncation=True, max_length=plan.max_length))
             dsd.save_to_disk(str(out / "tokenized"))
 
         return timed(go)
@@ -55,7 +55,7 @@ def run(root: Path, rows: int, reps: int, report: Report) -> None:
 
     texts = [t for s in raw.splits for t in pq.read_table(posixpath.join(raw.uri, f"{s}.parquet"))["text"].to_pylist()]
     rust = Tokenizer.from_str(AutoTokenizer.from_pretrained(base).backend_tokenizer.to_str())
-    rust.enable_truncation(MAX_LENGTH)
+    rust.enable_truncation(plan.max_length)
 
     def rust_only(rep) -> float:
         return timed(lambda: rust.encode_batch_fast(texts))
@@ -63,9 +63,10 @@ def run(root: Path, rows: int, reps: int, report: Report) -> None:
     contenders = {"ours": ours, "per_example": per_example, "rust_only": rust_only}
     for fn in contenders.values():
         fn("warmup")
-    times = interleave(contenders, reps)
+    times = interleave(contenders, plan.reps)
 
-    report.figure(f"\n# preprocess: {rows:,} rows (80/10/10 splits), max_length {MAX_LENGTH}, {reps} repetitions")
+    report.figure(f"\n# preprocess: {rows:,} rows (80/10/10 splits), max_length {plan.max_length}, "
+                  f"{plan.reps} repetitions")
     report.figure(f"  ours        tasks.data.preprocess:             {describe(times['ours'], rows, 'rows')}")
     report.figure(f"  per-example Dataset.map(tok(ex['text'])):      {describe(times['per_example'], rows, 'rows')}")
     report.figure(f"  (context)   Rust encode_batch_fast alone:      {describe(times['rust_only'], rows, 'rows')}")

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.common import BATCH_SIZE, LABELS, Report, base_model_dir, describe, interleave, paired_ratio, timed
+from bench.common import BATCH_SIZE, LABELS, Plan, Report, base_model_dir, describe, interleave, paired_ratio, timed
 
 LR, SEED = 5e-5, 42
 
 
-def run(root: Path, tokenized, reps: int, report: Report) -> None:
+def run(root: Path, tokenized, plan: Plan, report: Report) -> None:
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback, Trainer,
                               TrainingArguments)
 
@@ -75,10 +75,10 @@ def run(root: Path, tokenized, reps: int, report: Report) -> None:
 
     ours("warmup", max_steps=2)  # warm-up: imports, allocator, first backward
     trainer("warmup", max_steps=2)
-    times = interleave({"ours": ours, "trainer": trainer}, reps)
+    times = interleave({"ours": ours, "trainer": trainer}, plan.reps)
 
     report.figure(f"\n# training: {rows} train rows x 1 epoch, batch {BATCH_SIZE}, "
-                  f"{tokenized.splits['validation']} validation rows, {reps} repetitions")
+                  f"{tokenized.splits['validation']} validation rows, {plan.reps} repetitions")
     report.figure(f"  ours    tasks.train.train_model (whole job):    {describe(times['ours'], rows, 'samples')}")
     report.figure(f"  Trainer transformers.Trainer (whole job):       {describe(times['trainer'], rows, 'samples')}")
     report.ratios["train_vs_trainer"] = paired_ratio(times["trainer"], times["ours"])
