@@ -26,7 +26,6 @@ def demo_env(workdir: Path, hub_url: str, token: str) -> dict[str, str]:
         "HF_HOME": str(workdir / "hf_home"),
         "HF_HUB_DISABLE_XET": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
-        "TOKENIZERS_PARALLELISM": "false",
         "PREFECT_HOME": str(workdir / "prefect"),
         "PREFECT_LOCAL_STORAGE_PATH": str(workdir / "prefect" / "storage"),
         # A fresh Prefect database needs ~20 s to migrate on 2 cores: the default 20 s start-up timeout is too tight.
