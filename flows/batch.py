@@ -53,8 +53,6 @@ def _check(data: DataConfig, max_length: int, inference: InferenceConfig, artifa
     """Refuse settings that would fail late or be silently ignored; returns the split to predict."""
     if data.test_split is None:
         raise ValueError("data.test_split names the split batch inference reads; it is null")
-    if inference.data is not None:
-        raise ValueError("inference.data is the pipeline's; batch inference reads `data`")
     if not 8 <= max_length <= 8192:
         raise ValueError(f"max_length={max_length} is outside 8..8192")
     if execution.mode is ExecutionMode.pools and "://" not in artifact_store:

@@ -39,7 +39,6 @@ class ModelConfig(_Stage):
     allow_pickle_weights: bool = Field(
         False, description="Accept pytorch_model.bin (pickle) when the repo has no safetensors weights."
     )
-    trust_remote_code: bool = Field(False, description="Run the repo's own modelling code. Off unless you trust it.")
 
     @field_validator("repo_id")
     @classmethod
@@ -100,7 +99,6 @@ class InferenceConfig(_Stage):
         8192, ge=64, description="Token budget per batch: short texts batch wider, long ones narrower."
     )
     shard_size: int = Field(1000, ge=1, description="Rows per parquet shard; a rerun skips finished shards.")
-    data: DataConfig | None = Field(None, description="Run inference over this dataset instead of the test split.")
 
 
 class GateMetric(str, Enum):

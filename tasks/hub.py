@@ -19,8 +19,9 @@ from .refs import PinnedRepo
 SECRET_BLOCK_ENV = "HUBFLOW_HF_TOKEN_BLOCK"  # name of a Prefect Secret block holding the token
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
 PICKLE_WEIGHT_FILES = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
-# Everything a model needs besides its weights: config, tokenizer, generation and label files.
-MODEL_SIDE_FILES = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.py", "merges.txt", "README.md")
+# Everything a model needs besides its weights: config, tokenizer, generation and label files. No *.py: hubflow never
+# runs a repo's own modelling code (no trust_remote_code), so it does not download it either.
+MODEL_SIDE_FILES = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "merges.txt", "README.md")
 
 
 class PreflightError(ValueError):
