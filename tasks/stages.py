@@ -91,12 +91,10 @@ def pull_dataset(data: DataConfig, pinned: PinnedRepo | None, artifact_store: st
     from . import data as data_lib
 
     out = _out("pull-dataset", artifact_store, {"data": data, "pinned": pinned})
+    # Both paths check columns, empty splits and the label set before writing: bad data fails here, before training.
     if pinned is None:
-        raw = data_lib.load_raw_files(data.source, data, out)
-    else:
-        raw = data_lib.write_raw_splits(hub.load_dataset_at(pinned, data.config_name), data, out, pinned.repo_id, pinned.sha)
-    data_lib.label_names_of(raw)  # raises on an empty split or a single-class label column, before any training
-    return raw
+        return data_lib.load_raw_files(data.source, data, out)
+    return data_lib.write_raw_splits(hub.load_dataset_at(pinned, data.config_name), data, out, pinned.repo_id, pinned.sha)
 
 
 @task(name="pull-model", **NETWORK_RETRIES)
