@@ -1,26 +1,26 @@
-"""Deploy the demo Space of an existing model repo: pin → labels and examples → batch reference → deploy.
+"""Deploy the demo Space of an existing model repo: pin -> its facts and examples -> batch reference -> deploy.
 
-    python -c "from flows.deploy_space import deploy_model_space; deploy_model_space('alice/my-model')"
+    python -c "from hubflow.flows.deploy_space import deploy_model_space; deploy_model_space('alice/my-model')"
 
-The pipeline flow calls the same tasks (tasks/space.py) right after publishing, with its own batch predictions as
-the reference. `space.enabled` is the pipeline's switch; calling this flow is the decision to deploy.
+The release (flows/release.py) calls the same deploy task right after publishing, with the run's own batch
+predictions as the reference. `space.enabled` is the pipeline's switch; calling this flow is the decision to deploy.
+The model's tokens per input and labels come from its facts (`hubflow.json`), as batch inference reads them.
 """
 
 from __future__ import annotations
 
 from prefect import flow
 
-from tasks import space as space_tasks
-from tasks.config import SpaceConfig
-from tasks.refs import SpaceDeployment
+from hubflow.config import SpaceConfig
+from hubflow.refs import SpaceDeployment
+from hubflow.tasks.release import deploy_space, describe_model, pin_model, reference_predictions
 
 
 @flow(name="hubflow-deploy-space", log_prints=True)
-def deploy_model_space(
-    model_repo_id: str, revision: str = "main", space: SpaceConfig = SpaceConfig(enabled=True), max_length: int = 128
-) -> SpaceDeployment:
+def deploy_model_space(model_repo_id: str, revision: str = "main",
+                       space: SpaceConfig = SpaceConfig(enabled=True)) -> SpaceDeployment:
     """Serve `model_repo_id@revision` (pinned to a sha) in a gradio Space that answers like batch inference."""
-    model = space_tasks.pin_model(model_repo_id, revision)
-    label_names, examples = space_tasks.describe_model_task(model)
-    expected = space_tasks.reference_predictions(model, examples, max_length)
-    return space_tasks.deploy_space(model, space, label_names, examples, max_length, expected)
+    model = pin_model(model_repo_id, revision)
+    facts, examples = describe_model(model)
+    expected = reference_predictions(model, facts, examples)
+    return deploy_space(model, space, facts, examples, expected)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks import stages
-from tasks.config import TrainConfig
-from tasks.refs import CheckpointRef, PinnedRepo, TokenizedRef
+from hubflow.config import TrainConfig
+from hubflow.refs import CheckpointRef, PinnedRepo, TokenizedRef
+from hubflow.tasks import pipeline as stages
 
 
 @flow(name="hubflow-train", persist_result=True, log_prints=True)
-def train_flow(tokenized: TokenizedRef, base_model: PinnedRepo, train: TrainConfig, artifact_store: str) -> CheckpointRef:
+def train_flow(tokenized: TokenizedRef, base_model: PinnedRepo, train: TrainConfig, artifact_store: str,
+               allow_pickle: bool = False) -> CheckpointRef:
     """Fine-tune the pinned base model on the tokenized splits in the store."""
-    stages.pull_model(base_model, False)
-    return stages.train(tokenized, base_model, train, artifact_store)
+    stages.pull_model(base_model, allow_pickle)
+    return stages.train(tokenized, base_model, train, artifact_store, allow_pickle)

@@ -41,7 +41,6 @@ def main(argv: list[str] | None = None) -> None:
     preview.add_argument("target", metavar="RUN_OR_REPO", help="a run's summary.json (path or store URI), or a model repo id")
     preview.add_argument("--revision", help="branch, tag or sha of a repo (default main; pinned to a sha)")
     preview.add_argument("--port", type=int, help="local port (default: a free one)")
-    preview.add_argument("--max-length", type=int, default=128, help="tokens per text for a repo (a run uses its own)")
     preview.set_defaults(func=_space_preview)
 
     hooks = sub.add_parser("webhooks", help="Hub webhooks as Prefect events (secret: $HUBFLOW_WEBHOOK_SECRET)")
@@ -80,17 +79,17 @@ def _demo(args: argparse.Namespace) -> None:
 def _space_preview(args: argparse.Namespace) -> None:
     from .preview import app_env, serve
 
-    sys.exit(serve(app_env(args.target, args.revision, args.max_length), args.port))
+    sys.exit(serve(app_env(args.target, args.revision), args.port))
 
 
 def _run(args: argparse.Namespace) -> None:
-    from tasks.config import load_recipe
+    from .config import load_recipe
 
     try:
         config = load_recipe(args.recipe, args.set)
     except (ValueError, FileNotFoundError) as e:  # pydantic's ValidationError is a ValueError: names the field
         sys.exit(f"hubflow: invalid recipe {args.recipe}: {e}")
-    from flows.pipeline import pipeline
+    from .flows.pipeline import pipeline
 
     result = pipeline(config)
     print(json.dumps(result.model_dump(mode="json")["evaluation"]["metrics"], indent=2))

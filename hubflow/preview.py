@@ -1,4 +1,4 @@
-"""`hubflow space preview`: the Space's own app (tasks/space_app/app.py) on this machine, for a person to try.
+"""`hubflow space preview`: the Space's own app (the task kind's space_app/app.py) on this machine, for a person to try.
 
     hubflow space preview alice/my-model [--revision v1] [--port 7860]   # a model repo on $HF_ENDPOINT's Hub, pinned
     hubflow space preview ./.hubflow/store/runs/<id>/summary.json         # a pipeline run's checkpoint (or s3:// URI)
@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 PREVIEW_EXAMPLES = 5
+TASK_ENV = "HUBFLOW_TASK"
 
 
 def is_run(target: str) -> bool:
@@ -26,38 +27,40 @@ def is_run(target: str) -> bool:
     return target.endswith(".json") or "://" in target or Path(target).is_file()
 
 
-def app_env(target: str, revision: str | None = None, max_length: int = 128) -> dict[str, str]:
-    """The variables the app needs for a run's checkpoint (a local folder) or a Hub model repo pinned to a sha."""
+def app_env(target: str, revision: str | None = None) -> dict[str, str]:
+    """The variables the app needs for a run's checkpoint (a local folder) or a Hub model repo pinned to a sha; its
+    tokens per input come from the model's facts, as batch inference and the deployed Space read them.
+    `HUBFLOW_TASK` says which kind's app serves it."""
     if is_run(target):
         return _run_env(target)
-    from tasks import space
-    from tasks.hub import endpoint, pin
-    from tasks.refs import PublishedRepo
+    from .doors.hub import endpoint, pin
+    from .refs import PublishedRepo
+    from .stages import space
 
     pinned = pin(target, "model", revision or "main", "model")
     model = PublishedRepo(repo_id=target, repo_type="model", sha=pinned.sha, url=f"{endpoint()}/{target}", created=False)
-    _, examples = space.describe_model(model)
-    return space.space_variables(model, examples, max_length)
+    facts, examples = space.describe_model(model)
+    return {**space.space_variables(model, examples, facts), TASK_ENV: facts.task.value}
 
 
 def _run_env(summary_uri: str) -> dict[str, str]:
-    from tasks import store
-    from tasks.infer import read_predictions
-    from tasks.refs import PipelineResult
+    from .doors import store
+    from .refs import PipelineResult
+    from .stages.predict import read_predictions
 
     result = PipelineResult.model_validate(store.read_json(summary_uri))
     ckpt = result.checkpoint
     cache = Path(tempfile.gettempdir(), "hubflow-preview", ckpt.fingerprint[:32])
     folder = store.get_dir(ckpt.uri, cache)  # a local store answers with the folder itself, no copy
     texts = read_predictions(result.predictions).column("text").to_pylist()[:PREVIEW_EXAMPLES]
-    return {"MODEL_ID": str(Path(folder).resolve()), "MAX_LENGTH": str(result.config.preprocess.max_length),
-            "EXAMPLES": json.dumps(texts)}
+    return {"MODEL_ID": str(Path(folder).resolve()), "MAX_LENGTH": str(ckpt.facts.max_length),
+            "EXAMPLES": json.dumps(texts), TASK_ENV: ckpt.facts.task.value}
 
 
 def serve(env: dict[str, str], port: int | None = None, on_ready=print) -> int:
     """Run the app until it exits or Ctrl-C; calls `on_ready(message)` once it answers. Returns an exit code."""
-    from tasks.hub import hf_token
-    from tasks.space import APP_DIR
+    from .doors.hub import hf_token
+    from .kinds import kind_for
 
     port = port or _free_port()
     full = {**os.environ, **env, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
@@ -67,7 +70,7 @@ def serve(env: dict[str, str], port: int | None = None, on_ready=print) -> int:
         full["HF_TOKEN"] = token
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="hubflow-preview-") as cwd:  # gradio writes caches into its cwd
-        proc = subprocess.Popen([sys.executable, str(APP_DIR / "app.py")], cwd=cwd, env=full)
+        proc = subprocess.Popen([sys.executable, str(kind_for(env.get(TASK_ENV, "text-classification")).space_app / "app.py")], cwd=cwd, env=full)
         try:
             while proc.poll() is None and not _answers(url):
                 time.sleep(0.5)

@@ -30,12 +30,9 @@ log = logging.getLogger("hubflow.webhooks")
 
 def webhook_secret() -> str:
     """The shared secret, read once at start: $HUBFLOW_WEBHOOK_SECRET, else the Secret block it names. Never logged."""
-    secret = os.environ.get(SECRET_ENV)
-    block = os.environ.get(SECRET_BLOCK_ENV)
-    if not secret and block:
-        from prefect.blocks.system import Secret
+    from .secrets import secret as read_secret
 
-        secret = Secret.load(block).get()
+    secret = read_secret((SECRET_ENV,), SECRET_BLOCK_ENV)
     if not secret:
         raise SystemExit(f"hubflow webhooks: no secret; set {SECRET_ENV}, or {SECRET_BLOCK_ENV} to a Prefect Secret "
                          "block's name (an open receiver would let anyone start runs)")
@@ -43,7 +40,7 @@ def webhook_secret() -> str:
 
 
 def create_app(secret: str, seen, branch: str = "main"):
-    """The receiver as a Starlette app; `seen` is the `tasks.events.SeenRevisions` record it emits through."""
+    """The receiver as a Starlette app; `seen` is the `hubflow.events.SeenRevisions` record it emits through."""
     from huggingface_hub import WebhookPayload
     from prefect.events.worker import EventsWorker
     from pydantic import ValidationError
@@ -53,7 +50,7 @@ def create_app(secret: str, seen, branch: str = "main"):
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from tasks.events import EmitError, emit_hub_update, hub_event_id
+    from .events import EmitError, emit_hub_update, hub_event_id
 
     expected = secret.encode()
     wanted_ref = f"refs/heads/{branch}"
@@ -113,7 +110,7 @@ def serve(host: str, port: int, state_dir: str | None, branch: str = "main") -> 
     import uvicorn
     from prefect.settings import get_current_settings
 
-    from tasks.events import SeenRevisions
+    from .events import SeenRevisions
 
     secret = webhook_secret()
     if not get_current_settings().api.url:
@@ -127,28 +124,13 @@ def serve(host: str, port: int, state_dir: str | None, branch: str = "main") -> 
 
 def register(url: str, watch: list[str]) -> dict:
     """Create the Hub webhook for `url` watching `type:ns/name` items, or add them to the one already there."""
-    from huggingface_hub import WebhookWatchedItem
-
-    from tasks import hub
+    from .doors import hub
 
     items = [_watched_item(w) for w in watch]
     secret = webhook_secret()
     if not hub.hf_token():
         raise SystemExit("hubflow webhooks: no Hub token; set HF_TOKEN or HUBFLOW_HF_TOKEN_BLOCK")
-    api = hub.api()
-    existing = next((h for h in api.list_webhooks() if h.url == url), None)
-    if existing is None:
-        hook = api.create_webhook(url=url, watched=[WebhookWatchedItem(type=t, name=n) for t, n in items],
-                                  domains=["repo"], secret=secret)
-    else:  # idempotent: keep what it watched, add ours, refresh the secret, re-enable it
-        watched = [(w.type, w.name) for w in existing.watched]
-        watched += [i for i in items if i not in watched]
-        hook = api.update_webhook(existing.id, url=url, watched=[WebhookWatchedItem(type=t, name=n) for t, n in watched],
-                                  domains=["repo"], secret=secret)
-        if hook.disabled:
-            hook = api.enable_webhook(hook.id)
-    return {"id": hook.id, "url": hook.url, "watched": [f"{w.type}:{w.name}" for w in hook.watched],
-            "created": existing is None}
+    return hub.register_webhook(url, items, secret)
 
 
 def _watched_item(text: str) -> tuple[str, str]:

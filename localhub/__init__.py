@@ -1,8 +1,10 @@
 """localhub: a Hugging Face Hub-compatible server for tests, the offline demo and air-gapped hubs.
 
-It never imports hubflow's flows/ or tasks/, and they never import it: the product talks to it only over HTTP.
+It imports nothing from hubflow, and hubflow's library never imports it: the product talks to it only over HTTP.
+Seed data (the demo's model and dataset) is handed to it as folders.
 """
 
-from .server import LocalHub, free_port
+from .ports import free_port
+from .server import LocalHub
 
 __all__ = ["LocalHub", "free_port"]

@@ -23,7 +23,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         help="a user, its bearer token and role (read|write); repeatable. A user owns the namespace of its name. "
         f"Also read from ${TOKENS_ENV} (comma-separated), which keeps tokens out of the process list.",
     )
-    p.add_argument("--seed", choices=["demo"], help="publish the demo repos (all-MiniLM-L6-v2 and the demo dataset)")
+    p.add_argument("--seed", action="append", default=[], metavar="TYPE:NAMESPACE/NAME=FOLDER",
+                   help="publish a local folder as a public repo at start unless it exists (TYPE: model, dataset or "
+                   "space); repeatable")
     p.set_defaults(func=_serve)
 
 

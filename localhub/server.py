@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from .http import ROLES, User
+from .ports import free_port
 
 log = logging.getLogger("localhub")
 TOKENS_ENV = "LOCALHUB_TOKENS"  # "user:token:role,..." — keeps tokens out of `ps` for spawned servers
@@ -69,7 +69,7 @@ def _default_extensions(hub) -> list:
     return exts
 
 
-def serve(host: str, port: int, data_dir: str | Path, users: dict[str, User], seed: str | None = None) -> None:
+def serve(host: str, port: int, data_dir: str | Path, users: dict[str, User], seed: list[str] | None = None) -> None:
     """Serve until SIGINT/SIGTERM. Access lines carry no query strings and no headers, so no token is logged."""
     import uvicorn
 
@@ -88,14 +88,9 @@ def serve(host: str, port: int, data_dir: str | Path, users: dict[str, User], se
     server.run()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 class LocalHub:
-    """A localhub for tests and the demo. `users` maps user -> (token, role)."""
+    """A localhub for tests and the demo. `users` maps user -> (token, role); `seed` lists folders to publish at start
+    as public repos, `TYPE:NAMESPACE/NAME=FOLDER` (see localhub/seed.py)."""
 
     def __init__(
         self,
@@ -103,7 +98,7 @@ class LocalHub:
         users: dict[str, tuple[str, str]] | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
-        seed: str | None = None,
+        seed: list[str] | None = None,
         log_file: str | Path | None = None,
     ):
         self.data_dir = Path(data_dir)
@@ -134,8 +129,8 @@ class LocalHub:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "localhub", "serve", "--host", self.host, "--port", str(self.port),
                "--data", str(self.data_dir)]
-        if self.seed:
-            cmd += ["--seed", self.seed]
+        for spec in self.seed or []:
+            cmd += ["--seed", spec]
         env = {**os.environ, TOKENS_ENV: ",".join(self._token_specs())}
         out = open(self.log_file, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

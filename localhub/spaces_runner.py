@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from .http import iso
-from .server import free_port
+from .ports import free_port
 from .storage import FileEntry, Repo
 
 log = logging.getLogger("localhub")

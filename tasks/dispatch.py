@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from . import stages
-from .config import ExecutionConfig, ExecutionMode, InferenceConfig, TrainConfig
-from .refs import CheckpointRef, PinnedRepo, PredictionsRef, TokenizedRef
+from hubflow.config import ExecutionConfig, ExecutionMode, InferenceConfig, TrainConfig
+from hubflow.refs import CheckpointRef, PinnedRepo, PredictionsRef, TokenizedRef
+from hubflow.tasks import pipeline as stages
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -23,10 +23,11 @@ class DispatchError(RuntimeError):
 
 
 def train(tokenized: TokenizedRef, base_model: PinnedRepo, cfg: TrainConfig, artifact_store: str,
-          execution: ExecutionConfig) -> CheckpointRef:
+          execution: ExecutionConfig, allow_pickle: bool = False) -> CheckpointRef:
     if execution.mode is ExecutionMode.local:
-        return stages.train(tokenized, base_model, cfg, artifact_store)
-    params = {"tokenized": tokenized, "base_model": base_model, "train": cfg, "artifact_store": artifact_store}
+        return stages.train(tokenized, base_model, cfg, artifact_store, allow_pickle)
+    params = {"tokenized": tokenized, "base_model": base_model, "train": cfg, "artifact_store": artifact_store,
+              "allow_pickle": allow_pickle}
     return _run(execution.train_deployment, params, CheckpointRef, execution.timeout_seconds)
 
 

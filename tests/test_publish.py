@@ -235,7 +235,7 @@ def test_gate_threshold_above_the_metric_publishes_nothing(runs, localhub, hf_ap
     model_repo = repo("threshold")
     weak = runs["weak"]
     assert weak.evaluation.metrics["macro_f1"] < 0.99
-    outcome, run_id = publish(weak, localhub, repo_id=model_repo, gate={"enabled": True, "threshold": 0.99})
+    outcome, run_id = publish(weak, localhub, repo_id=model_repo, gate={"mode": "threshold", "threshold": 0.99})
     assert not outcome.decision.promoted and outcome.model is None and outcome.predictions is None
     assert "below the threshold" in outcome.decision.reason
     assert not hf_api.repo_exists(model_repo)
@@ -245,7 +245,7 @@ def test_gate_threshold_above_the_metric_publishes_nothing(runs, localhub, hf_ap
 
 def test_gate_compares_challenger_and_champion_on_the_same_test_set(runs, localhub, hf_api):
     good, weak = runs["good"], runs["weak"]
-    gate = {"enabled": True, "metric": "macro_f1", "beat_champion": True}
+    gate = {"mode": "champion", "metric": "macro_f1"}
 
     # A worse challenger against the published good model: not promoted, the repo keeps its head.
     strong_repo = repo("champion")

@@ -41,7 +41,7 @@ def release(inputs, store, **train):
         "preprocess": {"max_length": 32},
         "train": {"epochs": 4, "batch_size": 16, "learning_rate": 5e-3, "warmup_ratio": 0.1, "seed": 0, **train},
         "inference": {"batch_size": 32, "shard_size": 25},
-        "publish": {"enabled": True, "repo_id": inputs["target"], "gate": {"enabled": True}},
+        "publish": {"enabled": True, "repo_id": inputs["target"], "gate": {"mode": "champion"}},
         "space": {"enabled": True, "space_id": inputs["space"], "timeout_seconds": 240},
         "artifact_store": str(store),
     })

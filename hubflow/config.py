@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,7 +20,7 @@ class _Stage(BaseModel):
 
 
 class TaskType(str, Enum):
-    """What the model learns to do. Causal LM (LoRA) slots in here later."""
+    """What the model learns to do; selects the task kind (hubflow/kinds/) that every stage delegates to."""
 
     text_classification = "text-classification"
 
@@ -37,7 +37,8 @@ class ModelConfig(_Stage):
     repo_id: str = Field(description="Hub model repo to fine-tune, e.g. 'distilbert/distilbert-base-uncased'.")
     revision: str = Field("main", description="Branch, tag or commit sha; pinned to a sha at flow start.")
     allow_pickle_weights: bool = Field(
-        False, description="Accept pytorch_model.bin (pickle) when the repo has no safetensors weights."
+        False, description="Accept pytorch_model.bin (pickle) when the repo has no safetensors weights; it is loaded "
+        "with torch's weights-only unpickler, which refuses code."
     )
 
     @field_validator("repo_id")
@@ -106,15 +107,21 @@ class GateMetric(str, Enum):
     macro_f1 = "macro_f1"
 
 
+class GateMode(str, Enum):
+    """What a run must show before it is published."""
+
+    off = "off"  # every run is published
+    threshold = "threshold"  # the test metric reaches `threshold`
+    champion = "champion"  # ... and beats the model already published at the target repo, on the same test set
+
+
 class GateConfig(_Stage):
     """Champion/challenger: publish only a model that clears the bar and beats what is already published."""
 
-    enabled: bool = Field(False, description="Off: always publish. On: publish only when the checks below pass.")
+    mode: GateMode = Field(GateMode.off, description="off: always publish; threshold: the metric must reach the "
+                           "threshold; champion: it must also beat the published model on the same test set.")
     metric: GateMetric = Field(GateMetric.macro_f1, description="Test-split metric the gate compares.")
     threshold: float = Field(0.0, ge=0, le=1, description="The challenger's metric must be at least this.")
-    beat_champion: bool = Field(
-        True, description="Also require beating the model already published at the target repo, on the same test set."
-    )
 
 
 class PublishConfig(_Stage):
@@ -185,9 +192,7 @@ class PipelineConfig(_Stage):
 
     @model_validator(mode="after")
     def _pools_need_a_shared_store(self) -> "PipelineConfig":
-        # A gpu worker on another machine cannot read this machine's disk: fail before anything is dispatched.
-        if self.execution.mode is ExecutionMode.pools and "://" not in self.artifact_store:
-            raise ValueError(f"execution.mode=pools needs a shared artifact_store (s3://...), not {self.artifact_store!r}")
+        check_shared_store(self.execution, self.artifact_store)
         return self
 
     @model_validator(mode="after")
@@ -199,6 +204,12 @@ class PipelineConfig(_Stage):
             if not torch.cuda.is_available():
                 raise ValueError("train.precision=fp16 needs a CUDA GPU; use 'no' or 'bf16' on CPU")
         return self
+
+
+def check_shared_store(execution: ExecutionConfig, artifact_store: str) -> None:
+    """A gpu worker on another machine cannot read this machine's disk: fail before anything is dispatched."""
+    if execution.mode is ExecutionMode.pools and "://" not in artifact_store:
+        raise ValueError(f"execution.mode=pools needs a shared artifact_store (s3://...), not {artifact_store!r}")
 
 
 def _check_repo_id(v: str, field: str) -> str:
@@ -223,3 +234,12 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Pipelin
             node = node.setdefault(p, {})
         node[leaf] = yaml.safe_load(value)
     return PipelineConfig.model_validate(raw)
+
+
+class WatchedRepo(BaseModel):
+    """One Hub repo branch the sensor (flows/watch.py) polls."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    repo_type: Literal["dataset", "model"] = Field("dataset", description="Kind of repo.")
+    repo_id: str = Field(description="Hub repo id, e.g. 'stanfordnlp/imdb'.")
+    branch: str = Field("main", description="Branch whose head is watched.")

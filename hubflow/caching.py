@@ -8,6 +8,7 @@ only the inference settings changes only the inference key (and what depends on 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -15,16 +16,22 @@ from typing import Any
 
 from pydantic import BaseModel
 
-import hubflow
+from . import __version__
 
 
 @lru_cache(maxsize=None)
 def code_version(*modules: str) -> str:
-    """Hash of hubflow's version and the named modules' source (`"tasks.train"` -> tasks/train.py)."""
-    h = hashlib.sha256(hubflow.__version__.encode())
-    root = Path(__file__).resolve().parent.parent
+    """Hash of hubflow's version and the named modules' source; a package counts with every module in it
+    (`"hubflow.stages.train"` -> its file, `"hubflow.kinds.text_classification"` -> all of its .py files)."""
+    h = hashlib.sha256(__version__.encode())
     for mod in modules:
-        h.update((root / (mod.replace(".", "/") + ".py")).read_bytes())
+        spec = importlib.util.find_spec(mod)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"no module {mod!r} to hash for a cache key")
+        origin = Path(spec.origin)
+        files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+        for file in files:
+            h.update(file.name.encode() + b"\0" + file.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -1,22 +1,21 @@
-"""Fine-tune a sequence classifier on a tokenized dataset; resumable; the same code on CPU, one GPU or N GPUs.
+"""Fine-tune a model on a tokenized dataset; resumable; the same code on CPU, one GPU or N GPUs, for every task kind.
 
 tokenized (TokenizedRef) + base model folder -> `{out_uri}/model` (the best evaluation's weights as safetensors,
-tokenizer, label_maps.json), `{out_uri}/history.json`, `{out_uri}/checkpoint_ref.json` -> CheckpointRef.
+tokenizer, `hubflow.json` with the model's facts), `{out_uri}/history.json`, `{out_uri}/checkpoint_ref.json`
+-> CheckpointRef. The task kind (`tokenized.facts.task`) loads the model, collates batches, validates and ranks.
 
 In process (what the flow's task does):   train_model(tokenized, model_dir, base_model, cfg, out_uri)
-On N GPUs:   accelerate launch -m tasks.train --tokenized-ref '<json>' --model-dir DIR \
+On N GPUs:   accelerate launch -m hubflow.stages.train --tokenized-ref '<json>' --model-dir DIR \
                  --base-model '<json>' --config '<json>' --out-uri s3://bucket/runs/x
 
 Resume: every `checkpoint_every_steps` optimizer steps and at each epoch end the loop writes an explicit
 checkpoint to `{out_uri}/resume/step-*/` and then points `{out_uri}/resume/latest.json` at it. A rerun with the
 same out_uri (a Prefect retry) loads it and carries on from that step, skipping the batches already consumed.
-The checkpoint layout and the same-run check are in tasks/resume.py.
+The checkpoint layout and the same-run check are in resume.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import tempfile
 import time
@@ -26,10 +25,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from tasks import resume, store
-from tasks.config import Precision, TrainConfig
-from tasks.evaluate import confusion_matrix, scores_from_confusion
-from tasks.refs import CheckpointRef, PinnedRepo, TokenizedRef
+from ..config import Precision, TrainConfig
+from ..doors import store
+from ..kinds import kind_for
+from ..refs import CheckpointRef, ModelFacts, PinnedRepo, TokenizedRef
+from . import resume
+from .facts import write_facts
+from .resume import LoopState
 
 Progress = Callable[[float, str], None]
 
@@ -75,12 +77,13 @@ def train_model(
     cfg: TrainConfig,
     out_uri: str,
     on_progress: Progress | None = None,
+    allow_pickle: bool = False,
 ) -> CheckpointRef:
     """Fine-tune `model_dir` on `tokenized` (train split; validation each epoch); keep the best evaluation's weights."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import get_linear_schedule_with_warmup
 
     started = time.perf_counter()
     # accelerate keeps its settings in process-wide singletons and refuses a second Accelerator with another mixed
@@ -94,20 +97,9 @@ def train_model(
     set_seed(cfg.seed)
     progress = on_progress if (on_progress and accelerator.is_main_process) else (lambda f, m: None)
 
-    names = list(tokenized.label_names)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    train_dl, eval_dl = _dataloaders(tokenized, tokenizer, cfg, accelerator)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir,
-        num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)},
-        use_safetensors=True,
-        ignore_mismatched_sizes=True,  # a base model with another head (or none) gets a fresh one of the right size
-        dtype=torch.float32,  # transformers 5 loads the checkpoint's dtype by default; train on fp32 master weights
-    )
-    if model.config.pad_token_id is None:  # decoder-only bases: pooling finds the last real token by this id
-        model.config.pad_token_id = tokenizer.pad_token_id
+    kind, facts = kind_for(tokenized.facts.task), tokenized.facts
+    model, tokenizer = kind.load_for_training(model_dir, facts, allow_pickle)
+    train_dl, eval_dl = _dataloaders(tokenized, tokenizer, cfg, accelerator, kind)
     optimizer = torch.optim.AdamW(
         _param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, fused=accelerator.device.type == "cuda"
     )
@@ -124,15 +116,16 @@ def train_model(
     )
     model, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
 
-    run = resume.Run(accelerator, model, optimizer, scheduler, out_uri, total_steps, steps_per_epoch, progress, started)
+    run = resume.Run(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, out_uri=out_uri,
+                     total_steps=total_steps, steps_per_epoch=steps_per_epoch, progress=progress, started=started)
     run_key = {"config": cfg.model_dump(mode="json"), "data": tokenized.fingerprint, "base_model": base_model.sha}
-    st = resume.load_latest(run, run_key) or resume.fresh_state(run_key, total_steps, steps_per_epoch)
-    run.prior_seconds = st["train_seconds"]
+    st = resume.load_latest(run, run_key) or LoopState.fresh(run_key, total_steps, steps_per_epoch)
+    run.prior_seconds = st.train_seconds
 
-    while st["step"] < total_steps and st["epoch"] < n_epochs:
+    while st.step < total_steps and st.epoch < n_epochs:
         model.train()
-        train_dl.set_epoch(st["epoch"])  # the sampler's order is a function of the epoch; set before skipping
-        batches = accelerator.skip_first_batches(train_dl, st["batch"]) if st["batch"] else train_dl
+        train_dl.set_epoch(st.epoch)  # the sampler's order is a function of the epoch; set before skipping
+        batches = accelerator.skip_first_batches(train_dl, st.batch) if st.batch else train_dl
         micro_loss, micro_n, pending = torch.zeros((), device=accelerator.device), 0, []
         for batch in batches:
             with accelerator.accumulate(model):
@@ -144,51 +137,48 @@ def train_model(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             micro_loss, micro_n = micro_loss + loss.detach(), micro_n + 1
-            st["batch"] += 1
+            st.batch += 1
             if not accelerator.sync_gradients:
                 continue
-            st["step"] += 1
+            st.step += 1
             # Losses stay on the device; they are read back LOG_EVERY steps at a time (one host sync).
             pending.append((micro_loss / micro_n, scheduler.get_last_lr()[0]))
             micro_loss, micro_n = torch.zeros((), device=accelerator.device), 0
             if len(pending) == LOG_EVERY:
                 _flush_losses(run, st, pending)
-            if st["step"] >= total_steps:
+            if st.step >= total_steps:
                 break
-            if st["step"] % cfg.checkpoint_every_steps == 0:
+            if st.step % cfg.checkpoint_every_steps == 0:
                 _flush_losses(run, st, pending)
                 resume.save_checkpoint(run, st)
-                progress(st["step"] / total_steps, f"checkpoint saved at step {st['step']}")
+                progress(st.step / total_steps, f"checkpoint saved at step {st.step}")
         _flush_losses(run, st, pending)
-        if st["batch"] >= batches_per_epoch:
-            st["epoch"], st["batch"] = st["epoch"] + 1, 0
+        if st.batch >= batches_per_epoch:
+            st.epoch, st.batch = st.epoch + 1, 0
 
-        metrics = _evaluate(model, eval_dl, accelerator, len(names))
-        metrics.update(step=st["step"], epoch=round(st["step"] / steps_per_epoch, 4))
-        st["history"]["evals"].append(metrics)
-        if st["best"] is None or _rank(metrics) > _rank(st["best"]):
-            st["best"], st["best_dir"] = metrics, resume.next_dir(st)  # the checkpoint below holds these weights
+        metrics = kind.validate(model, eval_dl, accelerator, facts)
+        metrics.update(step=st.step, epoch=round(st.step / steps_per_epoch, 4))
+        st.history["evals"].append(metrics)
+        if st.best is None or kind.rank(metrics) > kind.rank(st.best):
+            st.best, st.best_dir = metrics, st.next_dir()  # the checkpoint below holds these weights
         resume.save_checkpoint(run, st)
-        progress(
-            st["step"] / total_steps,
-            f"epoch {metrics['epoch']:.2f}: eval_loss {metrics['eval_loss']:.4f} "
-            f"accuracy {metrics['eval_accuracy']:.4f} macro-F1 {metrics['eval_macro_f1']:.4f}",
-        )
+        shown = " ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in metrics.items() if k.startswith("eval_"))
+        progress(st.step / total_steps, f"epoch {metrics['epoch']:.2f}: {shown}")
 
-    ref = _finalize(run, st, tokenizer, names, base_model)
+    ref = _finalize(run, st, tokenizer, facts, base_model)
     progress(1.0, f"model written to {ref.uri}")
     return ref
 
 
-def _dataloaders(tokenized: TokenizedRef, tokenizer, cfg: TrainConfig, accelerator):
-    """Length-grouped shuffled train batches and length-sorted eval batches, both padded per batch."""
+def _dataloaders(tokenized: TokenizedRef, tokenizer, cfg: TrainConfig, accelerator, kind):
+    """Length-grouped shuffled train batches and length-sorted eval batches, both padded per batch (the kind's
+    collator)."""
     import pyarrow.compute as pc
     from datasets import load_from_disk
     from torch.utils.data import DataLoader
-    from transformers import DataCollatorWithPadding
 
     dsd = load_from_disk(tokenized.uri, storage_options=store.storage_options(tokenized.uri))
-    cols = ["input_ids", "attention_mask", "labels"]
+    cols = kind.train_columns
     train, val = dsd["train"].select_columns(cols), dsd["validation"].select_columns(cols)
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"{tokenized.uri}: train and validation splits must not be empty")
@@ -197,8 +187,7 @@ def _dataloaders(tokenized: TokenizedRef, tokenizer, cfg: TrainConfig, accelerat
         return pc.list_value_length(ds.with_format("arrow")[:]["input_ids"]).to_numpy()
 
     on_gpu = accelerator.device.type == "cuda"
-    # Multiples of 8 keep tensor-core shapes on GPU; on CPU they would only add padding.
-    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if on_gpu else None)
+    collate = kind.collator(tokenizer, on_gpu)
     train_dl = DataLoader(
         train,
         batch_size=cfg.batch_size,
@@ -223,44 +212,16 @@ def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-@torch.no_grad()
-def _evaluate(model, eval_dl, accelerator, n_classes: int) -> dict[str, float]:
-    """Validation loss, accuracy and macro-F1 over the whole split (gathered from every process)."""
-    import torch.nn.functional as F
-
-    model.eval()
-    preds, labels, losses = [], [], []
-    for batch in eval_dl:
-        y = batch["labels"]
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
-        p, y, loss = accelerator.gather_for_metrics(
-            (logits.argmax(-1), y, F.cross_entropy(logits, y, reduction="none"))
-        )
-        preds.append(p), labels.append(y), losses.append(loss)
-    y_pred, y_true = torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy()
-    scores = scores_from_confusion(confusion_matrix(y_true, y_pred, n_classes))
-    return {
-        "eval_loss": torch.cat(losses).mean().item(),
-        "eval_accuracy": scores["accuracy"],
-        "eval_macro_f1": scores["macro_f1"],
-    }
-
-
-def _rank(metrics: dict[str, float]) -> tuple[float, float]:
-    # Best = highest macro-F1 (accuracy hides a neglected class); on a tie, the lower validation loss.
-    return metrics["eval_macro_f1"], -metrics["eval_loss"]
-
-
-def _flush_losses(run: resume.Run, st: dict, pending: list) -> None:
+def _flush_losses(run: resume.Run, st: LoopState, pending: list) -> None:
     """Read the pending per-step losses back (one sync), averaged over processes, into the history."""
     if not pending:
         return
     losses = run.accelerator.reduce(torch.stack([loss for loss, _ in pending]), reduction="mean").tolist()
-    first = st["step"] - len(pending) + 1
+    first = st.step - len(pending) + 1
     for i, (loss, (_, lr)) in enumerate(zip(losses, pending)):
-        st["history"]["steps"].append({"step": first + i, "loss": loss, "lr": lr})
+        st.history["steps"].append({"step": first + i, "loss": loss, "lr": lr})
     pending.clear()
-    run.progress(st["step"] / run.total_steps, f"step {st['step']}/{run.total_steps} loss {losses[-1]:.4f}")
+    run.progress(st.step / run.total_steps, f"step {st.step}/{run.total_steps} loss {losses[-1]:.4f}")
 
 
 # --- the final model ---
@@ -273,12 +234,7 @@ def weights_fingerprint(folder: str | Path) -> str:
     files = [single] if single.exists() else sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no safetensors weights in {folder}")
-    h = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 24):
-                h.update(chunk)
-    return h.hexdigest()
+    return store.sha256_files(files)
 
 
 def _hardware(accelerator, precision: str) -> str:
@@ -288,7 +244,7 @@ def _hardware(accelerator, precision: str) -> str:
     return f"cpu x{torch.get_num_threads()} threads{procs} ({precision})"
 
 
-def _finalize(run: resume.Run, st: dict, tokenizer, names: list[str], base_model: PinnedRepo) -> CheckpointRef:
+def _finalize(run: resume.Run, st: LoopState, tokenizer, facts: ModelFacts, base_model: PinnedRepo) -> CheckpointRef:
     """Write the best weights as a save_pretrained folder, plus history and the ref; every process returns the ref."""
     from safetensors.torch import load_model
 
@@ -297,26 +253,25 @@ def _finalize(run: resume.Run, st: dict, tokenizer, names: list[str], base_model
     if acc.is_main_process:
         model = acc.unwrap_model(run.model)
         with tempfile.TemporaryDirectory() as tmp:
-            best = run.uri("resume", st["best_dir"], "model.safetensors")
-            load_model(model, resume.local_copy(best, tmp))
+            best = run.uri("resume", st.best_dir, "model.safetensors")
+            load_model(model, str(store.get_file(best, tmp)))
             out = Path(tmp, "model")
             model.save_pretrained(out)  # transformers 5 always writes safetensors (no safe_serialization flag)
             tokenizer.save_pretrained(out)
-            maps = {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
-            (out / "label_maps.json").write_text(json.dumps(maps, indent=2))
+            write_facts(out, facts)  # the model's facts travel with its weights (and are published with them)
             fingerprint = weights_fingerprint(out)
             store.remove(run.uri("model"))  # no stale files from an earlier layout survive next to the new ones
             store.put_dir(out, run.uri("model"))
-        store.write_json(run.uri("history.json"), st["history"])
+        store.write_json(run.uri("history.json"), st.history)
         ref = CheckpointRef(
             uri=run.uri("model"),
             fingerprint=fingerprint,
-            label_names=names,
+            facts=facts,
             base_model=base_model,
-            metrics={k: float(st["best"][k]) for k in ("eval_accuracy", "eval_macro_f1", "eval_loss")},
+            metrics={k: float(v) for k, v in st.best.items() if k.startswith("eval_")},
             history_uri=run.uri("history.json"),
             train_seconds=round(run.seconds(), 3),
-            hardware=_hardware(acc, Precision(st["run_key"]["config"]["precision"]).name),
+            hardware=_hardware(acc, Precision(st.run_key["config"]["precision"]).name),
         )
         store.write_json(ref_uri, ref.model_dump(mode="json"))
     acc.wait_for_everyone()
@@ -326,14 +281,16 @@ def _finalize(run: resume.Run, st: dict, tokenizer, names: list[str], base_model
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Fine-tune a sequence classifier (run under `accelerate launch`).")
+    parser = argparse.ArgumentParser(description="Fine-tune a model (run under `accelerate launch`).")
     parser.add_argument("--tokenized-ref", required=True, type=TokenizedRef.model_validate_json, help="ref JSON")
     parser.add_argument("--model-dir", required=True, help="local folder of the base model snapshot")
     parser.add_argument("--base-model", required=True, type=PinnedRepo.model_validate_json, help="PinnedRepo JSON")
     parser.add_argument("--config", required=True, type=TrainConfig.model_validate_json, help="TrainConfig JSON")
     parser.add_argument("--out-uri", required=True, help="store URI the run writes under")
+    parser.add_argument("--allow-pickle", action="store_true", help="the base model may be pytorch_model.bin")
     args = parser.parse_args(argv)
-    ref = train_model(args.tokenized_ref, args.model_dir, args.base_model, args.config, args.out_uri)
+    ref = train_model(args.tokenized_ref, args.model_dir, args.base_model, args.config, args.out_uri,
+                      allow_pickle=args.allow_pickle)
 
     from accelerate import PartialState
 

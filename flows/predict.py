@@ -1,12 +1,12 @@
-"""Batch inference as a flow of its own (a gpu-pool deployment the pipeline dispatches to)."""
+"""Batch inference as a flow of its own (a gpu-pool deployment the pipeline and the batch flow dispatch to)."""
 
 from __future__ import annotations
 
 from prefect import flow
 
-from tasks import stages
-from tasks.config import InferenceConfig
-from tasks.refs import CheckpointRef, PredictionsRef, TokenizedRef
+from hubflow.config import InferenceConfig
+from hubflow.refs import CheckpointRef, PredictionsRef, TokenizedRef
+from hubflow.tasks import pipeline as stages
 
 
 @flow(name="hubflow-predict", persist_result=True, log_prints=True)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .config import PipelineConfig
+from .config import PipelineConfig, TaskType
 
 
 class Ref(BaseModel):
@@ -27,32 +27,44 @@ class PinnedRepo(Ref):
 
 
 class RawDataRef(Ref):
-    """Raw splits as parquet files in the store: `{uri}/{split}.parquet`."""
+    """Raw splits as parquet files in the store: `{uri}/{split}.parquet`, keeping the source's column names.
+
+    `columns` maps the task kind's roles to them, e.g. {"text": "review", "label": "stars"}."""
 
     uri: str
     fingerprint: str
     splits: dict[str, int]
-    text_column: str
-    label_column: str
+    columns: dict[str, str]
     source: str
     source_sha: str | None = None
 
 
+class ModelFacts(Ref):
+    """What a model is, with one home: what it does, the tokens per input it was trained with, its label space.
+
+    Written next to the weights as `hubflow.json` (and so published with them): batch inference, the Space and the
+    preview read these instead of re-defaulting them."""
+
+    task: TaskType
+    max_length: int
+    label_names: list[str] = []
+
+
 class TokenizedRef(Ref):
-    """Tokenized train/validation/test splits saved with `save_to_disk` under `uri`."""
+    """Tokenized splits saved with `save_to_disk` under `uri`, and the facts of a model trained (or run) on them."""
 
     uri: str
     fingerprint: str
     splits: dict[str, int]
-    label_names: list[str]
+    facts: ModelFacts
 
 
 class CheckpointRef(Ref):
-    """A `save_pretrained` folder (safetensors, tokenizer, label maps) in the store."""
+    """A `save_pretrained` folder (safetensors, tokenizer, `hubflow.json` facts) in the store."""
 
     uri: str
     fingerprint: str
-    label_names: list[str]
+    facts: ModelFacts
     base_model: PinnedRepo
     metrics: dict[str, float]
     history_uri: str

@@ -1,8 +1,8 @@
 """Model and dataset cards for a published run: Hub metadata in the front matter, the story in the body.
 
 PipelineResult (+ the evaluation report) -> `ModelCard` (base model and dataset pinned to shas, model-index with the
-test metrics, hyper-parameters, hardware, per-class scores, the Prefect run, a usage snippet) and, for the
-predictions, a `DatasetCard`. Lineage is also kept machine-readable under the `hubflow:` front-matter key, which is
+test metrics, hyper-parameters, hardware, the kind's report tables, the Prefect run, a usage snippet) and, for the
+predictions, a `DatasetCard`. What depends on the task (summary, metrics, usage, columns) comes from its kind. Lineage is also kept machine-readable under the `hubflow:` front-matter key, which is
 what publish compares to decide that a repo already holds this exact content. Pure: no Hub calls, no token.
 """
 
@@ -12,10 +12,10 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-import hubflow
-from tasks import store
-from tasks.evaluate import render_markdown
-from tasks.refs import PipelineResult, PublishedRepo
+from .. import __version__
+from ..doors import store
+from ..kinds import kind_for
+from ..refs import PipelineResult, PublishedRepo
 
 # Front-matter keys that identify what a model repo holds; publish compares them (see tasks/publish.py). The flow
 # run id is recorded but not compared: a cached rerun yields the same model and must not make a new commit.
@@ -34,7 +34,7 @@ def model_lineage(result: PipelineResult) -> dict[str, Any]:
         "model_fingerprint": result.checkpoint.fingerprint,
         "test_data_fingerprint": result.predictions.data_fingerprint,
         "flow_run_id": result.flow_run_id,
-        "hubflow_version": hubflow.__version__,
+        "hubflow_version": __version__,
     }
 
 
@@ -42,9 +42,10 @@ def model_card(result: PipelineResult, repo_id: str, revision: str, license: str
                report: dict[str, Any] | None = None) -> ModelCard:
     """The model repo's README.md; `revision` (a tag or sha) goes into the usage snippet."""
     report = report if report is not None else store.read_json(result.evaluation.uri)
+    kind = kind_for(result.checkpoint.facts.task)
     data_id, data_sha, data_name = _dataset(result)
     split = _test_split(result)
-    common = dict(task_type="text-classification", task_name="Text Classification", dataset_type=data_id,
+    common = dict(task_type=kind.pipeline_tag, dataset_type=data_id,
                   dataset_name=data_name, dataset_config=result.config.data.config_name, dataset_split=split,
                   dataset_revision=data_sha)
     metrics = result.evaluation.metrics
@@ -55,13 +56,9 @@ def model_card(result: PipelineResult, repo_id: str, revision: str, license: str
         datasets=[result.dataset.repo_id] if result.dataset else None,
         license=license,
         library_name="transformers",
-        pipeline_tag="text-classification",
-        tags=["hubflow", "text-classification"],
-        eval_results=[
-            EvalResult(**common, metric_type="accuracy", metric_name="Accuracy", metric_value=metrics["accuracy"]),
-            EvalResult(**common, metric_type="f1", metric_name="Macro F1", metric_value=metrics["macro_f1"],
-                       metric_args={"average": "macro"}),
-        ],
+        pipeline_tag=kind.pipeline_tag,
+        tags=["hubflow", kind.pipeline_tag],
+        eval_results=[EvalResult(**common, **r) for r in kind.card_eval_results(metrics)],
         hubflow=model_lineage(result),
     )
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{_model_body(result, repo_id, revision, report)}")
@@ -69,6 +66,7 @@ def model_card(result: PipelineResult, repo_id: str, revision: str, license: str
 
 def _model_body(result: PipelineResult, repo_id: str, revision: str, report: dict[str, Any]) -> str:
     base, ck, cfg = result.base_model, result.checkpoint, result.config
+    kind = kind_for(ck.facts.task)
     data_id, data_sha, _ = _dataset(result)
     m = result.evaluation.metrics
     run = result.flow_run_id or "(not run under Prefect)"
@@ -78,18 +76,13 @@ def _model_body(result: PipelineResult, repo_id: str, revision: str, report: dic
     lines = [
         f"# {repo_id.split('/')[-1]}",
         "",
-        f"A text classifier ({len(ck.label_names)} classes: {', '.join(f'`{n}`' for n in ck.label_names)}), "
-        f"fine-tuned from [`{base.repo_id}`]({_hub_path(base.repo_id)}) on `{data_id}` by "
-        f"hubflow {hubflow.__version__}. Test accuracy **{m['accuracy']:.4f}**, "
-        f"macro-F1 **{m['macro_f1']:.4f}** on {int(m.get('test_rows', report['rows']))} rows.",
+        f"Fine-tuned from [`{base.repo_id}`]({_hub_path(base.repo_id)}) on `{data_id}` by hubflow {__version__}. "
+        + kind.card_summary(ck.facts, m, int(m.get("test_rows", report.get("rows", 0)))),
         "",
         "## Usage",
         "",
         "```python",
-        "from transformers import pipeline",
-        "",
-        f'classifier = pipeline("text-classification", model="{repo_id}", revision="{revision}")',
-        'classifier("Your text here")',
+        kind.card_usage(repo_id, revision),
         "```",
         "",
         "A private repo needs a token with read access: log in (`hf auth login`) or set `HF_TOKEN`.",
@@ -119,10 +112,10 @@ def _model_body(result: PipelineResult, repo_id: str, revision: str, report: dic
         "",
         "## Evaluation (test split)",
         "",
-        render_markdown(report),
+        kind.render(report, None)[0],
         "## Provenance",
         "",
-        f"Produced by the Prefect flow run {run_link} with hubflow {hubflow.__version__}. The `hubflow:` front-matter "
+        f"Produced by the Prefect flow run {run_link} with hubflow {__version__}. The `hubflow:` front-matter "
         "keys repeat the lineage in machine-readable form.",
         "",
     ]
@@ -148,9 +141,10 @@ def predictions_card(result: PipelineResult, model: PublishedRepo, files: list[s
     """The predictions dataset's README.md: what model (repo@sha) predicted what data (dataset@sha)."""
     data_id, data_sha, _ = _dataset(result)
     rows = result.predictions.rows
+    kind = kind_for(result.checkpoint.facts.task)
     card_data = DatasetCardData(
         pretty_name=f"Predictions of {model.repo_id}",
-        task_categories=["text-classification"],
+        task_categories=[kind.pipeline_tag],
         source_datasets=[result.dataset.repo_id] if result.dataset else None,
         size_categories=[_size_category(rows)],
         tags=["hubflow", "predictions"],
@@ -165,14 +159,7 @@ def predictions_card(result: PipelineResult, model: PublishedRepo, files: list[s
         "",
         "| column | meaning |",
         "|---|---|",
-        "| row_id | row index in the test split |",
-        "| text | input text |",
-        "| label | true class id |",
-        "| pred | predicted class id |",
-        "| pred_label | predicted class name |",
-        "| score | probability of the predicted class |",
-        "",
-        f"Class ids: {', '.join(f'{i} = `{n}`' for i, n in enumerate(result.checkpoint.label_names))}.",
+        *[f"| {name} | {meaning} |" for name, meaning in kind.prediction_columns(result.checkpoint.facts)],
         "",
         f"Files: {', '.join(f'`{f}`' for f in files)}.",
         "",

@@ -1,7 +1,8 @@
-"""Evaluate stored predictions: accuracy, macro-F1, per-class scores and the confusion matrix, in pure numpy.
+"""Classification metrics in pure numpy: accuracy, macro-F1, per-class scores, the confusion matrix, and their
+rendering (markdown tables for artifacts and cards, PNG figures).
 
-predictions (PredictionsRef) -> `{out_uri}/report.json` + `loss_curve.png` + `confusion_matrix.png` -> EvalRef.
-`render_markdown` turns a report into tables for a Prefect artifact or a model card.
+    score(table, label_names)     prediction rows (label, pred) -> the report dict that `report.json` holds
+    headline(report)              -> the metrics the gate and the card read (with their directions in the kind)
 """
 
 from __future__ import annotations
@@ -11,8 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from tasks import store
-from tasks.refs import EvalRef, PredictionsRef
+
+def score(table, label_names: list[str]) -> dict[str, Any]:
+    """Prediction rows (pyarrow table with `label` and `pred`) -> report; raises when there is nothing to score."""
+    if "label" not in table.column_names:
+        raise ValueError("the predictions carry no true labels; nothing to evaluate against")
+    y_true = table.column("label").to_numpy()
+    if y_true.size and y_true.min() < 0:
+        raise ValueError("the predictions hold unlabelled rows (label < 0)")
+    return build_report(y_true, table.column("pred").to_numpy(), label_names)
+
+
+def headline(report: dict[str, Any]) -> dict[str, float]:
+    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "test_rows": float(report["rows"])}
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -67,38 +79,6 @@ def build_report(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str])
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
-
-
-def evaluate_predictions(
-    pred: PredictionsRef, label_names: list[str], out_uri: str, history_uri: str | None = None
-) -> EvalRef:
-    """Score the predictions against their true labels; write report.json and the two figures under `out_uri`."""
-    from tasks.infer import read_manifest, read_predictions
-
-    manifest = read_manifest(pred)
-    table = read_predictions(pred)
-    if "label" not in table.column_names:
-        raise ValueError(f"predictions at {pred.uri} carry no true labels; nothing to evaluate against")
-    y_true = table.column("label").to_numpy()
-    if y_true.size and y_true.min() < 0:
-        raise ValueError(f"predictions at {pred.uri} hold unlabelled rows (label < 0)")
-    report = build_report(y_true, table.column("pred").to_numpy(), label_names)
-    report.update(
-        split=manifest["split"],
-        predictions_uri=pred.uri,
-        model_fingerprint=pred.model_fingerprint,
-        data_fingerprint=pred.data_fingerprint,
-    )
-    report_uri = store.write_json(store.join(out_uri, "report.json"), report)
-
-    history = store.read_json(history_uri) if history_uri else None
-    for name, png in render_figures(report, history).items():
-        _write_bytes(store.join(out_uri, name), png)
-    return EvalRef(
-        uri=report_uri,
-        split=manifest["split"],
-        metrics={"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "test_rows": float(report["rows"])},
-    )
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -171,9 +151,3 @@ def _png(fig) -> bytes:
 def _cell(text: str) -> str:
     # A label containing '|' would split a markdown table cell.
     return str(text).replace("|", "\\|")
-
-
-def _write_bytes(uri: str, data: bytes) -> None:
-    fs, path = store.fs_for(uri)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, data)

@@ -17,36 +17,42 @@ that the checkpoint belongs to the same run: same data fingerprint, base model s
 in `_RESUMABLE_CHANGES` (a longer max_steps/epochs extends the run). Files load with torch.load(weights_only=True),
 so the saved state holds only plain values and tensors.
 
-The loop state (`fresh_state`) is what train.py's loop advances: epoch, batch within the epoch, step, saves, the
+The loop state (`LoopState`) is what train.py's loop advances: epoch, batch within the epoch, step, saves, the
 best metrics and their folder, training seconds so far, and the history that becomes `{out_uri}/history.json`.
 """
 
 from __future__ import annotations
 
+import io
 import random
 import tempfile
 import time
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from tasks import store
+from ..doors import store
 
 # Settings that may change between a run and its resumption; any other change means a different run.
 _RESUMABLE_CHANGES = {"epochs", "max_steps", "checkpoint_every_steps", "eval_batch_size"}
 
 
+@dataclass
 class Run:
     """What the training helpers share: the prepared objects, where to write, and the clock."""
 
-    def __init__(
-        self, accelerator, model, optimizer, scheduler, out_uri, total_steps, steps_per_epoch, progress, started
-    ):
-        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
-        self.out_uri, self.total_steps, self.steps_per_epoch = out_uri, total_steps, steps_per_epoch
-        self.progress, self.started, self.prior_seconds = progress, started, 0.0
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    out_uri: str
+    total_steps: int
+    steps_per_epoch: int
+    progress: Callable[[float, str], None]
+    started: float
+    prior_seconds: float = 0.0
 
     def seconds(self) -> float:
         """Training wall time over every session of this run (a resumed run adds to the earlier ones)."""
@@ -56,30 +62,29 @@ class Run:
         return store.join(self.out_uri, *parts)
 
 
-def fresh_state(run_key: dict, total_steps: int, steps_per_epoch: int) -> dict[str, Any]:
-    """The loop state of a run that starts at step 0 (`run_key`: config, data fingerprint, base model sha)."""
-    return {
-        "run_key": run_key,
-        "epoch": 0,  # epochs finished
-        "batch": 0,  # batches of the current epoch already consumed (this process)
-        "step": 0,  # optimizer steps taken
-        "saves": 0,  # checkpoints written; makes every checkpoint folder name unique
-        "train_seconds": 0.0,
-        "best": None,  # validation metrics of the best evaluation so far
-        "best_dir": None,  # the resume folder holding that evaluation's weights
-        "history": {
-            "steps": [],
-            "evals": [],
-            "resumed_from": [],
-            "total_steps": total_steps,
-            "steps_per_epoch": steps_per_epoch,
-        },
-    }
+@dataclass
+class LoopState:
+    """Where the training loop is; saved in every checkpoint as plain values (it loads with weights_only=True)."""
 
+    run_key: dict  # config, data fingerprint, base model sha: what makes two sessions the same run
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # batches of the current epoch already consumed (this process)
+    step: int = 0  # optimizer steps taken
+    saves: int = 0  # checkpoints written; makes every checkpoint folder name unique
+    train_seconds: float = 0.0
+    best: dict | None = None  # validation metrics of the best evaluation so far
+    best_dir: str | None = None  # the resume folder holding that evaluation's weights
+    history: dict = field(default_factory=dict)  # steps, evals, resumed_from, total_steps, steps_per_epoch
 
-def next_dir(st: dict) -> str:
-    """The folder name the next `save_checkpoint` writes (unique: it counts saves)."""
-    return f"step-{st['step']:08d}-{st['saves']:04d}"
+    @classmethod
+    def fresh(cls, run_key: dict, total_steps: int, steps_per_epoch: int) -> "LoopState":
+        """The state of a run that starts at step 0."""
+        return cls(run_key=run_key, history={"steps": [], "evals": [], "resumed_from": [], "total_steps": total_steps,
+                                             "steps_per_epoch": steps_per_epoch})
+
+    def next_dir(self) -> str:
+        """The folder name the next `save_checkpoint` writes (unique: it counts saves)."""
+        return f"step-{self.step:08d}-{self.saves:04d}"
 
 
 def _rng_state() -> dict[str, Any]:
@@ -104,20 +109,20 @@ def _set_rng(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def save_checkpoint(run: Run, st: dict) -> None:
+def save_checkpoint(run: Run, st: LoopState) -> None:
     """Write model, optimizer, scheduler, RNG and loop state; then make it the one a retry resumes from."""
     from safetensors.torch import save_model
 
     acc = run.accelerator
-    name = next_dir(st)
-    st["saves"] += 1
-    st["train_seconds"] = run.seconds()
+    name = st.next_dir()
+    st.saves += 1
+    st.train_seconds = run.seconds()
     with tempfile.TemporaryDirectory() as tmp:
         if acc.is_main_process:
             save_model(acc.unwrap_model(run.model), f"{tmp}/model.safetensors")
             torch.save(
                 {
-                    "state": st,
+                    "state": asdict(st),
                     "optimizer": run.optimizer.state_dict(),
                     "scheduler": run.scheduler.state_dict(),
                     "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
@@ -130,14 +135,13 @@ def save_checkpoint(run: Run, st: dict) -> None:
     if acc.is_main_process:
         # Until this small atomic write lands, a crash leaves the previous checkpoint current.
         store.write_json(run.uri("resume", "latest.json"), {"dir": name})
-        fs, root = store.fs_for(run.uri("resume"))
-        for path in fs.ls(root, detail=False):
-            if Path(path).name.startswith("step-") and Path(path).name not in (name, st["best_dir"]):
-                fs.rm(path, recursive=True)
+        for other in store.ls(run.uri("resume")):
+            if other.startswith("step-") and other not in (name, st.best_dir):
+                store.remove(run.uri("resume", other))
     acc.wait_for_everyone()
 
 
-def load_latest(run: Run, run_key: dict) -> dict[str, Any] | None:
+def load_latest(run: Run, run_key: dict) -> LoopState | None:
     """Restore the latest checkpoint under `{out_uri}/resume` into the prepared objects; None when there is none."""
     from safetensors.torch import load_model
 
@@ -146,11 +150,11 @@ def load_latest(run: Run, run_key: dict) -> dict[str, Any] | None:
         return None
     folder = run.uri("resume", store.read_json(latest)["dir"])
     saved = _torch_load(store.join(folder, "state.pt"))
-    st = saved["state"]
-    _check_same_run(st["run_key"], run_key, run.out_uri)
+    st = LoopState(**saved["state"])
+    _check_same_run(st.run_key, run_key, run.out_uri)
     acc = run.accelerator
     with tempfile.TemporaryDirectory() as tmp:
-        load_model(acc.unwrap_model(run.model), local_copy(store.join(folder, "model.safetensors"), tmp))
+        load_model(acc.unwrap_model(run.model), str(store.get_file(store.join(folder, "model.safetensors"), tmp)))
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
     if acc.scaler is not None and saved["scaler"]:
@@ -158,10 +162,10 @@ def load_latest(run: Run, run_key: dict) -> dict[str, Any] | None:
     rng_uri = store.join(folder, f"rng-{acc.process_index}.pt")
     _set_rng(_torch_load(rng_uri if store.exists(rng_uri) else store.join(folder, "rng-0.pt")))
     # A longer max_steps/epochs on resume moves the end of training; the schedule and history follow it.
-    st["run_key"] = run_key
-    st["history"].update(total_steps=run.total_steps, steps_per_epoch=run.steps_per_epoch)
-    st["history"]["resumed_from"].append(st["step"])
-    run.progress(st["step"] / run.total_steps, f"resumed from checkpoint at step {st['step']}/{run.total_steps}")
+    st.run_key = run_key
+    st.history.update(total_steps=run.total_steps, steps_per_epoch=run.steps_per_epoch)
+    st.history["resumed_from"].append(st.step)
+    run.progress(st.step / run.total_steps, f"resumed from checkpoint at step {st.step}/{run.total_steps}")
     return st
 
 
@@ -182,15 +186,4 @@ def _check_same_run(saved: dict, current: dict, out_uri: str) -> None:
 
 def _torch_load(uri: str) -> Any:
     """torch.load a store URI onto the CPU, plain values and tensors only."""
-    fs, path = store.fs_for(uri)
-    with fs.open(path, "rb") as f:
-        return torch.load(f, map_location="cpu", weights_only=True)
-
-
-def local_copy(uri: str, tmp: str) -> str:
-    """Download `uri` into the local folder `tmp`; -> the local path."""
-    fs, path = store.fs_for(uri)
-    local = f"{tmp}/{Path(path).name}"
-    fs.get_file(path, local)
-    return local
-
+    return torch.load(io.BytesIO(store.read_bytes(uri)), map_location="cpu", weights_only=True)

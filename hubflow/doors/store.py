@@ -1,0 +1,169 @@
+"""The artifact store: the one door to fsspec. A local folder by default, `s3://bucket/prefix` on a cluster.
+
+Every stage writes under the store URI and passes URIs on, so no stage assumes another worker's local disk.
+S3 credentials and endpoint come from the environment (AWS_* variables, `AWS_ENDPOINT_URL_S3`), never parameters.
+Writes are atomic where it matters: a file is absent or complete (local: temp file + rename; an S3 PUT is atomic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import posixpath
+from pathlib import Path
+from typing import Any, Iterable
+
+import fsspec
+
+
+def _normalise(uri: str) -> str:
+    if "://" in uri:
+        return uri.rstrip("/")
+    return str(Path(uri).expanduser().resolve())
+
+
+def join(uri: str, *parts: str) -> str:
+    """`join("s3://b/p", "a", "b") == "s3://b/p/a/b"`; local paths come back absolute."""
+    return posixpath.join(_normalise(uri), *parts)
+
+
+def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(_normalise(uri), **storage_options(uri))
+
+
+def storage_options(uri: str) -> dict[str, Any]:
+    """Options for `datasets` calls that take a URI: the S3 endpoint from the environment, nothing for local paths."""
+    if not uri.startswith("s3://"):
+        return {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def exists(uri: str) -> bool:
+    fs, path = _fs(uri)
+    return fs.exists(path)
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = _fs(uri)
+    return fs.isdir(path)
+
+
+def ls(uri: str) -> set[str]:
+    """Names directly under `uri` (one listing); empty when it does not exist (object stores have no empty folders)."""
+    fs, path = _fs(uri)
+    try:
+        return {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
+    except FileNotFoundError:
+        return set()
+
+
+def find(uri: str) -> list[str]:
+    """Every file under `uri`, as paths relative to it, sorted."""
+    fs, root = _fs(uri)
+    return sorted(posixpath.relpath(p, root) for p in fs.find(root))
+
+
+def write_bytes(uri: str, data: bytes) -> str:
+    """Write `data` atomically (readers see the old file, or none, until the new one is complete)."""
+    fs, path = _fs(uri)
+    if is_local(uri):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        Path(tmp).write_bytes(data)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+    return uri
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = _fs(uri)
+    return fs.cat_file(path)
+
+
+def write_json(uri: str, obj: Any) -> str:
+    return write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_parquet(uri: str, table) -> str:
+    """A pyarrow table as one parquet file, atomically."""
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return write_bytes(uri, buf.getvalue())
+
+
+def read_parquet(uri: str, columns: list[str] | None = None):
+    """One parquet file -> a pyarrow table (optionally only `columns`)."""
+    import pyarrow.parquet as pq
+
+    fs, path = _fs(uri)
+    with fs.open(path, "rb") as f:
+        # use_threads=False: threaded reads through a Python file object can abort the interpreter at exit
+        # (apache/arrow#50482); stage files are small enough for one thread.
+        return pq.read_table(f, columns=columns, use_threads=False)
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a local file, read in 16 MiB chunks."""
+    return sha256_files([path])
+
+
+def sha256_files(paths: Iterable[str | Path]) -> str:
+    """One sha256 over the bytes of several local files, in the given order."""
+    h = hashlib.sha256()
+    for file in paths:
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def put_dir(local_dir: str | Path, uri: str) -> str:
+    """Copy a local folder's files to `uri` (created as needed)."""
+    fs, path = _fs(uri)
+    local_dir = Path(local_dir)
+    for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        dest = posixpath.join(path, file.relative_to(local_dir).as_posix())
+        fs.makedirs(posixpath.dirname(dest), exist_ok=True)
+        fs.put_file(str(file), dest)
+    return uri
+
+
+def get_dir(uri: str, local_dir: str | Path) -> Path:
+    """Copy the files under `uri` into `local_dir`; for a local store this is the folder itself, no copy."""
+    fs, path = _fs(uri)
+    if is_local(uri):
+        return Path(path)
+    local_dir = Path(local_dir)
+    for src in fs.find(path):
+        dest = local_dir / posixpath.relpath(src, path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(src, str(dest))
+    return local_dir
+
+
+def get_file(uri: str, local_dir: str | Path) -> Path:
+    """Download one file into the local folder `local_dir`; -> its local path."""
+    fs, path = _fs(uri)
+    local = Path(local_dir, posixpath.basename(path))
+    fs.get_file(path, str(local))
+    return local
+
+
+def remove(uri: str) -> None:
+    fs, path = _fs(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

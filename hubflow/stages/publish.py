@@ -1,0 +1,161 @@
+"""Publish a run to the Hub: the model with its card, the predictions as a dataset (after gate.py promoted it).
+
+PipelineResult + PublishConfig -> (GateDecision, gate.py) -> PublishedRepo (model) -> PublishedRepo (predictions).
+Each publish is ONE `create_commit` whose LFS objects are uploaded before it, so a publish cut short leaves the repo at
+its previous commit, never a partial one. Each is idempotent: when the head already holds this content (weights sha256
+and the card's `hubflow:` lineage), no commit is made and the head's sha comes back with `created=False`.
+The token comes from the hub door at call time; it is never a parameter, and a card that contains it is refused.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import DatasetCard, ModelCard
+
+from ..config import PublishConfig
+from ..doors import hub, store
+from ..kinds import kind_for
+from ..refs import PinnedRepo, PipelineResult, PublishedRepo
+from .card import MODEL_LINEAGE, PREDICTIONS_LINEAGE, model_card, model_lineage, predictions_card, predictions_lineage
+
+ROWS_PER_FILE = 100_000
+
+
+def load_result(summary_uri: str) -> PipelineResult:
+    """The `PipelineResult` a pipeline run stored at `summary_uri`."""
+    return PipelineResult.model_validate(store.read_json(summary_uri))
+
+
+def target_repos(result: PipelineResult, cfg: PublishConfig) -> tuple[str, str]:
+    """(model repo, predictions repo): the configured ids, else `<token user>/<base model>-<dataset>[-predictions]`."""
+    user = hub.check_token()
+    if user is None:
+        raise hub.PreflightError("publishing needs a Hub token: set HF_TOKEN or $HUBFLOW_HF_TOKEN_BLOCK")
+    data = result.dataset.repo_id if result.dataset else result.raw.source.rstrip("/")
+    default = re.sub(r"[^\w.-]+", "-", f"{_name(result.base_model.repo_id)}-{_name(data)}")[:96]
+    model = _qualified(cfg.repo_id or default, user)
+    return model, _qualified(cfg.predictions_repo_id or f"{model}-predictions", user)
+
+
+def run_tag(result: PipelineResult) -> str:
+    """The tag a publish puts on its commit: the training run's id, else the weights' fingerprint."""
+    return f"run-{result.flow_run_id[:8]}" if result.flow_run_id else f"model-{result.checkpoint.fingerprint[:12]}"
+
+
+# ---- the model --------------------------------------------------------------------------------------------------
+def push_model(result: PipelineResult, cfg: PublishConfig, repo_id: str | None = None) -> PublishedRepo:
+    """Checkpoint folder + model card -> one commit on the model repo (created private per `cfg.private`), tagged."""
+    ck = result.checkpoint
+    repo_id = repo_id or target_repos(result, cfg)[0]
+    url = hub.ensure_repo(repo_id, "model", cfg.private)
+    head = hub.head(repo_id, "model")
+    tag = run_tag(result)
+    single = store.exists(store.join(ck.uri, "model.safetensors"))
+    weights = {"model.safetensors": ck.fingerprint} if single else {}  # sharded: the card's fingerprint vouches
+    if _head_holds(repo_id, "model", head, weights, ModelCard, model_lineage(result), MODEL_LINEAGE):
+        # Only names a commit the tag step of an interrupted publish may have missed; an existing tag is left as is.
+        hub.tag(repo_id, "model", tag, head)
+        return PublishedRepo(repo_id=repo_id, repo_type="model", sha=head, url=url, created=False, tag=tag)
+
+    card = str(model_card(result, repo_id, tag, license=_license(result.base_model)))
+    _refuse_secrets(card, "the model card")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = store.get_dir(ck.uri, tmp)
+        _check_weights(folder, ck.fingerprint)
+        files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+        files["README.md"] = card.encode()
+        commit = hub.commit_exactly(repo_id, "model", files, f"hubflow: model {ck.fingerprint[:12]} ({tag})",
+                                    f"Fine-tuned from {result.base_model.repo_id}@{result.base_model.sha}.", parent=head)
+    created = commit != head  # the client skips a commit whose files are all unchanged and returns the head
+    if created:
+        hub.tag(repo_id, "model", tag, commit)
+    return PublishedRepo(repo_id=repo_id, repo_type="model", sha=commit, url=url, created=created, tag=tag)
+
+
+# ---- the predictions --------------------------------------------------------------------------------------------
+def push_predictions(result: PipelineResult, model: PublishedRepo, cfg: PublishConfig,
+                     repo_id: str | None = None) -> PublishedRepo:
+    """Test-split predictions -> `data/test-0000i-of-0000N.parquet` + dataset card, one commit on a dataset repo."""
+    repo_id = repo_id or target_repos(result, cfg)[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_prediction_files(result, Path(tmp))
+        card = str(predictions_card(result, model, sorted(files)))
+        _refuse_secrets(card, "the dataset card")
+        url = hub.ensure_repo(repo_id, "dataset", cfg.private)
+        head = hub.head(repo_id, "dataset")
+        digests = {path: store.sha256_file(p) for path, p in files.items()}
+        lineage = predictions_lineage(result, model)
+        if _head_holds(repo_id, "dataset", head, digests, DatasetCard, lineage, PREDICTIONS_LINEAGE, "data/"):
+            return PublishedRepo(repo_id=repo_id, repo_type="dataset", sha=head, url=url, created=False)
+        commit = hub.commit_exactly(repo_id, "dataset", {**files, "README.md": card.encode()},
+                                    f"hubflow: predictions of {model.repo_id}@{model.sha[:10]}", parent=head,
+                                    prefix="data/")
+    return PublishedRepo(repo_id=repo_id, repo_type="dataset", sha=commit, url=url, created=commit != head)
+
+
+def write_prediction_files(result: PipelineResult, out: Path) -> dict[str, Path]:
+    """The predictions as `data/test-*.parquet` under `out` (input order, ClassLabel class ids) -> {repo path: file}."""
+    import pyarrow.parquet as pq
+
+    from .predict import read_predictions
+
+    facts = result.checkpoint.facts
+    table = kind_for(facts.task).prediction_files_table(read_predictions(result.predictions), facts)
+    n = max(1, -(-table.num_rows // ROWS_PER_FILE))
+    files = {}
+    for i in range(n):
+        path = f"data/test-{i:05d}-of-{n:05d}.parquet"
+        (out / path).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.slice(i * ROWS_PER_FILE, ROWS_PER_FILE), out / path)  # same rows -> same bytes
+        files[path] = out / path
+    return files
+
+
+# ---- shared helpers ---------------------------------------------------------------------------------------------
+def _head_holds(repo_id: str, repo_type: str, head: str, digests: dict[str, str], card_cls,
+                expected: dict[str, Any], keys: tuple[str, ...], data_prefix: str | None = None) -> bool:
+    """Does the head hold these LFS files (by sha256) and a card whose `hubflow:` lineage keys match `expected`?
+    With `data_prefix`, the files under it must be exactly `digests`' (no leftovers of another layout)."""
+    if data_prefix is not None:
+        listed = hub.list_files(repo_id, repo_type, head)
+        if {f for f in listed if f.startswith(data_prefix)} != set(digests):
+            return False
+    if digests:
+        found = hub.lfs_digests(repo_id, repo_type, head, list(digests))
+        if any(found.get(p) != d for p, d in digests.items()):
+            return False
+    readme = hub.download(repo_id, "README.md", repo_type, head)
+    if readme is None:
+        return False
+    lineage = card_cls.load(readme).data.to_dict().get("hubflow") or {}
+    return all(lineage.get(k) == expected.get(k) for k in keys)
+
+
+def _license(base: PinnedRepo) -> str | None:
+    license = hub.card_data(base.repo_id, base.sha).get("license")
+    return license if isinstance(license, str) and license != "other" else None
+
+
+def _check_weights(folder: Path, fingerprint: str) -> None:
+    from .train import weights_fingerprint
+
+    if (actual := weights_fingerprint(folder)) != fingerprint:
+        raise ValueError(f"{folder} holds weights {actual[:12]}…, not the run's {fingerprint[:12]}…: not published")
+
+
+def _refuse_secrets(text: str, what: str) -> None:
+    token = hub.hf_token()
+    if token and token in text:
+        raise ValueError(f"refusing to publish: {what} contains the Hub token")
+
+
+def _name(repo_id: str) -> str:
+    return repo_id.rstrip("/").split("/")[-1]
+
+
+def _qualified(repo_id: str, user: str) -> str:
+    return repo_id if "/" in repo_id else f"{user}/{repo_id}"

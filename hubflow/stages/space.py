@@ -1,0 +1,170 @@
+"""Deploy a gradio Space serving a published model; roll it back when the new version does not come up.
+
+PublishedRepo (model at a sha) + its facts + SpaceConfig -> SpaceDeployment. Side effects, in order: create the Space;
+set its hardware and sleep time; set its variables (MODEL_ID, MODEL_REVISION, MAX_LENGTH, EXAMPLES) and, for a
+private model, the HF_TOKEN *secret* (through the secrets API only: never in a file or a variable); one commit of the
+app files (the task kind's space_app/ + `hubflow.json`, the deployment record); wait for RUNNING; smoke-test the live
+app with gradio_client against the batch predictions. A Space that reached RUNNING and passed gets the git tag
+`hubflow-last-good`. On BUILD_ERROR / RUNTIME_ERROR / timeout / a wrong answer: fetch the Space's logs, restore the
+files and variables of `hubflow-last-good` in a new commit, wait for RUNNING, and raise `SpaceDeployError` with the
+app's own error text. The Prefect task `deploy_space` (tasks/release.py) adds the report and logs as artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from string import Template
+
+from ..config import SpaceConfig
+from ..doors import hub
+from ..kinds import kind_for
+from ..refs import ModelFacts, PinnedRepo, PublishedRepo, SpaceDeployment
+from .facts import read_facts
+
+APP_FILES = ("app.py", "requirements.txt")
+MANIFEST = "hubflow.json"  # the deployment record: model, revision, variables (never a secret)
+LAST_GOOD_TAG = "hubflow-last-good"
+TOKEN_SECRET = "HF_TOKEN"
+GENERIC_EXAMPLES = ["I really enjoyed this, it was great.", "This was a complete waste of time.", "It arrived on Tuesday."]
+
+
+class SpaceDeployError(RuntimeError):
+    """The new Space version did not serve; `logs` holds its build and run logs (already free of the token)."""
+
+    def __init__(self, message: str, logs: str = ""):
+        super().__init__(message)
+        self.logs = logs
+
+
+def default_space_id(model_repo_id: str, cfg: SpaceConfig) -> str:
+    return cfg.space_id or f"{model_repo_id}-demo"
+
+
+def space_variables(model: PublishedRepo, examples: list[str], facts: ModelFacts) -> dict[str, str]:
+    """What the app reads from its environment (the kind's space_app/app.py)."""
+    return {"MODEL_ID": model.repo_id, "MODEL_REVISION": model.sha, "MAX_LENGTH": str(facts.max_length),
+            "EXAMPLES": json.dumps(examples[:10])}
+
+
+def app_files(model: PublishedRepo, space_id: str, facts: ModelFacts, variables: dict[str, str]) -> dict[str, bytes]:
+    """The Space's files: the template app, its pinned requirements, the rendered README, the deployment record."""
+    kind = kind_for(facts.task)
+    files = {name: (kind.space_app / name).read_bytes() for name in APP_FILES}
+    name = model.repo_id.split("/")[-1]
+    files["README.md"] = Template((kind.space_app / "README.md").read_text()).substitute(
+        title=f"{name} demo", model_id=model.repo_id, model_url=model.url, revision=model.sha[:10],
+        short_description=f"{kind.title} with {name}"[:60], labels=", ".join(facts.label_names),
+        max_length=variables["MAX_LENGTH"], space_id=space_id,
+    ).encode()
+    record = {"deployed_by": "hubflow", "model": model.repo_id, "revision": model.sha,
+              "facts": facts.model_dump(mode="json"), "variables": variables}
+    files[MANIFEST] = (json.dumps(record, indent=2) + "\n").encode()
+    return files
+
+
+def deploy(
+    model: PublishedRepo, cfg: SpaceConfig, facts: ModelFacts, examples: list[str],
+    expected: list[tuple[str, str]] | None = None,
+) -> SpaceDeployment:
+    """Create or update the Space, wait for RUNNING and smoke-test it; on failure roll back and raise."""
+    token = hub.hf_token()
+    space_id = default_space_id(model.repo_id, cfg)
+    hub.ensure_repo(space_id, "space", cfg.private, space_sdk="gradio")
+    hub.set_space_hardware(space_id, cfg.hardware, cfg.sleep_time_seconds)
+    variables = space_variables(model, examples, facts)
+    hub.set_space_variables(space_id, variables)
+    if hub.is_private(model.repo_id, "model"):
+        if not token:
+            raise SpaceDeployError(f"{model.repo_id} is private, but there is no token to give the Space")
+        hub.set_space_secret(space_id, TOKEN_SECRET, token, "reads the private model (set by hubflow)")
+    sha = hub.commit_exactly(space_id, "space", app_files(model, space_id, facts, variables),
+                             f"Serve {model.repo_id}@{model.sha[:10]}")
+    try:
+        host = _wait_running(space_id, sha, cfg.timeout_seconds)
+        _smoke_test(host, expected or [(examples[0] if examples else "hello", None)], facts,
+                    token if cfg.private else None)
+    except SpaceDeployError as err:
+        logs = _redact(_logs(space_id), token)
+        restored = roll_back(space_id, sha, cfg.timeout_seconds)
+        raise SpaceDeployError(f"Space {space_id} at {sha[:10]}: {_redact(str(err), token)}; {restored}", logs) from None
+    hub.tag(space_id, "space", LAST_GOOD_TAG, sha, "RUNNING, smoke-tested", move=True)
+    return SpaceDeployment(space_id=space_id, sha=sha, stage="RUNNING", url=host, model=model)
+
+
+def roll_back(space_id: str, failed_sha: str, timeout: float) -> str:
+    """Commit the files (and set the variables) of `hubflow-last-good` again and wait for RUNNING; says what it did."""
+    good = hub.tags(space_id, "space").get(LAST_GOOD_TAG)
+    if good is None:
+        return "no earlier version reached RUNNING, so there is nothing to roll back to"
+    files = {path: hub.download(space_id, path, "space", good).read_bytes()
+             for path in hub.list_files(space_id, "space", good) if path != ".gitattributes"}
+    if MANIFEST in files:
+        hub.set_space_variables(space_id, json.loads(files[MANIFEST])["variables"])
+    sha = hub.commit_exactly(space_id, "space", files, f"Roll back to {good[:10]} (hubflow)")
+    if sha == failed_sha:  # the good files were already there (it failed for another reason): start them anew
+        hub.restart_space(space_id)
+    try:
+        _wait_running(space_id, sha, timeout)
+    except SpaceDeployError as err:
+        return f"the rollback to {good[:10]} did not come up either ({err})"
+    hub.tag(space_id, "space", LAST_GOOD_TAG, sha, "RUNNING, smoke-tested", move=True)
+    return f"rolled back to the files of {good[:10]} (commit {sha[:10]}), RUNNING again"
+
+
+def _wait_running(space_id: str, sha: str, timeout: float) -> str:
+    """Poll until the Space runs `sha`; returns the app's URL, or raises with the Space's error message."""
+    deadline, woken = time.monotonic() + timeout, False
+    while True:
+        runtime = hub.space_runtime(space_id)
+        stage, stale = runtime["stage"], runtime["sha"] not in (None, sha)  # the Hub may report the old version
+        if stage in ("PAUSED", "STOPPED", "SLEEPING") and not woken:
+            hub.restart_space(space_id)  # a commit does not start a paused Space; deploying means "serve it"
+            woken = True
+        elif stage == "RUNNING" and not stale:
+            host = hub.space_host(space_id)
+            if host:
+                return host
+        elif stage in ("BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR", "NO_APP_FILE") and not stale:
+            raise SpaceDeployError(f"{stage}: {runtime['error'] or 'no error message'}")
+        if time.monotonic() > deadline:
+            raise SpaceDeployError(f"still {stage} after {timeout:g} s (space.timeout_seconds)")
+        time.sleep(2)
+
+
+def _smoke_test(host: str, expected: list[tuple[str, str | None]], facts: ModelFacts, token: str | None) -> None:
+    """Ask the live app through its API: each text must get the batch answer (or, without one, a valid answer)."""
+    from gradio_client import Client
+
+    kind = kind_for(facts.task)
+    try:
+        client = Client(host, token=token, verbose=False, analytics_enabled=False, download_files=False)
+        answers = [(text, want, kind.ask_space(client, text)) for text, want in expected]
+    except Exception as err:  # noqa: BLE001 - any client failure means the app does not serve
+        raise SpaceDeployError(f"the app is RUNNING but its /predict API failed: {type(err).__name__}: {err}") from None
+    wrong = [(t, w, got) for t, w, got in answers if not kind.answers_match(got, w, facts)]
+    if wrong:
+        text, want, got = wrong[0]
+        raise SpaceDeployError(f"smoke test: the app says {got!r} for {text!r}, batch inference says {want!r} "
+                               f"({len(wrong)}/{len(answers)} texts differ)")
+
+
+def _logs(space_id: str, lines: int = 200) -> str:
+    return "\n\n".join(f"### {what} logs\n```\n" + "\n".join(hub.space_logs(space_id, build, lines)) + "\n```"
+                       for what, build in (("build", True), ("run", False)))
+
+
+def _redact(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def describe_model(model: PublishedRepo) -> tuple[ModelFacts, list[str]]:
+    """The model's facts (its `hubflow.json`) and example texts (the card's `widget`/`examples`) at the pinned sha."""
+    pinned = PinnedRepo(repo_id=model.repo_id, repo_type="model", revision=model.sha, sha=model.sha)
+    facts = read_facts(hub.model_dir(pinned))
+    card = hub.card_data(model.repo_id, model.sha)
+    items = card.get("widget") or card.get("examples") or []
+    examples = [i.get("text") if isinstance(i, dict) else i for i in items]
+    examples = [e for e in examples if isinstance(e, str) and e.strip()]
+    return facts, examples or list(GENERIC_EXAMPLES)

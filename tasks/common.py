@@ -1,0 +1,94 @@
+"""What every hubflow task shares: retries at network edges, stage keys, progress artifacts.
+
+    NETWORK_RETRIES     retries=3 with backoff, only for transient failures (connection errors, 429, 5xx)
+    cache_key(stage)    a Prefect cache_key_fn: the stage key of the task's inputs, code and task kind
+    out_uri(...)        the stage's output folder in the store, named by the same key
+    Progress            a Prefect progress artifact fed by the library's `on_progress(fraction, message)` callbacks
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import TaskRunContext
+
+from hubflow.caching import stage_key
+from hubflow.doors import store
+from hubflow.kinds import kind_for
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry network hiccups (connection errors, 429, 5xx), never bad input: that fails the same way every time."""
+    import httpx
+    import httpx2  # huggingface_hub's transport
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        state.result()
+    except (httpx.TransportError, httpx2.TransportError, ConnectionError, TimeoutError):
+        return True
+    except HfHubHTTPError as e:
+        return e.response is not None and (e.response.status_code == 429 or e.response.status_code >= 500)
+    except BaseException:  # noqa: BLE001 - anything else is not worth a retry
+        return False
+    return False
+
+
+NETWORK_RETRIES = dict(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=_transient)
+
+# The modules whose code computes each stage's output; the task kind's own package is added (see `_modules`).
+MODULES: dict[str, tuple[str, ...]] = {
+    "pull-dataset": ("hubflow.doors.hub", "hubflow.stages.pull"),
+    "preprocess": ("hubflow.tokenize",),
+    # every module that shapes the trained model: the loop, resume, and (via the kind) loading, collating and the
+    # validation scores that choose the best checkpoint
+    "train": ("hubflow.stages.train", "hubflow.stages.resume"),
+    "predict": ("hubflow.stages.predict", "hubflow.devices"),
+    "evaluate": ("hubflow.stages.evaluate",),
+}
+
+
+def _task_of(inputs: dict[str, Any]) -> str:
+    """The task kind a stage runs for, from its inputs: an explicit `task`, or the facts a ref carries."""
+    if "task" in inputs:
+        return inputs["task"]
+    for value in inputs.values():
+        facts = getattr(value, "facts", None)
+        if facts is not None:
+            return facts.task
+    raise ValueError(f"no task kind among the inputs {sorted(inputs)}")
+
+
+def _modules(stage: str, inputs: dict[str, Any]) -> tuple[str, ...]:
+    return MODULES[stage] + kind_for(_task_of(inputs)).modules
+
+
+def cache_key(stage: str) -> Callable[[TaskRunContext, dict[str, Any]], str]:
+    def key(_: TaskRunContext, parameters: dict[str, Any]) -> str:
+        return f"{stage}-{stage_key(stage, _modules(stage, parameters), parameters)}"
+
+    return key
+
+
+def out_uri(stage: str, artifact_store: str, inputs: dict[str, Any]) -> str:
+    """`{store}/{stage}/{key}`: the key is the task's cache key, so a cached result always names its folder."""
+    return store.join(artifact_store, stage, stage_key(stage, _modules(stage, inputs), inputs))
+
+
+class Progress:
+    """A Prefect progress artifact fed by the stages' `on_progress(fraction, message)` callbacks (throttled)."""
+
+    def __init__(self, key: str, description: str):
+        self.id = create_progress_artifact(progress=0.0, key=key, description=description)
+        self.last = 0.0
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        now = time.monotonic()
+        if fraction < 1.0 and now - self.last < 2.0:
+            return
+        self.last = now
+        update_progress_artifact(self.id, progress=round(100 * min(max(fraction, 0.0), 1.0), 1))
+
+

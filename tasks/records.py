@@ -1,0 +1,42 @@
+"""Record what a pipeline run produced: its summary in the store (what `hubflow-publish` reads) and the log line."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.runtime import flow_run
+
+from hubflow.config import PipelineConfig
+from hubflow.doors import store
+from hubflow.refs import (
+    CheckpointRef, EvalRef, PinnedRepo, PipelineResult, PredictionsRef, PublishOutcome, RawDataRef, SpaceDeployment,
+    TokenizedRef,
+)
+
+
+@task(name="record-run")
+def record_run(config: PipelineConfig, base_model: PinnedRepo, dataset: PinnedRepo | None, raw: RawDataRef,
+               tokenized: TokenizedRef, checkpoint: CheckpointRef, predictions: PredictionsRef,
+               evaluation: EvalRef) -> PipelineResult:
+    """Write the run's summary to the store and log the headline numbers."""
+    run_id = flow_run.get_id()
+    summary_uri = store.join(config.artifact_store, "runs", run_id or "local", "summary.json")
+    result = PipelineResult(
+        flow_run_id=run_id, flow_run_url=flow_run.get_flow_run_ui_url(), config=config, base_model=base_model,
+        dataset=dataset, raw=raw, tokenized=tokenized, checkpoint=checkpoint, predictions=predictions,
+        evaluation=evaluation, summary_uri=summary_uri,
+    )
+    store.write_json(summary_uri, result.model_dump(mode="json"))
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in evaluation.metrics.items() if not k.endswith("_rows"))
+    get_run_logger().info("test %s on %d rows; model at %s", shown, predictions.rows, checkpoint.uri)
+    return result
+
+
+@task(name="record-release")
+def record_release(result: PipelineResult, outcome: PublishOutcome,
+                   space: SpaceDeployment | None = None) -> PipelineResult:
+    """Add what was published (or why not) and the Space to the run's summary."""
+    result = result.model_copy(update={"published": outcome, "space": space})
+    store.write_json(result.summary_uri, result.model_dump(mode="json"))
+    get_run_logger().info("release: %s%s", outcome.decision.reason,
+                          f"; Space {space.space_id} {space.stage} at {space.url}" if space else "")
+    return result

@@ -1,0 +1,113 @@
+"""The release's Prefect tasks: gate -> publish the model -> publish the predictions -> deploy the Space.
+
+Thin doors over hubflow.stages (gate, publish, space): retries at the Hub edge, and a markdown artifact for each
+decision or repo, so the UI shows what was released and why. Publishing is never cached: the Hub is the state.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from hubflow.config import PublishConfig, SpaceConfig
+from hubflow.doors import hub
+from hubflow.kinds import kind_for
+from hubflow.refs import GateDecision, ModelFacts, PinnedRepo, PipelineResult, PublishedRepo, SpaceDeployment
+from hubflow.stages import gate as gate_lib
+from hubflow.stages import publish as publish_lib
+from hubflow.stages import space as space_lib
+from hubflow.tasks.common import NETWORK_RETRIES
+
+
+@task(name="load-run")
+def load_run(summary_uri: str) -> PipelineResult:
+    """The stored PipelineResult of a training run."""
+    return publish_lib.load_result(summary_uri)
+
+
+@task(name="promotion-gate", cache_policy=NO_CACHE, **NETWORK_RETRIES)
+def gate(result: PipelineResult, publish: PublishConfig) -> GateDecision:
+    """Champion/challenger on the same test set -> GateDecision, with a comparison artifact."""
+    decision, champion = gate_lib.judge(result, publish)
+    metrics = list(kind_for(result.checkpoint.facts.task).metrics)
+    markdown = gate_lib.gate_markdown(decision, result.evaluation.metrics, champion, metrics)
+    create_markdown_artifact(key="promotion-gate", markdown=markdown, description="Promotion gate: challenger vs champion")
+    return decision
+
+
+@task(name="publish-model", cache_policy=NO_CACHE, **NETWORK_RETRIES)
+def publish_model(result: PipelineResult, publish: PublishConfig) -> PublishedRepo:
+    """Checkpoint + card -> one tagged commit on the model repo (none when unchanged); records the sha."""
+    published = publish_lib.push_model(result, publish)
+    _record(published, "published-model", "Published model")
+    return published
+
+
+@task(name="publish-predictions", cache_policy=NO_CACHE, **NETWORK_RETRIES)
+def publish_predictions(result: PipelineResult, model: PublishedRepo, publish: PublishConfig) -> PublishedRepo:
+    """Test predictions + card -> one commit on the predictions dataset repo (none when unchanged)."""
+    published = publish_lib.push_predictions(result, model, publish)
+    _record(published, "published-predictions", "Published predictions")
+    return published
+
+
+def _record(published: PublishedRepo, key: str, description: str) -> None:
+    state = "new commit" if published.created else "unchanged (no new commit)"
+    tag = f"`{published.tag}`" if published.tag else "—"
+    create_markdown_artifact(key=key, description=description, markdown="\n".join([
+        "| repo | type | commit | tag | status |", "|---|---|---|---|---|",
+        f"| [{published.repo_id}]({published.url}/tree/{published.sha}) | {published.repo_type} | "
+        f"`{published.sha}` | {tag} | {state} |", ""]))
+
+
+@task(name="space-inputs")
+def space_inputs(result: PipelineResult, n: int = 3) -> tuple[ModelFacts, list[str], list[tuple[str, str]]]:
+    """From a training run: the model's facts, example texts, and (text, batch answer) pairs to smoke-test."""
+    from hubflow.stages.predict import read_predictions
+
+    facts = result.checkpoint.facts
+    rows = read_predictions(result.predictions).slice(0, n).to_pylist()
+    return facts, [r["text"] for r in rows], kind_for(facts.task).reference_answers(rows)
+
+
+@task(name="pin-model", **NETWORK_RETRIES)
+def pin_model(repo_id: str, revision: str) -> PublishedRepo:
+    """An existing model repo at the sha `revision` resolves to now."""
+    pinned = hub.pin(repo_id, "model", revision, "model")
+    return PublishedRepo(repo_id=repo_id, repo_type="model", sha=pinned.sha, url=f"{hub.endpoint()}/{repo_id}",
+                         created=False)
+
+
+@task(name="describe-model", **NETWORK_RETRIES)
+def describe_model(model: PublishedRepo) -> tuple[ModelFacts, list[str]]:
+    """The model's facts and example texts at its sha."""
+    return space_lib.describe_model(model)
+
+
+@task(name="reference-predictions", **NETWORK_RETRIES)
+def reference_predictions(model: PublishedRepo, facts: ModelFacts, texts: list[str]) -> list[tuple[str, str]]:
+    """(text, answer) as batch inference answers them: what the live app must answer."""
+    from hubflow.kinds.text_classification.model import predict_texts
+
+    local = hub.model_dir(PinnedRepo(repo_id=model.repo_id, repo_type="model", revision=model.sha, sha=model.sha))
+    return [(t, p["label"]) for t, p in zip(texts, predict_texts(local, texts, max_length=facts.max_length))]
+
+
+@task(name="deploy-space", **NETWORK_RETRIES)
+def deploy_space(model: PublishedRepo, cfg: SpaceConfig, facts: ModelFacts, examples: list[str],
+                 expected: list[tuple[str, str]] | None = None) -> SpaceDeployment:
+    """Deploy the model's demo Space; the outcome and, on failure, the Space's logs become artifacts."""
+    try:
+        result = space_lib.deploy(model, cfg, facts, examples, expected)
+    except space_lib.SpaceDeployError as err:
+        create_markdown_artifact(key="space-deploy-failure", description=f"Space deploy of {model.repo_id} failed",
+                                 markdown=f"## Space deploy failed\n\n{err}\n\n{err.logs}")
+        raise
+    page = f"{hub.endpoint()}/spaces/{result.space_id}"
+    create_markdown_artifact(key="space-deployment", description=f"Demo Space of {model.repo_id}", markdown=(
+        "| Space | app | stage | commit | model |\n|---|---|---|---|---|\n"
+        f"| [{result.space_id}]({page}) | {result.url} | {result.stage} | `{result.sha[:10]}` | "
+        f"{model.repo_id}@`{model.sha[:10]}` |"))
+    get_run_logger().info("Space %s RUNNING at %s (commit %s)", result.space_id, result.url, result.sha[:10])
+    return result
