@@ -6,10 +6,10 @@
     python -m bench.lfs                      # localhub LFS throughput (a separate benchmark)
 
 Ratios (higher is better, except rerun_vs_first):
-    inference_vs_pipeline      tasks.infer.predict vs transformers.pipeline          target >= 3
+    inference_vs_pipeline      hubflow.stages.predict.predict vs transformers.pipeline          target >= 3
     inference_vs_bare          ... vs a bare inference_mode loop over pre-padded batches   target >= 0.9
-    train_vs_trainer           tasks.train.train_model vs transformers.Trainer       target >= 1.3
-    preprocess_vs_per_example  tasks.data.preprocess vs per-example Dataset.map      target >= 5
+    train_vs_trainer           hubflow.stages.train.train_model vs transformers.Trainer       target >= 1.3
+    preprocess_vs_per_example  the kind's prepare (hubflow.kinds.text_classification.data) vs per-example Dataset.map      target >= 5
     rerun_vs_first             unchanged pipeline rerun / first run (lower is better) target <= 0.10 (opt-in)
 
 Each contender is warmed up once, then the contenders run back to back in rotating order; the ratio is the median

@@ -82,7 +82,7 @@ def classifier_dir(root: Path) -> tuple[str, str]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tasks.train import weights_fingerprint
+    from hubflow.stages.train import weights_fingerprint
 
     out = root / "classifier"
     torch.manual_seed(0)
@@ -99,8 +99,9 @@ def raw_splits(root: Path, name: str, sizes: dict[str, int], seed: int = 0):
     """Mixed texts as raw parquet splits (split name → row count) under root/name/raw → (RawDataRef, DataConfig)."""
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-    from tasks.config import DataConfig
-    from tasks.data import write_raw_splits
+    from hubflow.config import DataConfig
+    from hubflow.kinds import kind_for
+    from hubflow.stages.pull import write_raw_splits
 
     texts, labels = mixed_texts(sum(sizes.values()), seed)
     features = Features({"text": Value("string"), "label": ClassLabel(names=LABELS)})
@@ -110,14 +111,14 @@ def raw_splits(root: Path, name: str, sizes: dict[str, int], seed: int = 0):
                                        features=features)
         start += n
     data_cfg = DataConfig(source=str(root / name))
-    raw = write_raw_splits(dsd, data_cfg, str(root / name / "raw"), source=name, source_sha=None)
+    raw = write_raw_splits(dsd, data_cfg, kind_for("text-classification"), str(root / name / "raw"), source=name, source_sha=None)
     return raw, data_cfg
 
 
 def tokenized_splits(root: Path, name: str, sizes: dict[str, int], max_length: int, seed: int = 0):
     """raw_splits tokenized by hubflow's own `preprocess` at max_length → TokenizedRef."""
-    from tasks.config import PreprocessConfig
-    from tasks.data import preprocess
+    from hubflow.config import PreprocessConfig
+    from hubflow.kinds.text_classification.data import prepare as preprocess
 
     raw, data_cfg = raw_splits(root, name, sizes, seed)
     return preprocess(raw, base_model_dir(), PreprocessConfig(max_length=max_length), data_cfg,

@@ -1,4 +1,4 @@
-"""Batch inference: `tasks.infer.predict` vs `transformers.pipeline` and vs a bare forward loop.
+"""Batch inference: `hubflow.stages.predict.predict` vs `transformers.pipeline` and vs a bare forward loop.
 
 Same classifier folder, same test split, batch size 32 on every side. What each side's clock covers:
 
@@ -53,9 +53,9 @@ def run(root: Path, clf_dir: str, clf_fp: str, tokenized, wanted: set[str], plan
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    from tasks.config import InferenceConfig
-    from tasks.data import load_tokenized
-    from tasks.infer import predict
+    from hubflow.config import InferenceConfig
+    from hubflow.tokenize import load_tokenized
+    from hubflow.stages.predict import predict
 
     test = load_tokenized(tokenized)["test"]
     texts, ids = list(test["text"]), list(test["input_ids"])
@@ -121,7 +121,7 @@ def run(root: Path, clf_dir: str, clf_fp: str, tokenized, wanted: set[str], plan
     in_order, by_length = padded_tokens([len(i) for i in ids], BATCH_SIZE)
     report.figure(f"  (context) padded tokens: {in_order:,} in input order (the pipeline's batches) vs {by_length:,} "
                   f"length-sorted (ours, bare): {in_order / by_length:.2f}x")
-    line("ours     tasks.infer.predict (incl. model load, shard writes):", "ours")
+    line("ours     hubflow.stages.predict.predict (incl. model load, shard writes):", "ours")
     if "pipeline" in times:
         line("pipeline transformers.pipeline (incl. load + tokenize):", "pipeline")
         report.ratios["inference_vs_pipeline"] = paired_ratio(times["pipeline"], times["ours"])

@@ -1,4 +1,4 @@
-"""Preprocessing: `tasks.data.preprocess` vs a per-example `Dataset.map` with the same tokenizer.
+"""Preprocessing: `the kind's prepare (hubflow.kinds.text_classification.data)` vs a per-example `Dataset.map` with the same tokenizer.
 
 Same raw parquet splits (train/validation/test, 80/10/10 of the rows), same tokenizer, truncation at the same
 max_length. Each clock covers parquet in → tokenized DatasetDict saved to disk:
@@ -24,8 +24,8 @@ def run(root: Path, plan: Plan, report: Report) -> None:
     from datasets import Dataset, DatasetDict
     from transformers import AutoTokenizer
 
-    from tasks.config import PreprocessConfig
-    from tasks.data import preprocess
+    from hubflow.config import PreprocessConfig
+    from hubflow.kinds.text_classification.data import prepare as preprocess
 
     base, rows = base_model_dir(), plan.preprocess_rows
     tenth = rows // 10
@@ -67,7 +67,7 @@ def run(root: Path, plan: Plan, report: Report) -> None:
 
     report.figure(f"\n# preprocess: {rows:,} rows (80/10/10 splits), max_length {plan.max_length}, "
                   f"{plan.reps} repetitions")
-    report.figure(f"  ours        tasks.data.preprocess:             {describe(times['ours'], rows, 'rows')}")
+    report.figure(f"  ours        the kind's prepare (hubflow.kinds.text_classification.data):             {describe(times['ours'], rows, 'rows')}")
     report.figure(f"  per-example Dataset.map(tok(ex['text'])):      {describe(times['per_example'], rows, 'rows')}")
     report.figure(f"  (context)   Rust encode_batch_fast alone:      {describe(times['rust_only'], rows, 'rows')}")
     report.figure(f"              ceiling of the ratio here (per-example / Rust alone): "

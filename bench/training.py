@@ -1,4 +1,4 @@
-"""Training: `tasks.train.train_model` vs `transformers.Trainer`, same model, data and hyper-parameters.
+"""Training: `hubflow.stages.train.train_model` vs `transformers.Trainer`, same model, data and hyper-parameters.
 
 Matched on both sides: all-MiniLM-L6-v2 with a fresh 4-way head, the same tokenized train split (1 epoch) and
 validation split, batch size 32, eval batch size 128, AdamW at lr 5e-5 with weight decay 0 and no warm-up, linear
@@ -30,10 +30,10 @@ def run(root: Path, tokenized, plan: Plan, report: Report) -> None:
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback, Trainer,
                               TrainingArguments)
 
-    from tasks.config import TrainConfig
-    from tasks.data import load_tokenized
-    from tasks.refs import PinnedRepo
-    from tasks.train import train_model
+    from hubflow.config import TrainConfig
+    from hubflow.tokenize import load_tokenized
+    from hubflow.refs import PinnedRepo
+    from hubflow.stages.train import train_model
 
     base = base_model_dir()
     pinned = PinnedRepo(repo_id="sentence-transformers/all-MiniLM-L6-v2", repo_type="model", revision="main",
@@ -79,6 +79,6 @@ def run(root: Path, tokenized, plan: Plan, report: Report) -> None:
 
     report.figure(f"\n# training: {rows} train rows x 1 epoch, batch {BATCH_SIZE}, "
                   f"{tokenized.splits['validation']} validation rows, {plan.reps} repetitions")
-    report.figure(f"  ours    tasks.train.train_model (whole job):    {describe(times['ours'], rows, 'samples')}")
+    report.figure(f"  ours    hubflow.stages.train.train_model (whole job):    {describe(times['ours'], rows, 'samples')}")
     report.figure(f"  Trainer transformers.Trainer (whole job):       {describe(times['trainer'], rows, 'samples')}")
     report.ratios["train_vs_trainer"] = paired_ratio(times["trainer"], times["ours"])

@@ -1,16 +1,17 @@
 """The release, shared by every flow that publishes: gate -> model + card -> predictions -> Space.
 
     from hubflow.flows.release import release
-    release(result, result.config.publish, result.config.space)     # inside a flow: a subflow run
+    release(result, result.config.publish, result.config.space)     # inside a flow, as its own tasks
 
 A model that the gate does not promote is not published; the predictions follow the model they were made with;
 the Space follows the published model (and rolls back itself when the new version does not serve). What happened
 is added to the run's summary in the store.
+
+It is a sequence of tasks run inside the calling flow (the pipeline, or the standalone publish flow), not a subflow:
+its artifacts and logs belong to that flow's run, where people look for them, and it costs no extra flow run.
 """
 
 from __future__ import annotations
-
-from prefect import flow
 
 from hubflow.config import PublishConfig, SpaceConfig
 from hubflow.refs import PipelineResult, PublishOutcome
@@ -18,7 +19,6 @@ from hubflow.tasks.records import record_release
 from hubflow.tasks.release import deploy_space, gate, publish_model, publish_predictions, space_inputs
 
 
-@flow(name="hubflow-release", persist_result=True, log_prints=True)
 def release(result: PipelineResult, publish: PublishConfig, space: SpaceConfig) -> PipelineResult:
     """Publish the run's model, then its predictions, then its Space, if the gate promotes it."""
     decision = gate(result, publish)

@@ -60,10 +60,13 @@ def run_demo(workdir: str | Path, overrides: list[str] | None = None) -> dict:
 
     token = secrets.token_hex(16)  # lives only as long as this demo's localhub
     started = time.monotonic()
-    hub = LocalHub(workdir / "hub", users={"demo": (token, "write")}, seed=demo_seed(workdir)).start(timeout=120)
+    hub = LocalHub(workdir / "hub", users={"demo": (token, "write")})
+    os.environ.pop("PREFECT_API_URL", None)  # the demo runs on Prefect's embedded server, under DIR/prefect
+    # Before anything imports huggingface_hub (the seed data is written with `datasets`): it reads HF_ENDPOINT once.
+    os.environ.update(demo_env(workdir, hub.url, token))
+    hub.seed = demo_seed(workdir)
+    hub.start(timeout=120)
     try:
-        os.environ.pop("PREFECT_API_URL", None)  # the demo runs on Prefect's embedded server, under DIR/prefect
-        os.environ.update(demo_env(workdir, hub.url, token))
         from .config import load_recipe
 
         config = load_recipe(RECIPE, [f"artifact_store={workdir / 'store'}", *(overrides or [])])

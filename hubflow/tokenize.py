@@ -107,3 +107,12 @@ def check_text(columns: dict, text_column: str) -> None:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def load_tokenized(ref):
+    """TokenizedRef -> the DatasetDict saved under `ref.uri`."""
+    from datasets import load_from_disk
+
+    from .doors import store
+
+    return load_from_disk(ref.uri, storage_options=store.storage_options(ref.uri))

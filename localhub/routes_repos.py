@@ -281,15 +281,11 @@ async def branch(ctx: Ctx) -> Response:
     if ctx.request.method == "DELETE":
         if name == "main":
             raise HubError(403, None, "Cannot delete the main branch")
-        ctx.storage.set_ref(repo, "branch", name, None)
-        await ctx.hub.on_ref_change(repo, "delete", f"refs/heads/{name}", None)
-        return JSONResponse({})
+        return await _set_ref(ctx, repo, "branch", name, None)
     body = await ctx.json() if await ctx.request.body() else {}
     _ref_name(name)
     oid, _ = ctx.storage.resolve(repo, body.get("startingPoint") or "main")
-    ctx.storage.set_ref(repo, "branch", name, oid)
-    await ctx.hub.on_ref_change(repo, "create", f"refs/heads/{name}", oid)
-    return JSONResponse({})
+    return await _set_ref(ctx, repo, "branch", name, oid)
 
 
 @router.add("POST", f"/api/{T}/{{ns}}/{{name}}/tag/{{rev}}")
@@ -298,14 +294,18 @@ async def create_tag(ctx: Ctx) -> Response:
     body = await ctx.json()
     tag = _ref_name(body.get("tag"))
     oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])
-    ctx.storage.set_ref(repo, "tag", tag, oid)
-    await ctx.hub.on_ref_change(repo, "create", f"refs/tags/{tag}", oid)
-    return JSONResponse({})
+    return await _set_ref(ctx, repo, "tag", tag, oid)
 
 
 @router.add("DELETE", f"/api/{T}/{{ns}}/{{name}}/tag/{{tag}}")
 async def delete_tag(ctx: Ctx) -> Response:
     repo = repo_for_write(ctx, _type(ctx), _rid(ctx))
-    ctx.storage.set_ref(repo, "tag", ctx.params["tag"], None)
-    await ctx.hub.on_ref_change(repo, "delete", f"refs/tags/{ctx.params['tag']}", None)
+    return await _set_ref(ctx, repo, "tag", ctx.params["tag"], None)
+
+
+async def _set_ref(ctx: Ctx, repo, kind: str, name: str, oid: str | None) -> Response:
+    """Point (or, with None, delete) a branch or tag, and tell the webhooks."""
+    ctx.storage.set_ref(repo, kind, name, oid)
+    prefix = "refs/heads" if kind == "branch" else "refs/tags"
+    await ctx.hub.on_ref_change(repo, "create" if oid else "delete", f"{prefix}/{name}", oid)
     return JSONResponse({})

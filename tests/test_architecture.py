@@ -53,3 +53,26 @@ def test_the_wheel_installs_only_namespaced_packages(tmp_path):
     assert top == {"hubflow", "localhub"}, top
     assert {"hubflow/flows/pipeline.py", "hubflow/tasks/pipeline.py",
             "hubflow/kinds/text_classification/space_app/app.py"} <= set(names)
+
+
+def test_the_train_key_covers_the_code_that_picks_the_best_checkpoint(tmp_path, monkeypatch):
+    """The validation scores that rank checkpoints live in the task kind's package; the train stage's key hashes
+    every module of it, so editing any of them retrains instead of reusing a stale model."""
+    from hubflow.caching import code_version
+    from hubflow.tasks.common import _modules
+    from tests.tiny import LABELS
+
+    from hubflow.refs import ModelFacts, TokenizedRef
+
+    tokenized = TokenizedRef(uri="/x", fingerprint="f", splits={"train": 1},
+                             facts=ModelFacts(task="text-classification", max_length=8, label_names=LABELS))
+    assert "hubflow.kinds.text_classification" in _modules("train", {"tokenized": tokenized})
+    package = tmp_path / "fakekind"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "metrics.py").write_text("def rank(m): return m['f1']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = code_version("fakekind")
+    (package / "metrics.py").write_text("def rank(m): return -m['loss']\n")
+    code_version.cache_clear()
+    assert code_version("fakekind") != before

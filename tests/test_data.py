@@ -11,9 +11,14 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dat
 from transformers import AutoTokenizer
 
 from hubflow.demo_data import DEMO_LABELS, build_demo_dataset, write_demo_parquet
-from tasks import data
-from tasks.config import DataConfig, PreprocessConfig
-from tasks.refs import RawDataRef
+from hubflow.config import DataConfig, PreprocessConfig
+from hubflow.kinds import kind_for
+from hubflow.kinds.text_classification import data as tc
+from hubflow.refs import RawDataRef
+from hubflow.stages import pull
+from hubflow.tokenize import load_tokenized
+
+KIND = kind_for("text-classification")
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +105,9 @@ def test_write_demo_parquet_is_byte_identical_and_keeps_label_names(tmp_path):
 
 def test_load_raw_files_reads_the_hub_layout(tmp_path):
     write_demo_parquet(tmp_path / "src")
-    raw = data.load_raw_files(str(tmp_path / "src"), _cfg(max_train_samples=50), str(tmp_path / "raw"))
+    raw = pull.load_raw_files(str(tmp_path / "src"), _cfg(max_train_samples=50), KIND, str(tmp_path / "raw"))
     assert raw.splits == {"train": 50, "validation": 200, "test": 400}
-    assert data.label_names_of(raw) == list(DEMO_LABELS)  # the ClassLabel survived parquet → store → parquet
+    assert tc.label_names_of(raw) == list(DEMO_LABELS)  # the ClassLabel survived parquet → store → parquet
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["test.parquet", "train.parquet",
                                                                     "validation.parquet"]
 
@@ -118,18 +123,18 @@ def test_load_raw_files_reads_split_named_files(tmp_path, fmt):
     writers[fmt](_tickets(9, start=100), str(src / f"test.{fmt}"))
     (src / "notes.txt").write_text("not data")
 
-    raw = data.load_raw_files(str(src), _cfg(max_train_samples=40), str(tmp_path / "raw"))
+    raw = pull.load_raw_files(str(src), _cfg(max_train_samples=40), KIND, str(tmp_path / "raw"))
     assert raw.splits == {"train": 40, "test": 9}  # no validation file: preprocess carves one later
-    assert data.label_names_of(raw) == ["account", "billing", "shipping"]
+    assert tc.label_names_of(raw) == ["account", "billing", "shipping"]
     train = pq.read_table(tmp_path / "raw" / "train.parquet")
     assert train.column("text").to_pylist() == _col(_tickets(40), "text")  # the first N rows, in file order
 
 
 def test_raw_fingerprint_hashes_content_not_location(tmp_path):
     dsdict = DatasetDict(train=_tickets(20))
-    a = data.write_raw_splits(dsdict, _cfg(), str(tmp_path / "a"), source="x", source_sha=None)
-    b = data.write_raw_splits(dsdict, _cfg(), str(tmp_path / "b"), source="y", source_sha=None)
-    c = data.write_raw_splits(DatasetDict(train=_tickets(21)), _cfg(), str(tmp_path / "c"), source="x", source_sha=None)
+    a = pull.write_raw_splits(dsdict, _cfg(), KIND, str(tmp_path / "a"), source="x", source_sha=None)
+    b = pull.write_raw_splits(dsdict, _cfg(), KIND, str(tmp_path / "b"), source="y", source_sha=None)
+    c = pull.write_raw_splits(DatasetDict(train=_tickets(21)), _cfg(), KIND, str(tmp_path / "c"), source="x", source_sha=None)
     assert a.fingerprint == b.fingerprint != c.fingerprint
 
 
@@ -151,7 +156,7 @@ def test_raw_fingerprint_hashes_content_not_location(tmp_path):
 )
 def test_write_raw_splits_rejects_unusable_data_naming_the_culprit(tmp_path, dsdict, cfg_kw, words):
     with pytest.raises(ValueError) as err:
-        data.write_raw_splits(dsdict, _cfg(**cfg_kw), str(tmp_path / "raw"), source="src", source_sha=None)
+        pull.write_raw_splits(dsdict, _cfg(**cfg_kw), KIND, str(tmp_path / "raw"), source="src", source_sha=None)
     for word in words:
         assert word in str(err.value)
     assert not (tmp_path / "raw").exists()  # checked before anything is written
@@ -163,10 +168,10 @@ def test_label_names_of_rejects_unusable_stored_splits(tmp_path, rows, words):
     features = Features(text=Value("string"), label=Value("string"))
     stored = Dataset.from_dict({"text": ["t"] * len(rows), "label": rows}, features=features)
     stored.to_parquet(tmp_path / "train.parquet")
-    raw = RawDataRef(uri=str(tmp_path), fingerprint="f", splits={"train": len(rows)}, text_column="text",
-                     label_column="label", source="elsewhere")
+    raw = RawDataRef(uri=str(tmp_path), fingerprint="f", splits={"train": len(rows)}, columns={"text": "text", "label": "label"},
+                     source="elsewhere")
     with pytest.raises(ValueError) as err:
-        data.label_names_of(raw)
+        tc.label_names_of(raw)
     assert all(w in str(err.value) for w in words)
 
 
@@ -174,12 +179,12 @@ def test_label_names_of_rejects_unusable_stored_splits(tmp_path, rows, words):
 
 def test_preprocess_keeps_rows_in_order_with_classlabel_ids(tmp_path, demo, tokenizer_dir):
     cfg = _cfg(max_train_samples=300, max_eval_samples=40, max_test_samples=60)
-    raw = data.write_raw_splits(demo, cfg, str(tmp_path / "raw"), source="demo", source_sha="abc")
-    ref = data.preprocess(raw, tokenizer_dir, PreprocessConfig(max_length=16), cfg, str(tmp_path / "tok"))
+    raw = pull.write_raw_splits(demo, cfg, KIND, str(tmp_path / "raw"), source="demo", source_sha="abc")
+    ref = tc.prepare(raw, tokenizer_dir, PreprocessConfig(max_length=16), cfg, str(tmp_path / "tok"))
 
     assert ref.splits == {"train": 300, "validation": 40, "test": 60} == raw.splits
-    assert ref.label_names == list(DEMO_LABELS)
-    out = data.load_tokenized(ref)
+    assert ref.facts.label_names == list(DEMO_LABELS)
+    out = load_tokenized(ref)
     assert list(out) == ["train", "validation", "test"]
     lengths = [len(ids) for ds in out.values() for ids in _col(ds, "input_ids")]
     assert max(lengths) == 16 and min(lengths) < 16  # truncated, not padded
@@ -196,10 +201,10 @@ def test_preprocess_keeps_rows_in_order_with_classlabel_ids(tmp_path, demo, toke
 
 def test_preprocess_carves_missing_splits_deterministically(tmp_path, tokenizer_dir):
     cfg = _cfg(validation_split=None)  # a test split exists, validation does not
-    raw = data.write_raw_splits(DatasetDict(train=_tickets(90), test=_tickets(9, start=500)), cfg,
+    raw = pull.write_raw_splits(DatasetDict(train=_tickets(90), test=_tickets(9, start=500)), cfg, KIND,
                                 str(tmp_path / "raw"), source="src", source_sha=None)
     pre = PreprocessConfig(validation_fraction=0.2, split_seed=7)
-    runs = [data.load_tokenized(data.preprocess(raw, tokenizer_dir, p, cfg, str(tmp_path / name)))
+    runs = [load_tokenized(tc.prepare(raw, tokenizer_dir, p, cfg, str(tmp_path / name)))
             for name, p in [("a", pre), ("b", pre), ("c", pre.model_copy(update={"split_seed": 8}))]]
     a, b, c = runs
 
@@ -219,21 +224,21 @@ def test_preprocess_carves_missing_splits_deterministically(tmp_path, tokenizer_
 
 def test_preprocess_carves_both_splits_from_train_only_data(tmp_path, tokenizer_dir):
     cfg = _cfg()
-    raw = data.write_raw_splits(DatasetDict(train=_tickets(60)), cfg, str(tmp_path / "raw"), "s", source_sha=None)
-    ref = data.preprocess(raw, tokenizer_dir, PreprocessConfig(validation_fraction=0.1, test_fraction=0.2), cfg,
+    raw = pull.write_raw_splits(DatasetDict(train=_tickets(60)), cfg, KIND, str(tmp_path / "raw"), "s", source_sha=None)
+    ref = tc.prepare(raw, tokenizer_dir, PreprocessConfig(validation_fraction=0.1, test_fraction=0.2), cfg,
                           str(tmp_path / "tok"))
     assert ref.splits == {"train": 42, "validation": 6, "test": 12}
-    out = data.load_tokenized(ref)
+    out = load_tokenized(ref)
     seen = _col(out["train"], "text") + _col(out["validation"], "text") + _col(out["test"], "text")
     assert sorted(seen) == sorted(_col(_tickets(60), "text"))  # disjoint and complete
 
 
 def test_preprocess_fingerprint_is_stable_and_tracks_config(tmp_path, tokenizer_dir):
     cfg = _cfg()
-    raw = data.write_raw_splits(DatasetDict(train=_tickets(30)), cfg, str(tmp_path / "raw"), "s", source_sha=None)
+    raw = pull.write_raw_splits(DatasetDict(train=_tickets(30)), cfg, KIND, str(tmp_path / "raw"), "s", source_sha=None)
 
     def fingerprint(name, **kw):
-        return data.preprocess(raw, tokenizer_dir, PreprocessConfig(**kw), cfg, str(tmp_path / name)).fingerprint
+        return tc.prepare(raw, tokenizer_dir, PreprocessConfig(**kw), cfg, str(tmp_path / name)).fingerprint
 
     assert fingerprint("a", max_length=32) == fingerprint("b", max_length=32)
     assert fingerprint("c", max_length=64) != fingerprint("a", max_length=32)

@@ -189,7 +189,7 @@ def test_pull_step_changes_into_the_code_dir_at_run_time(deployed, monkeypatch, 
 
 
 def test_pipeline_defaults_are_the_demo_recipe_in_pools_mode(deployed):
-    from tasks.config import PipelineConfig, load_recipe
+    from hubflow.config import PipelineConfig, load_recipe
 
     config = PipelineConfig.model_validate(_deployment(deployed, "hubflow-pipeline/pipeline").parameters["config"])
     assert config.execution.mode.value == "pools" and config.artifact_store == STORE
@@ -339,14 +339,14 @@ def batch_repos(localhub, tmp_path_factory):
 
 
 def test_batch_inference_keeps_every_row_and_reruns_from_the_store(batch_repos, localhub, tmp_path, monkeypatch):
-    from flows.batch import batch_inference
-    from tasks.config import DataConfig, InferenceConfig
-    from tasks.infer import read_predictions
-    from tasks.train import weights_fingerprint
+    from hubflow.flows.batch import batch_inference
+    from hubflow.config import DataConfig, InferenceConfig
+    from hubflow.stages.predict import read_predictions
+    from hubflow.stages.train import weights_fingerprint
 
     monkeypatch.setenv("HF_TOKEN", localhub.token("alice"))
     args = dict(model_repo_id=batch_repos["model"], data=DataConfig(source=batch_repos["data"], test_split="test"),
-                max_length=32, inference=InferenceConfig(batch_size=16, shard_size=40), artifact_store=str(tmp_path))
+                inference=InferenceConfig(batch_size=16, shard_size=40), artifact_store=str(tmp_path))
     result = batch_inference(**args)
     assert (result.model.sha, result.dataset.sha) == (batch_repos["model_sha"], batch_repos["data_sha"])
     table = read_predictions(result.predictions)
@@ -367,16 +367,16 @@ def test_batch_inference_keeps_every_row_and_reruns_from_the_store(batch_repos, 
 def test_batch_inference_reads_a_folder_of_files_and_ignores_labels(batch_repos, localhub, tmp_path, monkeypatch):
     import json
 
-    from flows.batch import batch_inference
-    from tasks.config import DataConfig
-    from tasks.infer import read_predictions
+    from hubflow.flows.batch import batch_inference
+    from hubflow.config import DataConfig
+    from hubflow.stages.predict import read_predictions
 
     monkeypatch.setenv("HF_TOKEN", localhub.token("alice"))
     rows = synthetic_rows(25, seed=3)
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "today.jsonl").write_text("".join(json.dumps({"body": t, "label": y}) + "\n" for t, y in rows))
     data = DataConfig(source=str(tmp_path / "in"), test_split="today", text_column="body", max_test_samples=20)
-    result = batch_inference(batch_repos["model"], data, max_length=32, artifact_store=str(tmp_path / "store"))
+    result = batch_inference(batch_repos["model"], data, artifact_store=str(tmp_path / "store"))
     table = read_predictions(result.predictions)
     assert result.dataset is None and result.split == "today"
     assert table.column("text").to_pylist() == [t for t, _ in rows[:20]]
@@ -392,8 +392,8 @@ def _task_states(flow_run_id) -> dict[str, str]:
 
 
 def test_batch_inference_refuses_a_local_store_in_pools_mode(tmp_path):
-    from flows.batch import batch_inference
-    from tasks.config import DataConfig, ExecutionConfig
+    from hubflow.flows.batch import batch_inference
+    from hubflow.config import DataConfig, ExecutionConfig
 
     with pytest.raises(ValueError, match="shared artifact_store"):
         batch_inference("alice/m", DataConfig(source="alice/d"), artifact_store=str(tmp_path),

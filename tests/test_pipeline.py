@@ -35,7 +35,7 @@ def alice_env(localhub, monkeypatch):
 
 
 def tiny_config(hub_repos, store, **changes):
-    from tasks.config import PipelineConfig
+    from hubflow.config import PipelineConfig
 
     raw = {
         "model": {"repo_id": hub_repos["model"]},
@@ -67,7 +67,7 @@ def task_states(flow_run_id) -> dict[str, str]:
 def first_run(prefect_api, hub_repos, localhub, tmp_path_factory):
     import os
 
-    from flows.pipeline import pipeline
+    from hubflow.flows.pipeline import pipeline
 
     store = tmp_path_factory.mktemp("store")
     os.environ["HF_TOKEN"] = localhub.token("alice")
@@ -81,7 +81,7 @@ def first_run(prefect_api, hub_repos, localhub, tmp_path_factory):
 def test_pipeline_pins_shas_and_keeps_every_row(first_run, hub_repos):
     import pyarrow.parquet as pq
 
-    from tasks.infer import read_predictions
+    from hubflow.stages.predict import read_predictions
 
     _, state = first_run
     result = state.result()
@@ -101,20 +101,21 @@ def test_pipeline_pins_shas_and_keeps_every_row(first_run, hub_repos):
 def test_checkpoint_reloads_and_reproduces_predictions(first_run):
     from transformers import AutoModelForSequenceClassification
 
-    from tasks.infer import predict_texts, read_predictions
+    from hubflow.kinds.text_classification.model import predict_texts
+    from hubflow.stages.predict import read_predictions
 
     _, state = first_run
     result = state.result()
     folder = result.checkpoint.uri
     model = AutoModelForSequenceClassification.from_pretrained(folder)
-    assert [model.config.id2label[i] for i in range(model.config.num_labels)] == result.checkpoint.label_names
+    assert [model.config.id2label[i] for i in range(model.config.num_labels)] == result.checkpoint.facts.label_names
     stored = read_predictions(result.predictions).slice(0, 12).to_pylist()
     again = predict_texts(folder, [row["text"] for row in stored])
     assert [p["label"] for p in again] == [row["pred_label"] for row in stored]
 
 
 def test_rerun_skips_every_stage(first_run, hub_repos, alice_env):
-    from flows.pipeline import pipeline
+    from hubflow.flows.pipeline import pipeline
 
     store, first = first_run
     state = pipeline(tiny_config(hub_repos, store), return_state=True)
@@ -125,7 +126,7 @@ def test_rerun_skips_every_stage(first_run, hub_repos, alice_env):
 
 
 def test_changing_an_inference_setting_reruns_only_inference(first_run, hub_repos, alice_env):
-    from flows.pipeline import pipeline
+    from hubflow.flows.pipeline import pipeline
 
     store, first = first_run
     state = pipeline(tiny_config(hub_repos, store, inference__batch_size=7), return_state=True)
@@ -135,7 +136,7 @@ def test_changing_an_inference_setting_reruns_only_inference(first_run, hub_repo
     )
     assert states["predict"] == "Completed" and states["evaluate"] == "Completed"
     # Same model, same rows: a different batch size must not change a single prediction.
-    from tasks.infer import read_predictions
+    from hubflow.stages.predict import read_predictions
 
     before = read_predictions(first.result().predictions).column("pred").to_pylist()
     assert read_predictions(state.result().predictions).column("pred").to_pylist() == before
@@ -145,8 +146,8 @@ def test_changing_an_inference_setting_reruns_only_inference(first_run, hub_repo
 
 
 def _fails_before_training(config, match):
-    from flows.pipeline import pipeline
-    from tasks import store
+    from hubflow.flows.pipeline import pipeline
+    from hubflow.doors import store
 
     with pytest.raises(Exception, match=match):
         pipeline(config)
@@ -209,7 +210,7 @@ def test_pickle_only_weights_are_refused(hub_repos, tmp_path, alice_env):
 def test_invalid_recipe_values_name_the_field(tmp_path):
     from pydantic import ValidationError
 
-    from tasks.config import load_recipe
+    from hubflow.config import load_recipe
 
     with pytest.raises(ValidationError, match=r"train\.learning_rate"):
         load_recipe("deployments/configs/demo.yaml", ["train.learning_rate=-1"])
@@ -221,7 +222,7 @@ def test_invalid_recipe_values_name_the_field(tmp_path):
 
 @pytest.mark.parametrize("recipe", ["deployments/configs/demo.yaml", "deployments/configs/distilbert-imdb.yaml"])
 def test_shipped_recipes_validate(recipe):
-    from tasks.config import load_recipe
+    from hubflow.config import load_recipe
 
     config = load_recipe(recipe)
     assert config.model.repo_id and config.data.source

@@ -38,7 +38,7 @@ def hub_inputs(localhub, tmp_path_factory):
 
 
 def run_config(hub_inputs, store, **train):
-    from tasks.config import PipelineConfig
+    from hubflow.config import PipelineConfig
 
     return PipelineConfig.model_validate({
         "model": {"repo_id": hub_inputs["model"]},
@@ -53,7 +53,7 @@ def run_config(hub_inputs, store, **train):
 @pytest.fixture(scope="module")
 def runs(prefect_api, hub_inputs, localhub, tmp_path_factory):
     """Two real pipeline runs sharing a store: `good` (trained) and `weak` (one step at a tiny learning rate)."""
-    from flows.pipeline import pipeline
+    from hubflow.flows.pipeline import pipeline
 
     store = tmp_path_factory.mktemp("store")
     os.environ["HF_TOKEN"] = localhub.token("alice")
@@ -69,8 +69,8 @@ def runs(prefect_api, hub_inputs, localhub, tmp_path_factory):
 
 def publish(result, localhub, **cfg):
     """Run the publish flow as alice; returns (PublishOutcome, flow run id)."""
-    from flows.publish import publish_run
-    from tasks.config import PublishConfig
+    from hubflow.flows.publish import publish_run
+    from hubflow.config import PublishConfig
 
     os.environ["HF_TOKEN"] = localhub.token("alice")
     try:
@@ -143,12 +143,13 @@ def test_model_reloads_at_its_tag_and_reproduces_the_predictions(published, runs
     from huggingface_hub import snapshot_download
     from transformers import AutoModelForSequenceClassification
 
-    from tasks.infer import predict_texts, read_predictions
+    from hubflow.kinds.text_classification.model import predict_texts
+    from hubflow.stages.predict import read_predictions
 
     good, model = runs["good"], published["outcome"].model
     token = localhub.token("alice")
     loaded = AutoModelForSequenceClassification.from_pretrained(model.repo_id, revision=model.tag, token=token)
-    assert [loaded.config.id2label[i] for i in range(loaded.config.num_labels)] == good.checkpoint.label_names
+    assert [loaded.config.id2label[i] for i in range(loaded.config.num_labels)] == good.checkpoint.facts.label_names
     folder = snapshot_download(model.repo_id, revision=model.tag, token=token)
     stored = read_predictions(good.predictions).slice(0, 16).to_pylist()
     again = predict_texts(folder, [r["text"] for r in stored], max_length=good.config.preprocess.max_length)
@@ -177,8 +178,9 @@ def test_a_publish_cut_at_the_commit_leaves_the_previous_commit(runs, localhub, 
     from huggingface_hub.errors import HfHubHTTPError
 
     from localhub.faults import admin_token, clear_faults, set_faults
-    from tasks.config import PublishConfig
-    from tasks.publish import publish_model, push_model
+    from hubflow.config import PublishConfig
+    from hubflow.stages.publish import push_model
+    from hubflow.tasks.release import publish_model
 
     cfg = PublishConfig(repo_id=repo("cut"))
     before = push_model(runs["weak"], cfg)
@@ -209,7 +211,7 @@ def test_a_publish_cut_at_the_commit_leaves_the_previous_commit(runs, localhub, 
 def test_predictions_load_as_a_dataset_in_input_order(published, runs, localhub, datasets_lib, hub_inputs):
     from huggingface_hub import DatasetCard
 
-    from tasks.infer import read_predictions
+    from hubflow.stages.predict import read_predictions
 
     good, outcome = runs["good"], published["outcome"]
     preds = outcome.predictions
@@ -221,7 +223,7 @@ def test_predictions_load_as_a_dataset_in_input_order(published, runs, localhub,
     assert ds.column_names == ["row_id", "text", "label", "pred", "pred_label", "score"]
     assert ds["row_id"] == list(range(ds.num_rows)) and ds["text"] == stored.column("text").to_pylist()
     assert ds["pred"] == stored.column("pred").to_pylist()
-    assert ds.features["pred"].names == good.checkpoint.label_names
+    assert ds.features["pred"].names == good.checkpoint.facts.label_names
 
     card = DatasetCard.load(preds.repo_id, token=token)
     lineage = card.data.to_dict()["hubflow"]

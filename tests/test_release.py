@@ -32,8 +32,8 @@ def inputs(localhub, tmp_path_factory):
 
 
 def release(inputs, store, **train):
-    from flows.pipeline import pipeline
-    from tasks.config import PipelineConfig
+    from hubflow.flows.pipeline import pipeline
+    from hubflow.config import PipelineConfig
 
     config = PipelineConfig.model_validate({
         "model": {"repo_id": inputs["model"]},
@@ -84,7 +84,8 @@ def test_the_better_challenger_is_published_with_its_lineage(runs, inputs, local
 def test_the_published_model_reproduces_the_batch_predictions(runs, inputs, localhub):
     from huggingface_hub import snapshot_download
 
-    from tasks.infer import predict_texts, read_predictions
+    from hubflow.kinds.text_classification.model import predict_texts
+    from hubflow.stages.predict import read_predictions
 
     better = runs["better"]
     folder = snapshot_download(inputs["target"], revision=better.published.model.tag, token=localhub.token("alice"))
@@ -110,7 +111,7 @@ def test_the_space_serves_the_better_model_and_answers_like_batch_inference(runs
     assert runtime.stage == "RUNNING"
     variables = inputs["api"].get_space_variables(inputs["space"])
     assert variables["MODEL_REVISION"].value == better.published.model.sha  # the Space moved to the challenger
-    from tasks.infer import read_predictions
+    from hubflow.stages.predict import read_predictions
 
     row = read_predictions(better.predictions).to_pylist()[0]
     host = inputs["api"].space_info(inputs["space"]).host  # where it runs now (a later deploy may have restarted it)

@@ -14,14 +14,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import SpaceConfig
-from tasks.refs import PublishedRepo
+from hubflow.config import SpaceConfig
+from hubflow.refs import ModelFacts, PublishedRepo
 from tests.tiny import LABELS, make_tiny_bert
 
 pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
 
 TEXTS = ["the striker scored a goal in the match", "heavy rain and a storm this evening", "bank shares and the price"]
+FACTS = ModelFacts(task="text-classification", max_length=128, label_names=LABELS)
+FACTS_64 = FACTS.model_copy(update={"max_length": 64})
 WIDGET = ["the coach said the team will win", "snow and wind over the city"]
 TIMEOUT = 300  # seconds for a Space to reach RUNNING (gradio's import on 2 busy cores)
 
@@ -74,7 +76,7 @@ def model_repo(alice, localhub, tmp_path_factory):
 @pytest.fixture(scope="module")
 def deployed(model_repo, prefect_api):
     """The standalone flow run on the existing model repo: (SpaceDeployment, flow run id)."""
-    from flows.deploy_space import deploy_model_space
+    from hubflow.flows.deploy_space import deploy_model_space
 
     repo_id, _, _ = model_repo
     cfg = SpaceConfig(enabled=True, hardware="cpu-upgrade", sleep_time_seconds=3600, timeout_seconds=TIMEOUT)
@@ -85,8 +87,8 @@ def deployed(model_repo, prefect_api):
 def test_standalone_flow_serves_what_batch_inference_computes(deployed, model_repo, hf_api):
     from gradio_client import Client
 
-    from tasks.infer import predict_texts
-    from tasks.space import LAST_GOOD_TAG
+    from hubflow.kinds.text_classification.model import predict_texts
+    from hubflow.stages.space import LAST_GOOD_TAG
 
     deployment, _ = deployed
     repo_id, sha, folder = model_repo
@@ -124,18 +126,19 @@ def test_the_token_reaches_the_space_only_as_a_secret(deployed, alice, hf_api, t
 
 
 def test_space_files_pin_what_hubflow_runs(model_repo):
-    from tasks.space import app_files, space_variables
+    from hubflow.stages.space import app_files, space_variables
 
     repo_id, sha, _ = model_repo
     model = PublishedRepo(repo_id=repo_id, repo_type="model", sha=sha, url=f"http://hub/{repo_id}", created=False)
-    files = app_files(model, f"{repo_id}-demo", LABELS, space_variables(model, WIDGET, 64))
+    files = app_files(model, f"{repo_id}-demo", FACTS_64, space_variables(model, WIDGET, FACTS_64))
     front = yaml.safe_load(files["README.md"].decode().split("---")[1])
     assert front["sdk"] == "gradio" and front["app_file"] == "app.py" and front["pinned"] is False
     assert front["sdk_version"] == importlib.metadata.version("gradio") and front["models"] == [repo_id]
     pins = dict(line.split("==") for line in files["requirements.txt"].decode().splitlines() if "==" in line)
     assert pins == {name: importlib.metadata.version(name).split("+")[0] for name in ("transformers", "torch")}
     assert b"import hubflow" not in files["app.py"] and b"from tasks" not in files["app.py"]  # self-contained
-    assert json.loads(files["hubflow.json"])["variables"]["MAX_LENGTH"] == "64"
+    record = json.loads(files["hubflow.json"])
+    assert record["variables"]["MAX_LENGTH"] == "64" and record["facts"] == FACTS_64.model_dump(mode="json")
 
 
 def test_a_version_that_crashes_is_rolled_back(deployed, model_repo, alice, hf_api):
@@ -144,7 +147,8 @@ def test_a_version_that_crashes_is_rolled_back(deployed, model_repo, alice, hf_a
     from gradio_client import Client
     from prefect import flow
 
-    from tasks.space import LAST_GOOD_TAG, SpaceDeployError, deploy_space
+    from hubflow.stages.space import LAST_GOOD_TAG, SpaceDeployError
+    from hubflow.tasks.release import deploy_space
 
     deployment, _ = deployed
     good = deployment.model
@@ -153,7 +157,7 @@ def test_a_version_that_crashes_is_rolled_back(deployed, model_repo, alice, hf_a
 
     @flow(name="deploy-broken-space")
     def deploy_broken():
-        return deploy_space(broken, cfg, LABELS, WIDGET, 128, [(TEXTS[0], LABELS[0])])
+        return deploy_space(broken, cfg, FACTS, WIDGET, [(TEXTS[0], LABELS[0])])
 
     state = deploy_broken(return_state=True)
     assert state.is_failed()
@@ -185,19 +189,21 @@ def test_preview_env_for_a_repo_pins_the_revision(model_repo, alice):
 
     repo_id, sha, _ = model_repo
     assert not is_run(repo_id) and is_run("s3://bucket/runs/x/summary.json")
-    env = app_env(repo_id, "main", max_length=64)
-    assert (env["MODEL_ID"], env["MODEL_REVISION"], env["MAX_LENGTH"]) == (repo_id, sha, "64")
+    env = app_env(repo_id, "main")
+    # A model published without hubflow's facts file: its tokenizer's own limit (tests/tiny.py: 128), not a default.
+    assert (env["MODEL_ID"], env["MODEL_REVISION"], env["MAX_LENGTH"]) == (repo_id, sha, "128")
+    assert env["HUBFLOW_TASK"] == "text-classification"
     assert json.loads(env["EXAMPLES"]) == WIDGET and "HF_TOKEN" not in env
 
 
 def test_a_wrong_answer_is_rolled_back(deployed, hf_api):
     """The new version runs, but the live app disagrees with the batch label: that is a failed deploy too."""
-    from tasks.space import SpaceDeployError, deploy
+    from hubflow.stages.space import SpaceDeployError, deploy
 
     deployment, _ = deployed
     cfg = SpaceConfig(enabled=True, space_id=deployment.space_id, timeout_seconds=TIMEOUT)
     with pytest.raises(SpaceDeployError) as err:  # max_length 64: new variables and files, so a new commit
-        deploy(deployment.model, cfg, LABELS, WIDGET, 64, [(TEXTS[0], "no-such-label")])
+        deploy(deployment.model, cfg, FACTS_64, WIDGET, [(TEXTS[0], "no-such-label")])
     message = str(err.value)
     assert "smoke test" in message and "'no-such-label'" in message and "rolled back" in message
     variables = {k: v.value for k, v in hf_api.get_space_variables(deployment.space_id).items()}
@@ -205,13 +211,13 @@ def test_a_wrong_answer_is_rolled_back(deployed, hf_api):
 
 
 def test_a_first_deploy_that_crashes_has_nothing_to_roll_back_to(model_repo, alice, hf_api):
-    from tasks.space import SpaceDeployError, deploy
+    from hubflow.stages.space import SpaceDeployError, deploy
 
     repo_id, sha, _ = model_repo
     broken = PublishedRepo(repo_id=repo_id, repo_type="model", sha="f" * 40, url="", created=False)
     cfg = SpaceConfig(enabled=True, space_id=f"{repo_id}-fresh", timeout_seconds=TIMEOUT)
     with pytest.raises(SpaceDeployError) as err:
-        deploy(broken, cfg, LABELS, WIDGET, 128)
+        deploy(broken, cfg, FACTS, WIDGET)
     assert "cannot load model" in str(err.value) and "nothing to roll back to" in str(err.value)
     assert "ffffffffff" in err.value.logs and alice not in err.value.logs
     assert hf_api.get_space_runtime(cfg.space_id).stage == "RUNTIME_ERROR"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import SpaceConfig
+from hubflow.config import SpaceConfig
 from tests.test_space import LABELS, TIMEOUT, WIDGET, publish_tiny_model
 
 CHROMIUM = "/usr/bin/chromium"
@@ -29,20 +29,23 @@ def running_space(localhub, tmp_path, monkeypatch):
     """(app URL, model folder) of a public demo Space deployed by hubflow for a freshly published tiny model."""
     from huggingface_hub import HfApi
 
-    from tasks.space import deploy, pin_model
+    from hubflow.refs import ModelFacts
+    from hubflow.stages.space import deploy
+    from hubflow.tasks.release import pin_model
 
     monkeypatch.setenv("HF_TOKEN", localhub.token("alice"))
     repo_id = f"alice/tiny-browser-{uuid.uuid4().hex[:8]}"
     folder = tmp_path / "bert"
     publish_tiny_model(HfApi(endpoint=localhub.url, token=localhub.token("alice")), repo_id, folder)
     model = pin_model.fn(repo_id, "main")  # the plain function under the Prefect task
-    deployment = deploy(model, SpaceConfig(enabled=True, timeout_seconds=TIMEOUT), LABELS, WIDGET, 128)
+    facts = ModelFacts(task="text-classification", max_length=128, label_names=LABELS)
+    deployment = deploy(model, SpaceConfig(enabled=True, timeout_seconds=TIMEOUT), facts, WIDGET)
     return deployment.url, folder
 
 
 def test_a_person_types_a_sentence_and_sees_the_batch_label(running_space, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
-    from tasks.infer import predict_texts
+    from hubflow.kinds.text_classification.model import predict_texts
 
     url, folder = running_space
     want = predict_texts(folder, [SENTENCE], max_length=128)[0]["label"]

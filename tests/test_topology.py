@@ -200,7 +200,7 @@ print(json.dumps({{"id": str(run.id), "state": run.state.name}}))
 
 def _result(topology, run_id: str):
     """The run's PipelineResult, read from its summary in the shared store."""
-    from tasks.refs import PipelineResult
+    from hubflow.refs import PipelineResult
 
     path = f"{topology['env']['HUBFLOW_STORE']}/runs/{run_id}/summary.json"
     return PipelineResult.model_validate_json(_s3(topology).cat_file(path))

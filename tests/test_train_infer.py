@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import store
-from tasks.config import InferenceConfig, Precision, TrainConfig
-from tasks.evaluate import build_report, evaluate_predictions, render_figures, render_markdown
-from tasks.infer import predict, predict_texts, read_manifest, read_predictions
-from tasks.refs import CheckpointRef, PinnedRepo
-from tasks.train import main, train_model
+from hubflow.doors import store
+from hubflow.config import InferenceConfig, Precision, TrainConfig
+from hubflow.kinds.text_classification.metrics import build_report, render_figures, render_markdown
+from hubflow.stages.evaluate import evaluate_predictions
+from hubflow.kinds.text_classification.model import predict_texts
+from hubflow.stages.predict import predict, read_manifest, read_predictions
+from hubflow.refs import CheckpointRef, PinnedRepo
+from hubflow.stages.train import main, train_model
 from tests.tiny import LABELS, make_tiny_bert, make_tiny_llama, make_tiny_tokenized
 
 BASE = PinnedRepo(repo_id="tiny/bert", repo_type="model", revision="main", sha="0" * 40)
@@ -62,7 +64,7 @@ def predicted(trained, tiny, tmp_path_factory):
     return predict(ref.uri, ref.fingerprint, tiny[1], "test", cfg, out), cfg
 
 
-def test_training_lowers_the_loss_and_beats_chance(trained):
+def test_training_lowers_the_loss_and_beats_chance(trained, tiny):
     ref, progress = trained
     history = store.read_json(ref.history_uri)
     assert [s["step"] for s in history["steps"]] == list(range(1, TOTAL_STEPS + 1))
@@ -74,27 +76,27 @@ def test_training_lowers_the_loss_and_beats_chance(trained):
     # Three balanced classes: chance is 1/3. A model this small sometimes sits on a plateau that tells two
     # classes apart but not the third (transformers.Trainer does the same on this data), hence no higher bar.
     assert ref.metrics["eval_accuracy"] > 0.5
-    assert ref.label_names == LABELS and ref.base_model == BASE
+    assert ref.facts.label_names == LABELS and ref.base_model == BASE
+    assert ref.facts == tiny[1].facts  # what the data made the model: task, max length, labels
     assert ref.hardware.startswith("cpu x") and ref.train_seconds > 0
     fractions = [f for f, _ in progress]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and all(0 <= f <= 1 for f in fractions)
 
 
-def test_checkpoint_folder_reloads_with_tokenizer_and_label_maps(trained):
+def test_checkpoint_folder_reloads_with_tokenizer_labels_and_facts(trained):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     ref, _ = trained
     folder = Path(ref.uri)
     files = {p.name for p in folder.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "label_maps.json"} <= files
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "hubflow.json"} <= files
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
     assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == ref.fingerprint
     model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
     assert model.config.id2label == dict(enumerate(LABELS))
-    assert json.loads((folder / "label_maps.json").read_text()) == {
-        "id2label": {str(i): n for i, n in enumerate(LABELS)},
-        "label2id": {n: i for i, n in enumerate(LABELS)},
-    }
+    assert model.config.label2id == {n: i for i, n in enumerate(LABELS)}
+    assert json.loads((folder / "hubflow.json").read_text()) == {
+        "task": "text-classification", "max_length": ref.facts.max_length, "label_names": LABELS}
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert tokenizer("goal").input_ids[0] == tokenizer.cls_token_id
 
@@ -246,7 +248,7 @@ def test_evaluation_report_and_figures_land_in_the_store(predicted, trained, tmp
     pref, _ = predicted
     ref, _ = trained
     out = str(tmp_path / "eval")
-    ev = evaluate_predictions(pref, LABELS, out, history_uri=ref.history_uri)
+    ev = evaluate_predictions(pref, ref.facts, out, history_uri=ref.history_uri)
     table = read_predictions(pref)
     pred, label = table.column("pred").to_numpy(), table.column("label").to_numpy()
     assert ev.split == "test"
@@ -282,6 +284,7 @@ def test_one_process_trains_at_another_precision_after_the_first(tiny, trained, 
 @pytest.fixture
 def s3(monkeypatch):
     """A real S3 API on loopback (moto's server), reached by s3fs exactly as a cluster's store would be."""
+    import s3fs
     from moto.server import ThreadedMotoServer
 
     from localhub import free_port
@@ -294,8 +297,7 @@ def s3(monkeypatch):
         AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}",
     ).items():
         monkeypatch.setenv(key, value)
-    fs, _ = store.fs_for("s3://hubflow")
-    fs.mkdir("hubflow")
+    s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"}).mkdir("hubflow")
     yield "s3://hubflow"
     server.stop()
 
@@ -323,8 +325,38 @@ def test_an_s3_store_carries_resume_state_datasets_shards_and_reports(tiny, s3, 
     assert read_predictions(pred).column("row_id").to_pylist() == list(range(50))
     assert (tmp_path / "models" / ref.fingerprint[:32] / ".complete").exists()  # the model was fetched once, whole
     assert predict(ref.uri, ref.fingerprint, remote, "test", InferenceConfig(shard_size=16), f"{s3}/pred") == pred
-    ev = evaluate_predictions(pred, LABELS, f"{s3}/eval", ref.history_uri)
-    fs, _ = store.fs_for(s3)
-    written = sorted(Path(p).name for p in fs.ls("hubflow/eval"))
+    ev = evaluate_predictions(pred, ref.facts, f"{s3}/eval", ref.history_uri)
+    written = sorted(store.ls(f"{s3}/eval"))
     assert written == ["confusion_matrix.png", "loss_curve.png", "report.json"]
     assert ev.metrics["test_rows"] == 50
+
+
+def test_pickle_weights_load_only_when_allowed_and_only_as_tensors(tiny, tmp_path):
+    """`model.allow_pickle_weights`: a base model that ships only pytorch_model.bin trains when allowed (torch's
+    weights-only unpickler), is refused otherwise, and a pickle that would run code is refused even when allowed."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    model_dir, tokenized = tiny
+    pickled = tmp_path / "pickled"
+    shutil.copytree(model_dir, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    cfg = CFG.model_copy(update={"max_steps": 3})
+    with pytest.raises(OSError, match="safetensors"):
+        train_model(tokenized, str(pickled), BASE, cfg, str(tmp_path / "refused"))
+    ref = train_model(tokenized, str(pickled), BASE, cfg, str(tmp_path / "allowed"), allow_pickle=True)
+    assert (Path(ref.uri) / "model.safetensors").exists() and ref.facts.label_names == LABELS
+
+    class Exploit:  # unpickling this would call os.system
+        def __reduce__(self):
+            import os
+
+            return os.system, ("touch " + str(tmp_path / "pwned"),)
+
+    torch.save({"bert.embeddings.word_embeddings.weight": Exploit()}, pickled / "pytorch_model.bin")
+    with pytest.raises(Exception, match="(?i)weights.only|unpickl"):
+        train_model(tokenized, str(pickled), BASE, cfg, str(tmp_path / "exploit"), allow_pickle=True)
+    assert not (tmp_path / "pwned").exists()

@@ -24,7 +24,7 @@ import pytest
 from prefect import flow
 
 from localhub import free_port
-from tasks.events import SeenRevisions, emit_hub_update, hub_event_id
+from hubflow.events import SeenRevisions, emit_hub_update, hub_event_id
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 SECRET = f"whsec_{secrets.token_hex(16)}"  # random per session: the "never logged" check cannot pass by accident
@@ -172,7 +172,8 @@ def test_a_burst_of_duplicate_deliveries_starts_one_run(receiver: Receiver, depl
 
 
 def test_the_sensor_announces_each_new_commit_once(deployment_id, hf_api, new_repo_id, monkeypatch, tmp_path):
-    from flows.watch import WatchedRepo, watch_hub
+    from hubflow.config import WatchedRepo
+    from hubflow.flows.watch import watch_hub
 
     monkeypatch.setenv("HUBFLOW_STATE_DIR", str(tmp_path))
     repo_id = new_repo_id()

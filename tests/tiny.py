@@ -21,7 +21,7 @@ import json
 import random
 from pathlib import Path
 
-from tasks.refs import TokenizedRef
+from hubflow.refs import ModelFacts, TokenizedRef
 
 LABELS = ["sports", "weather", "finance"]
 # Each class is keyed by its own words; filler words are shared, so the label is learnable but not trivial.
@@ -193,7 +193,7 @@ def make_tiny_tokenized(
         uri=str(Path(dir).resolve()),
         fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16],
         splits=dict(sizes),
-        label_names=list(LABELS),
+        facts=ModelFacts(task="text-classification", max_length=max_length, label_names=list(LABELS)),
     )
 
 
