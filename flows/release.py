@@ -31,4 +31,4 @@ def release(result: PipelineResult, publish: PublishConfig, space: SpaceConfig) 
     print(f"model {model.repo_id}@{model.sha[:10]}, predictions {predictions.repo_id}@{predictions.sha[:10]}")
     if not space.enabled:
         return record_release(result, outcome)
-    return record_release(result, outcome, deploy_space(model, space, *space_inputs(result)))
+    return record_release(result, outcome, deploy_space(model, space, *space_inputs(result, model, space)))

@@ -23,6 +23,7 @@ class TaskType(str, Enum):
     """What the model learns to do; selects the task kind (hubflow/kinds/) that every stage delegates to."""
 
     text_classification = "text-classification"
+    causal_lm = "causal-lm"
 
 
 class Precision(str, Enum):
@@ -31,6 +32,38 @@ class Precision(str, Enum):
     fp32 = "no"
     bf16 = "bf16"
     fp16 = "fp16"
+
+
+class DataShape(str, Enum):
+    """(causal-lm) The shape of the rows: chat turns, prompt/completion pairs, or raw text for continued pre-training.
+    `auto` picks by the columns present: the messages column, else prompt + completion, else the text column."""
+
+    auto = "auto"
+    chat = "chat"
+    prompt_completion = "prompt-completion"
+    text = "text"
+
+
+class LossOn(str, Enum):
+    """(causal-lm) Which tokens the loss is computed on."""
+
+    completion = "completion"  # the assistant turns / the completion (and the EOS that ends them)
+    all = "all"  # every token, prompt included
+
+
+class TrainMethod(str, Enum):
+    """What is trained: every weight, or low-rank adapters on a frozen base (LoRA; QLoRA: a 4-bit base, CUDA only)."""
+
+    full = "full"
+    lora = "lora"
+    qlora = "qlora"
+
+
+class PublishFormat(str, Enum):
+    """(causal-lm) What a LoRA run publishes: the base with the adapters merged in, or the adapter alone."""
+
+    merged = "merged"  # reloads with AutoModelForCausalLM
+    adapter = "adapter"  # reloads with peft on top of the base model at its pinned sha
 
 
 class ModelConfig(_Stage):
@@ -60,8 +93,12 @@ class DataConfig(_Stage):
     test_split: str | None = Field(
         "test", description="Split for batch inference and the final evaluation; carved from train when missing."
     )
-    text_column: str = Field("text", description="Column holding the input text.")
-    label_column: str = Field("label", description="Column holding the class (ClassLabel ids or strings).")
+    text_column: str = Field("text", description="Column holding the input text (causal-lm: raw text to continue).")
+    label_column: str = Field("label", description="(text-classification) Column holding the class (ids or strings).")
+    shape: DataShape = Field(DataShape.auto, description="(causal-lm) chat, prompt-completion or text; auto: by columns.")
+    messages_column: str = Field("messages", description="(causal-lm) Column of chat turns: [{role, content}, ...].")
+    prompt_column: str = Field("prompt", description="(causal-lm) Column holding the prompt.")
+    completion_column: str = Field("completion", description="(causal-lm) Column holding the completion to learn.")
     max_train_samples: int | None = Field(None, ge=1, description="Smoke knob: keep only the first N train rows.")
     max_eval_samples: int | None = Field(None, ge=1, description="Smoke knob: keep only N validation rows.")
     max_test_samples: int | None = Field(None, ge=1, description="Smoke knob: keep only N test rows.")
@@ -76,6 +113,23 @@ class PreprocessConfig(_Stage):
     validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train carved out when no validation split.")
     test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train carved out when no test split.")
     split_seed: int = Field(42, description="Seed of the deterministic split.")
+    chat_template: str | None = Field(
+        None, description="(causal-lm) Jinja chat template for a tokenizer that has none (it is saved with the model)."
+    )
+    loss_on: LossOn = Field(LossOn.completion, description="(causal-lm) Train on the completion only, or on every token.")
+    packing: bool = Field(
+        False, description="(causal-lm) Pack several chat or prompt-completion examples into one sequence (position "
+        "ids restart per example, so none attends to another); raw text is always packed into blocks."
+    )
+
+
+class LoraConfig(_Stage):
+    r: int = Field(16, ge=1, le=1024, description="Rank of the adapter matrices.")
+    alpha: int = Field(32, ge=1, description="Scaling numerator (the update is scaled by alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt, e.g. ['q_proj', 'v_proj']; default: every linear layer but the head."
+    )
 
 
 class TrainConfig(_Stage):
@@ -92,6 +146,28 @@ class TrainConfig(_Stage):
     checkpoint_every_steps: int = Field(
         200, ge=1, description="Save a resumable checkpoint to the artifact store this often, so a retry resumes."
     )
+    method: TrainMethod = Field(TrainMethod.full, description="full: every weight; lora: adapters on a frozen base; "
+                                "qlora: adapters on a 4-bit base (CUDA).")
+    lora: LoraConfig = Field(default_factory=lambda: LoraConfig(), description="LoRA settings (method lora or qlora).")
+    activation_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory for long sequences, ~30% slower."
+    )
+
+
+class Decoding(str, Enum):
+    greedy = "greedy"
+    sample = "sample"
+
+
+class GenerationConfig(_Stage):
+    """(causal-lm) Batch generation settings; every one of them changes the outputs, so each is in the shard key."""
+
+    max_new_tokens: int = Field(64, ge=1, le=8192, description="New tokens per completion at most.")
+    decoding: Decoding = Field(Decoding.greedy, description="greedy (deterministic) or sample.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature (decoding: sample).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (decoding: sample).")
+    seed: int = Field(0, description="Sampling seed (each shard draws from seed + its index).")
+    stop: list[str] = Field(default_factory=list, description="Stop strings: generation ends after any of them.")
 
 
 class InferenceConfig(_Stage):
@@ -100,11 +176,18 @@ class InferenceConfig(_Stage):
         8192, ge=64, description="Token budget per batch: short texts batch wider, long ones narrower."
     )
     shard_size: int = Field(1000, ge=1, description="Rows per parquet shard; a rerun skips finished shards.")
+    generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(),
+                                         description="(causal-lm) How completions are generated.")
 
 
 class GateMetric(str, Enum):
-    accuracy = "accuracy"
-    macro_f1 = "macro_f1"
+    """The test metric the gate compares; which way is better comes from the task kind."""
+
+    accuracy = "accuracy"  # text-classification
+    macro_f1 = "macro_f1"  # text-classification
+    perplexity = "perplexity"  # causal-lm (lower is better)
+    exact_match = "exact_match"  # causal-lm, prompt-completion or chat data
+    chrf = "chrf"  # causal-lm: character n-gram F-score of greedy generations vs references, 0..1
 
 
 class GateMode(str, Enum):
@@ -120,8 +203,10 @@ class GateConfig(_Stage):
 
     mode: GateMode = Field(GateMode.off, description="off: always publish; threshold: the metric must reach the "
                            "threshold; champion: it must also beat the published model on the same test set.")
-    metric: GateMetric = Field(GateMetric.macro_f1, description="Test-split metric the gate compares.")
-    threshold: float = Field(0.0, ge=0, le=1, description="The challenger's metric must be at least this.")
+    metric: GateMetric | None = Field(None, description="Test-split metric the gate compares; default: the task's "
+                                      "own (macro_f1 for text-classification, perplexity for causal-lm).")
+    threshold: float = Field(0.0, ge=0, description="The challenger's metric must reach this (at most this, for a "
+                             "metric where lower is better, like perplexity).")
 
 
 class PublishConfig(_Stage):
@@ -134,6 +219,7 @@ class PublishConfig(_Stage):
         None, description="Target dataset repo for the predictions; default: '<model repo>-predictions'."
     )
     gate: GateConfig = Field(default_factory=GateConfig)
+    format: PublishFormat = Field(PublishFormat.merged, description="(causal-lm, LoRA) merged model or adapter only.")
 
     @field_validator("repo_id", "predictions_repo_id")
     @classmethod
@@ -148,6 +234,7 @@ class SpaceConfig(_Stage):
     hardware: str | None = Field(None, description="Space hardware flavor, e.g. 'cpu-basic' or 't4-small'.")
     sleep_time_seconds: int | None = Field(None, ge=60, description="Put the Space to sleep after this idle time.")
     timeout_seconds: int = Field(600, ge=10, le=7200, description="How long to wait for the Space to reach RUNNING.")
+    max_new_tokens: int = Field(128, ge=1, le=8192, description="(causal-lm) New tokens per chat answer at most.")
 
     @field_validator("space_id")
     @classmethod
@@ -197,12 +284,26 @@ class PipelineConfig(_Stage):
 
     @model_validator(mode="after")
     def _precision_needs_gpu_mode(self) -> "PipelineConfig":
-        # fp16 on CPU fails deep inside accelerate after the model is loaded; say so before anything runs.
-        if self.train.precision is Precision.fp16:
+        # fp16 and 4-bit bases fail deep inside accelerate/bitsandbytes after the model is loaded; say so first.
+        if self.train.precision is Precision.fp16 or self.train.method is TrainMethod.qlora:
             import torch
 
             if not torch.cuda.is_available():
-                raise ValueError("train.precision=fp16 needs a CUDA GPU; use 'no' or 'bf16' on CPU")
+                field = "train.method=qlora" if self.train.method is TrainMethod.qlora else "train.precision=fp16"
+                raise ValueError(f"{field} needs a CUDA GPU; on CPU use method lora / precision 'no' or 'bf16'")
+        return self
+
+    @model_validator(mode="after")
+    def _settings_fit_the_task(self) -> "PipelineConfig":
+        lm = self.task is TaskType.causal_lm
+        metric = self.publish.gate.metric
+        lm_metrics = (GateMetric.perplexity, GateMetric.exact_match, GateMetric.chrf)
+        if metric is not None and (metric in lm_metrics) != lm:
+            raise ValueError(f"publish.gate.metric={metric.value!r} is not a {self.task.value} metric")
+        if not lm and self.train.method is not TrainMethod.full:
+            raise ValueError(f"train.method={self.train.method.value!r}: text-classification trains every weight (full)")
+        if self.publish.format is PublishFormat.adapter and self.train.method is TrainMethod.full:
+            raise ValueError("publish.format='adapter' needs train.method lora or qlora: a full fine-tune has no adapter")
         return self
 
 

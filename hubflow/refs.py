@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .config import PipelineConfig, TaskType
+from .config import DataShape, PipelineConfig, TaskType
 
 
 class Ref(BaseModel):
@@ -47,7 +47,11 @@ class ModelFacts(Ref):
 
     task: TaskType
     max_length: int
-    label_names: list[str] = []
+    label_names: list[str] = []  # text-classification: index = class id
+    shape: DataShape | None = None  # causal-lm: the data it was trained on
+    chat: bool = False  # causal-lm: prompts are rendered with the tokenizer's chat template
+    chat_template: str | None = None  # causal-lm: a template given in the recipe (the tokenizer had none)
+    adapter_base: PinnedRepo | None = None  # causal-lm adapter repos: the base model the adapter goes on
 
 
 class TokenizedRef(Ref):
@@ -60,10 +64,13 @@ class TokenizedRef(Ref):
 
 
 class CheckpointRef(Ref):
-    """A `save_pretrained` folder (safetensors, tokenizer, `hubflow.json` facts) in the store."""
+    """A `save_pretrained` folder (safetensors, tokenizer, `hubflow.json` facts) in the store; a LoRA run also has
+    the adapter alone (`adapter_uri`), which publish.format=adapter publishes."""
 
     uri: str
     fingerprint: str
+    adapter_uri: str | None = None
+    adapter_fingerprint: str | None = None
     facts: ModelFacts
     base_model: PinnedRepo
     metrics: dict[str, float]

@@ -28,20 +28,18 @@ Client helpers (plain httpx, no Hub token): `set_faults(url, rules, admin=...)`,
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import os
 import random
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .admin import ADMIN_HEADER, admin_token, check_admin
 from .app import Extension
 from .http import Ctx, HubError, Router
 
@@ -49,18 +47,8 @@ log = logging.getLogger("localhub")
 CLASSES = ("download", "upload", "commit", "api", "*")
 STATUS_KINDS = ("429", "500", "502", "503", "504")
 KINDS = STATUS_KINDS + ("slow", "drop")
-ADMIN_HEADER = "X-Localhub-Admin"
-ADMIN_ENV = "LOCALHUB_ADMIN_TOKEN"
 FAULTS_ENV = "LOCALHUB_FAULTS"
-
-
-def admin_token(data_dir: str | Path | None = None, secret: bytes | None = None) -> str:
-    """The admin token of a hub: $LOCALHUB_ADMIN_TOKEN if set, else an HMAC of the hub's secret key."""
-    if os.environ.get(ADMIN_ENV):
-        return os.environ[ADMIN_ENV]
-    if secret is None:
-        secret = (Path(data_dir) / "secret.key").read_bytes()  # type: ignore[arg-type]
-    return hmac.new(secret, b"localhub-admin", hashlib.sha256).hexdigest()
+__all__ = ["ADMIN_HEADER", "Faults", "admin_token", "clear_faults", "get_faults", "set_faults"]  # admin_token: moved
 
 
 @dataclass
@@ -177,12 +165,7 @@ class Faults(Extension):
         return JSONResponse({"error": message}, status_code=int(rule.kind), headers=headers)
 
     async def _admin(self, ctx: Ctx) -> Response:
-        peer = ctx.request.client.host if ctx.request.client else ""
-        if peer not in ("127.0.0.1", "::1", "localhost"):
-            raise HubError(403, None, "fault injection is only reachable from loopback")
-        given = ctx.request.headers.get(ADMIN_HEADER, "")
-        if not hmac.compare_digest(given.encode(), admin_token(secret=ctx.hub.secret).encode()):
-            raise HubError(403, None, f"fault injection needs the header {ADMIN_HEADER} with the hub's admin token")
+        check_admin(ctx, "fault injection")
         if ctx.request.method == "POST":
             rules = self._parse(json.loads(await ctx.request.body() or b"[]"))
             with self.lock:

@@ -62,13 +62,19 @@ def _record(published: PublishedRepo, key: str, description: str) -> None:
 
 
 @task(name="space-inputs")
-def space_inputs(result: PipelineResult, n: int = 3) -> tuple[ModelFacts, list[str], list[tuple[str, str]]]:
-    """From a training run: the model's facts, example texts, and (text, batch answer) pairs to smoke-test."""
+def space_inputs(result: PipelineResult, model: PublishedRepo, space: SpaceConfig,
+                 n: int = 3) -> tuple[ModelFacts, list[str], list[tuple[str, str]]]:
+    """From a training run: the published folder's facts, example inputs, and (input, answer) pairs the live app
+    must give (a classifier's batch predictions; a chat model's greedy answers, computed as the app computes them)."""
+    from hubflow.stages.facts import read_facts
     from hubflow.stages.predict import read_predictions
 
-    facts = result.checkpoint.facts
+    local = hub.model_dir(PinnedRepo(repo_id=model.repo_id, repo_type="model", revision=model.sha, sha=model.sha))
+    facts = read_facts(local)
+    kind = kind_for(facts.task)
     rows = read_predictions(result.predictions).slice(0, n).to_pylist()
-    return facts, [r["text"] for r in rows], kind_for(facts.task).reference_answers(rows)
+    expected = kind.reference_answers(rows, local, facts, space)
+    return facts, [text for text, _ in expected], expected
 
 
 @task(name="pin-model", **NETWORK_RETRIES)
@@ -86,12 +92,11 @@ def describe_model(model: PublishedRepo) -> tuple[ModelFacts, list[str]]:
 
 
 @task(name="reference-predictions", **NETWORK_RETRIES)
-def reference_predictions(model: PublishedRepo, facts: ModelFacts, texts: list[str]) -> list[tuple[str, str]]:
-    """(text, answer) as batch inference answers them: what the live app must answer."""
-    from hubflow.kinds.text_classification.model import predict_texts
-
+def reference_predictions(model: PublishedRepo, facts: ModelFacts, texts: list[str],
+                          space: SpaceConfig) -> list[tuple[str, str]]:
+    """(input, answer) as hubflow's own inference answers them: what the live app must answer."""
     local = hub.model_dir(PinnedRepo(repo_id=model.repo_id, repo_type="model", revision=model.sha, sha=model.sha))
-    return [(t, p["label"]) for t, p in zip(texts, predict_texts(local, texts, max_length=facts.max_length))]
+    return list(zip(texts, kind_for(facts.task).answer_texts(local, texts, facts, space)))
 
 
 @task(name="deploy-space", **NETWORK_RETRIES)

@@ -113,18 +113,29 @@ def make_tiny_bert(dir: str | Path, num_labels: int = 3, seed: int = 0) -> Path:
     return dir
 
 
-def make_tiny_llama(dir: str | Path, seed: int = 0) -> Path:
-    """A randomly initialised 2-layer LlamaForCausalLM folder with a byte-level BPE tokenizer (safetensors)."""
+# A Zephyr-style chat template small enough for the tiny tokenizer: each turn ends with EOS.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def make_tiny_llama(dir: str | Path, seed: int = 0, chat_template: str | None = None, hidden: int = 32,
+                    layers: int = 2) -> Path:
+    """A randomly initialised LlamaForCausalLM folder (2 layers, 32 wide unless told) with a byte-level BPE
+    tokenizer (safetensors); with `chat_template`, the tokenizer carries it."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     dir = Path(dir)
     tokenizer = train_bytelevel_bpe()
+    if chat_template:
+        tokenizer.chat_template = chat_template
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
+        hidden_size=hidden,
+        intermediate_size=hidden + 5,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=MAX_POSITIONS,
@@ -137,6 +148,15 @@ def make_tiny_llama(dir: str | Path, seed: int = 0) -> Path:
     LlamaForCausalLM(config).save_pretrained(dir)
     tokenizer.save_pretrained(dir)
     return dir
+
+
+def chat_rows(n: int, seed: int) -> list[dict]:
+    """Chat rows whose answer is the topic of the user's words, in a fixed reply format: `topic: <label>`."""
+    rows = []
+    for text, label in synthetic_rows(n, seed):
+        rows.append({"messages": [{"role": "user", "content": f"topic of: {text}"},
+                                  {"role": "assistant", "content": f"topic: {LABELS[label]}"}]})
+    return rows
 
 
 def synthetic_rows(n: int, seed: int) -> list[tuple[str, int]]:

@@ -15,7 +15,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 from .. import __version__
 from ..doors import store
 from ..kinds import kind_for
-from ..refs import PipelineResult, PublishedRepo
+from ..refs import ModelFacts, PipelineResult, PublishedRepo
 
 # Front-matter keys that identify what a model repo holds; publish compares them (see tasks/publish.py). The flow
 # run id is recorded but not compared: a cached rerun yields the same model and must not make a new commit.
@@ -23,24 +23,28 @@ MODEL_LINEAGE = ("base_model", "base_model_sha", "dataset", "dataset_sha", "mode
 PREDICTIONS_LINEAGE = ("model_repo", "model_sha", "model_fingerprint", "test_data_fingerprint", "rows")
 
 
-def model_lineage(result: PipelineResult) -> dict[str, Any]:
-    """The `hubflow:` front-matter block of the model card."""
+def model_lineage(result: PipelineResult, fingerprint: str | None = None) -> dict[str, Any]:
+    """The `hubflow:` front-matter block of the model card (`fingerprint`: of the weights published, when they are
+    an adapter rather than the model)."""
     return {
         "base_model": result.base_model.repo_id,
         "base_model_sha": result.base_model.sha,
         "dataset": result.dataset.repo_id if result.dataset else result.raw.source,
         "dataset_sha": result.dataset.sha if result.dataset else result.raw.source_sha,
         "dataset_fingerprint": result.raw.fingerprint,
-        "model_fingerprint": result.checkpoint.fingerprint,
+        "model_fingerprint": fingerprint or result.checkpoint.fingerprint,
         "test_data_fingerprint": result.predictions.data_fingerprint,
         "flow_run_id": result.flow_run_id,
         "hubflow_version": __version__,
     }
 
 
-def model_card(result: PipelineResult, repo_id: str, revision: str, license: str | None = None,
+def model_card(result: PipelineResult, repo_id: str, revision: str, facts: ModelFacts | None = None,
+               fingerprint: str | None = None, license: str | None = None,
                report: dict[str, Any] | None = None) -> ModelCard:
-    """The model repo's README.md; `revision` (a tag or sha) goes into the usage snippet."""
+    """The model repo's README.md; `revision` (a tag or sha) goes into the usage snippet. `facts` and `fingerprint`
+    are those of the folder published (an adapter's name its base), by default the run's model."""
+    facts = facts or result.checkpoint.facts
     report = report if report is not None else store.read_json(result.evaluation.uri)
     kind = kind_for(result.checkpoint.facts.task)
     data_id, data_sha, data_name = _dataset(result)
@@ -52,27 +56,30 @@ def model_card(result: PipelineResult, repo_id: str, revision: str, license: str
     card_data = ModelCardData(
         model_name=repo_id.split("/")[-1],
         base_model=result.base_model.repo_id,
-        base_model_relation="finetune",
+        base_model_relation="adapter" if facts.adapter_base else "finetune",
         datasets=[result.dataset.repo_id] if result.dataset else None,
         license=license,
-        library_name="transformers",
+        library_name="peft" if facts.adapter_base else "transformers",
         pipeline_tag=kind.pipeline_tag,
         tags=["hubflow", kind.pipeline_tag],
         eval_results=[EvalResult(**common, **r) for r in kind.card_eval_results(metrics)],
-        hubflow=model_lineage(result),
+        hubflow=model_lineage(result, fingerprint),
     )
-    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{_model_body(result, repo_id, revision, report)}")
+    body = _model_body(result, repo_id, revision, report, facts, fingerprint or result.checkpoint.fingerprint)
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
 
 
-def _model_body(result: PipelineResult, repo_id: str, revision: str, report: dict[str, Any]) -> str:
+def _model_body(result: PipelineResult, repo_id: str, revision: str, report: dict[str, Any], facts: ModelFacts,
+                fingerprint: str) -> str:
     base, ck, cfg = result.base_model, result.checkpoint, result.config
     kind = kind_for(ck.facts.task)
     data_id, data_sha, _ = _dataset(result)
     m = result.evaluation.metrics
     run = result.flow_run_id or "(not run under Prefect)"
     run_link = f"[{run}]({result.flow_run_url})" if result.flow_run_url else f"`{run}`"
-    hyper = cfg.train.model_dump(mode="json")
-    hyper.update({f"preprocess.{k}": v for k, v in cfg.preprocess.model_dump(mode="json").items()})
+    hyper = cfg.train.model_dump(mode="json", exclude={"lora"} if cfg.train.method.value == "full" else None)
+    hyper.update({f"preprocess.{k}": v for k, v in cfg.preprocess.model_dump(mode="json").items()
+                  if k != "chat_template"})  # a template is code, not a setting: it ships in tokenizer_config.json
     lines = [
         f"# {repo_id.split('/')[-1]}",
         "",
@@ -82,7 +89,7 @@ def _model_body(result: PipelineResult, repo_id: str, revision: str, report: dic
         "## Usage",
         "",
         "```python",
-        kind.card_usage(repo_id, revision),
+        kind.card_usage(repo_id, revision, facts),
         "```",
         "",
         "A private repo needs a token with read access: log in (`hf auth login`) or set `HF_TOKEN`.",
@@ -99,7 +106,7 @@ def _model_body(result: PipelineResult, repo_id: str, revision: str, report: dic
         "|---|---|---|",
         *[f"| {role} | {src} | {rows} |" for role, src, rows in _splits(result)],
         "",
-        f"Weights sha256 (model fingerprint): `{ck.fingerprint}`.",
+        f"Weights sha256 ({'adapter' if facts.adapter_base else 'model'} fingerprint): `{fingerprint}`.",
         "",
         "## Training",
         "",

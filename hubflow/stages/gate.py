@@ -24,9 +24,9 @@ def decide_promotion(result: PipelineResult, cfg: PublishConfig, repo_id: str | 
 
 def judge(result: PipelineResult, cfg: PublishConfig, repo_id: str | None = None) -> tuple[GateDecision, dict | None]:
     """The decision, plus the champion's metrics (None when it was not scored), for the comparison report."""
-    gate, metric = cfg.gate, cfg.gate.metric.value
-    facts = result.checkpoint.facts
+    gate, facts = cfg.gate, result.checkpoint.facts
     kind = kind_for(facts.task)
+    metric = gate.metric.value if gate.metric else kind.default_metric
     mine = result.evaluation.metrics
     better = _better(kind.metrics.get(metric, Direction.higher))
 

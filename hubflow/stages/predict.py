@@ -49,8 +49,9 @@ def predict(
 
     shards = []
     for i, start in enumerate(range(0, n, cfg.shard_size)):
-        # batch_size and max_tokens_per_batch are left out: with attention masks they change padding, not results.
-        key = [FORMAT, model_fingerprint, data_fingerprint, i, cfg.shard_size, str(dtype)]
+        # batch_size and max_tokens_per_batch are left out: with attention masks they change padding, not results;
+        # the kind names the settings that do change them (a causal LM's generation settings).
+        key = [FORMAT, model_fingerprint, data_fingerprint, i, cfg.shard_size, str(dtype), kind.output_settings(cfg)]
         sid = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
         rows = min(cfg.shard_size, n - start)
         shards.append({"index": i, "id": sid, "file": f"shard-{i:05d}-{sid}.parquet", "start": start, "rows": rows})
@@ -61,7 +62,7 @@ def predict(
         if shard["file"] not in existing:
             predictor = predictor or kind.load_predictor(_fetch(model_uri, model_fingerprint), device, dtype)
             part = table.slice(shard["start"], shard["rows"])
-            rows = kind.predict_shard(predictor, part, cfg.batch_size, cfg.max_tokens_per_batch)
+            rows = kind.predict_shard(predictor, part, cfg, shard["index"])
             store.write_parquet(store.join(out_uri, shard["file"]), rows)  # absent or complete, never half
         if on_progress:
             rows_done = shard["start"] + shard["rows"]

@@ -16,10 +16,12 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, ModelCard
 
-from ..config import PublishConfig
+from ..config import PublishConfig, PublishFormat
+from ..errors import PreflightError
 from ..doors import hub, store
 from ..kinds import kind_for
 from ..refs import PinnedRepo, PipelineResult, PublishedRepo
+from .facts import read_facts
 from .card import MODEL_LINEAGE, PREDICTIONS_LINEAGE, model_card, model_lineage, predictions_card, predictions_lineage
 
 ROWS_PER_FILE = 100_000
@@ -49,31 +51,43 @@ def run_tag(result: PipelineResult) -> str:
 # ---- the model --------------------------------------------------------------------------------------------------
 def push_model(result: PipelineResult, cfg: PublishConfig, repo_id: str | None = None) -> PublishedRepo:
     """Checkpoint folder + model card -> one commit on the model repo (created private per `cfg.private`), tagged."""
-    ck = result.checkpoint
+    uri, fingerprint, weights_file = published_folder(result, cfg)
     repo_id = repo_id or target_repos(result, cfg)[0]
     url = hub.ensure_repo(repo_id, "model", cfg.private)
     head = hub.head(repo_id, "model")
     tag = run_tag(result)
-    single = store.exists(store.join(ck.uri, "model.safetensors"))
-    weights = {"model.safetensors": ck.fingerprint} if single else {}  # sharded: the card's fingerprint vouches
-    if _head_holds(repo_id, "model", head, weights, ModelCard, model_lineage(result), MODEL_LINEAGE):
+    single = store.exists(store.join(uri, weights_file))
+    weights = {weights_file: fingerprint} if single else {}  # sharded: the card's fingerprint vouches
+    lineage = model_lineage(result, fingerprint)
+    if _head_holds(repo_id, "model", head, weights, ModelCard, lineage, MODEL_LINEAGE):
         # Only names a commit the tag step of an interrupted publish may have missed; an existing tag is left as is.
         hub.tag(repo_id, "model", tag, head)
         return PublishedRepo(repo_id=repo_id, repo_type="model", sha=head, url=url, created=False, tag=tag)
 
-    card = str(model_card(result, repo_id, tag, license=_license(result.base_model)))
-    _refuse_secrets(card, "the model card")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = store.get_dir(ck.uri, tmp)
-        _check_weights(folder, ck.fingerprint)
+        folder = store.get_dir(uri, tmp)
+        _check_weights(folder, fingerprint)
+        facts = read_facts(folder)
+        card = str(model_card(result, repo_id, tag, facts, fingerprint, license=_license(result.base_model)))
+        _refuse_secrets(card, "the model card")
         files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
         files["README.md"] = card.encode()
-        commit = hub.commit_exactly(repo_id, "model", files, f"hubflow: model {ck.fingerprint[:12]} ({tag})",
+        commit = hub.commit_exactly(repo_id, "model", files, f"hubflow: model {fingerprint[:12]} ({tag})",
                                     f"Fine-tuned from {result.base_model.repo_id}@{result.base_model.sha}.", parent=head)
     created = commit != head  # the client skips a commit whose files are all unchanged and returns the head
     if created:
         hub.tag(repo_id, "model", tag, commit)
     return PublishedRepo(repo_id=repo_id, repo_type="model", sha=commit, url=url, created=created, tag=tag)
+
+
+def published_folder(result: PipelineResult, cfg: PublishConfig) -> tuple[str, str, str]:
+    """(store URI, weights fingerprint, weights file) of what `publish.format` publishes: the model, or the adapter."""
+    ck = result.checkpoint
+    if cfg.format is PublishFormat.adapter:
+        if ck.adapter_uri is None or ck.adapter_fingerprint is None:
+            raise PreflightError("publish.format='adapter': this run trained no adapter (train.method=full)")
+        return ck.adapter_uri, ck.adapter_fingerprint, "adapter_model.safetensors"
+    return ck.uri, ck.fingerprint, "model.safetensors"
 
 
 # ---- the predictions --------------------------------------------------------------------------------------------

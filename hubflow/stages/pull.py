@@ -48,9 +48,9 @@ def write_raw_splits(dsdict, cfg: DataConfig, kind, out_uri: str, source: str, s
     whatever the kind's own checks find (for classifiers: missing values, unusable or single-class labels), before
     anything is written.
     """
-    roles = kind.raw_columns(cfg)
     if cfg.train_split not in dsdict:
         raise ValueError(f"train split {cfg.train_split!r} not in {source}; available splits: {sorted(dsdict)}")
+    roles = kind.raw_columns(cfg, dsdict[cfg.train_split].column_names)
     limits = {cfg.test_split: cfg.max_test_samples, cfg.validation_split: cfg.max_eval_samples,
               cfg.train_split: cfg.max_train_samples}
     splits = {}
@@ -68,7 +68,7 @@ def write_raw_splits(dsdict, cfg: DataConfig, kind, out_uri: str, source: str, s
         if limits.get(name):
             ds = ds.select(range(min(limits[name], len(ds))))  # the first N rows: deterministic, cheap, contiguous
         splits[name] = ds.select_columns(list(dict.fromkeys(roles.values())))
-    kind.check_raw(splits, cfg)
+    kind.check_raw(splits, cfg, roles)
 
     digests = {}
     for name, ds in splits.items():

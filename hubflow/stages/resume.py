@@ -6,7 +6,8 @@ Layout (one run = one out_uri; a Prefect retry reruns with the same out_uri and 
         latest.json            {"dir": "step-00000014-0002"}: the checkpoint a rerun resumes from
         step-SSSSSSSS-NNNN/    one checkpoint: optimizer step S, the run's N-th save (a step can be saved twice:
                                at a multiple of `checkpoint_every_steps`, and after the epoch's evaluation)
-            model.safetensors  the unwrapped model's weights (main process)
+            model.safetensors  the unwrapped model's weights (main process); `trainable.safetensors` instead when
+                               most weights are frozen (LoRA): only the adapters change
             state.pt           {"state": the loop state, "optimizer", "scheduler", "scaler"} (main process)
             rng-<process>.pt   python, numpy, torch and cuda RNG states of each process (its dropout stream)
 
@@ -111,15 +112,13 @@ def _set_rng(rng: dict[str, Any]) -> None:
 
 def save_checkpoint(run: Run, st: LoopState) -> None:
     """Write model, optimizer, scheduler, RNG and loop state; then make it the one a retry resumes from."""
-    from safetensors.torch import save_model
-
     acc = run.accelerator
     name = st.next_dir()
     st.saves += 1
     st.train_seconds = run.seconds()
     with tempfile.TemporaryDirectory() as tmp:
         if acc.is_main_process:
-            save_model(acc.unwrap_model(run.model), f"{tmp}/model.safetensors")
+            save_weights(acc.unwrap_model(run.model), tmp)
             torch.save(
                 {
                     "state": asdict(st),
@@ -143,8 +142,6 @@ def save_checkpoint(run: Run, st: LoopState) -> None:
 
 def load_latest(run: Run, run_key: dict) -> LoopState | None:
     """Restore the latest checkpoint under `{out_uri}/resume` into the prepared objects; None when there is none."""
-    from safetensors.torch import load_model
-
     latest = run.uri("resume", "latest.json")
     if not store.exists(latest):
         return None
@@ -154,7 +151,7 @@ def load_latest(run: Run, run_key: dict) -> LoopState | None:
     _check_same_run(st.run_key, run_key, run.out_uri)
     acc = run.accelerator
     with tempfile.TemporaryDirectory() as tmp:
-        load_model(acc.unwrap_model(run.model), str(store.get_file(store.join(folder, "model.safetensors"), tmp)))
+        load_weights(acc.unwrap_model(run.model), folder, tmp)
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
     if acc.scaler is not None and saved["scaler"]:
@@ -167,6 +164,34 @@ def load_latest(run: Run, run_key: dict) -> LoopState | None:
     st.history["resumed_from"].append(st.step)
     run.progress(st.step / run.total_steps, f"resumed from checkpoint at step {st.step}/{run.total_steps}")
     return st
+
+
+def save_weights(model, folder: str) -> None:
+    """The weights a checkpoint needs: all of them (model.safetensors), or, when most are frozen (LoRA), only the
+    trainable ones (trainable.safetensors): a 1 GB base is not rewritten at every checkpoint."""
+    from safetensors.torch import save_file, save_model
+
+    params = list(model.named_parameters())
+    if all(p.requires_grad for _, p in params):
+        save_model(model, f"{folder}/model.safetensors")
+    else:
+        save_file({n: p.detach().contiguous().cpu() for n, p in params if p.requires_grad},
+                  f"{folder}/trainable.safetensors")
+
+
+def load_weights(model, checkpoint_uri: str, tmp: str) -> None:
+    """Restore what `save_weights` wrote into `model` (in place)."""
+    from safetensors.torch import load_file, load_model
+
+    full = store.join(checkpoint_uri, "model.safetensors")
+    if store.exists(full):
+        load_model(model, str(store.get_file(full, tmp)))
+        return
+    state = load_file(str(store.get_file(store.join(checkpoint_uri, "trainable.safetensors"), tmp)))
+    missing = set(state) - {n for n, _ in model.named_parameters()}
+    if missing:
+        raise ValueError(f"{checkpoint_uri}: weights for parameters this model does not have: {sorted(missing)[:3]}")
+    model.load_state_dict(state, strict=False)
 
 
 def _check_same_run(saved: dict, current: dict, out_uri: str) -> None:

@@ -42,9 +42,12 @@ def default_space_id(model_repo_id: str, cfg: SpaceConfig) -> str:
     return cfg.space_id or f"{model_repo_id}-demo"
 
 
-def space_variables(model: PublishedRepo, examples: list[str], facts: ModelFacts) -> dict[str, str]:
-    """What the app reads from its environment (the kind's space_app/app.py)."""
-    return {"MODEL_ID": model.repo_id, "MODEL_REVISION": model.sha, "MAX_LENGTH": str(facts.max_length),
+def space_variables(model: PublishedRepo, examples: list[str], facts: ModelFacts,
+                    cfg: SpaceConfig | None = None) -> dict[str, str]:
+    """What the app reads from its environment (the kind's space_app/app.py): the model at its sha, examples, and
+    the kind's own settings (a classifier's MAX_LENGTH; a chat model's MAX_NEW_TOKENS, CHAT, adapter base)."""
+    kind_settings = kind_for(facts.task).space_variables(facts, cfg or SpaceConfig())
+    return {"MODEL_ID": model.repo_id, "MODEL_REVISION": model.sha, **kind_settings,
             "EXAMPLES": json.dumps(examples[:10])}
 
 
@@ -56,7 +59,8 @@ def app_files(model: PublishedRepo, space_id: str, facts: ModelFacts, variables:
     files["README.md"] = Template((kind.space_app / "README.md").read_text()).substitute(
         title=f"{name} demo", model_id=model.repo_id, model_url=model.url, revision=model.sha[:10],
         short_description=f"{kind.title} with {name}"[:60], labels=", ".join(facts.label_names),
-        max_length=variables["MAX_LENGTH"], space_id=space_id,
+        max_length=facts.max_length, space_id=space_id, max_new_tokens=variables.get("MAX_NEW_TOKENS", ""),
+        base_model=facts.adapter_base.repo_id if facts.adapter_base else "",
     ).encode()
     record = {"deployed_by": "hubflow", "model": model.repo_id, "revision": model.sha,
               "facts": facts.model_dump(mode="json"), "variables": variables}
@@ -73,7 +77,7 @@ def deploy(
     space_id = default_space_id(model.repo_id, cfg)
     hub.ensure_repo(space_id, "space", cfg.private, space_sdk="gradio")
     hub.set_space_hardware(space_id, cfg.hardware, cfg.sleep_time_seconds)
-    variables = space_variables(model, examples, facts)
+    variables = space_variables(model, examples, facts, cfg)
     hub.set_space_variables(space_id, variables)
     if hub.is_private(model.repo_id, "model"):
         if not token:

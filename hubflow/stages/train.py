@@ -31,6 +31,7 @@ from ..kinds import kind_for
 from ..refs import CheckpointRef, ModelFacts, PinnedRepo, TokenizedRef
 from . import resume
 from .facts import write_facts
+from .memory import check_memory
 from .resume import LoopState
 
 Progress = Callable[[float, str], None]
@@ -98,7 +99,8 @@ def train_model(
     progress = on_progress if (on_progress and accelerator.is_main_process) else (lambda f, m: None)
 
     kind, facts = kind_for(tokenized.facts.task), tokenized.facts
-    model, tokenizer = kind.load_for_training(model_dir, facts, allow_pickle)
+    check_memory(model_dir, cfg, facts.max_length, accelerator.device)  # before a minute of device time is spent
+    model, tokenizer = kind.load_for_training(model_dir, facts, cfg, allow_pickle)
     train_dl, eval_dl = _dataloaders(tokenized, tokenizer, cfg, accelerator, kind)
     optimizer = torch.optim.AdamW(
         _param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, fused=accelerator.device.type == "cuda"
@@ -178,8 +180,9 @@ def _dataloaders(tokenized: TokenizedRef, tokenizer, cfg: TrainConfig, accelerat
     from torch.utils.data import DataLoader
 
     dsd = load_from_disk(tokenized.uri, storage_options=store.storage_options(tokenized.uri))
-    cols = kind.train_columns
-    train, val = dsd["train"].select_columns(cols), dsd["validation"].select_columns(cols)
+    # The kind's training columns that this data has (packed causal-LM rows also carry position ids).
+    train, val = (dsd[s].select_columns([c for c in kind.train_columns if c in dsd[s].column_names])
+                  for s in ("train", "validation"))
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"{tokenized.uri}: train and validation splits must not be empty")
 
@@ -228,10 +231,11 @@ def _flush_losses(run: resume.Run, st: LoopState, pending: list) -> None:
 
 
 def weights_fingerprint(folder: str | Path) -> str:
-    """sha256 of the weights of a save_pretrained folder (model.safetensors, or its shards in name order)."""
+    """sha256 of the weights of a save_pretrained folder (model.safetensors or adapter_model.safetensors, or the
+    shards in name order)."""
     folder = Path(folder)
-    single = folder / "model.safetensors"
-    files = [single] if single.exists() else sorted(folder.glob("*.safetensors"))
+    single = next((f for f in (folder / "model.safetensors", folder / "adapter_model.safetensors") if f.exists()), None)
+    files = [single] if single else sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no safetensors weights in {folder}")
     return store.sha256_files(files)
@@ -245,27 +249,27 @@ def _hardware(accelerator, precision: str) -> str:
 
 
 def _finalize(run: resume.Run, st: LoopState, tokenizer, facts: ModelFacts, base_model: PinnedRepo) -> CheckpointRef:
-    """Write the best weights as a save_pretrained folder, plus history and the ref; every process returns the ref."""
-    from safetensors.torch import load_model
-
+    """Write the best weights as save_pretrained folders (the kind's: `model`, and `adapter` for LoRA), plus history
+    and the ref; every process returns the ref."""
     acc = run.accelerator
     ref_uri = run.uri("checkpoint_ref.json")
     if acc.is_main_process:
         model = acc.unwrap_model(run.model)
+        fingerprints = {}
         with tempfile.TemporaryDirectory() as tmp:
-            best = run.uri("resume", st.best_dir, "model.safetensors")
-            load_model(model, str(store.get_file(best, tmp)))
-            out = Path(tmp, "model")
-            model.save_pretrained(out)  # transformers 5 always writes safetensors (no safe_serialization flag)
-            tokenizer.save_pretrained(out)
-            write_facts(out, facts)  # the model's facts travel with its weights (and are published with them)
-            fingerprint = weights_fingerprint(out)
-            store.remove(run.uri("model"))  # no stale files from an earlier layout survive next to the new ones
-            store.put_dir(out, run.uri("model"))
+            resume.load_weights(model, run.uri("resume", st.best_dir), tmp)
+            for name, folder in kind_for(facts.task).save_model(model, tokenizer, Path(tmp, "out"), base_model).items():
+                # The model's facts travel with its weights (and are published with them); an adapter names its base.
+                write_facts(folder, facts if name == "model" else facts.model_copy(update={"adapter_base": base_model}))
+                fingerprints[name] = weights_fingerprint(folder)
+                store.remove(run.uri(name))  # no stale files from an earlier layout survive next to the new ones
+                store.put_dir(folder, run.uri(name))
         store.write_json(run.uri("history.json"), st.history)
         ref = CheckpointRef(
             uri=run.uri("model"),
-            fingerprint=fingerprint,
+            fingerprint=fingerprints["model"],
+            adapter_uri=run.uri("adapter") if "adapter" in fingerprints else None,
+            adapter_fingerprint=fingerprints.get("adapter"),
             facts=facts,
             base_model=base_model,
             metrics={k: float(v) for k, v in st.best.items() if k.startswith("eval_")},

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ...config import DataConfig, TaskType
+from ...config import DataConfig, InferenceConfig, SpaceConfig, TaskType, TrainConfig
 from ...refs import ModelFacts
 from .. import Direction
 from . import data, metrics
@@ -21,6 +21,7 @@ class TextClassification:
     pipeline_tag = "text-classification"
     title = "Text classification"
     metrics = {"accuracy": Direction.higher, "macro_f1": Direction.higher}
+    default_metric = "macro_f1"
     space_app = Path(__file__).parent / "space_app"
     modules = ("hubflow.kinds.text_classification",)
 
@@ -31,12 +32,12 @@ class TextClassification:
         return TRAIN_COLUMNS
 
     # ---- data
-    def raw_columns(self, data_cfg: DataConfig) -> dict[str, str]:
+    def raw_columns(self, data_cfg: DataConfig, available: list[str]) -> dict[str, str]:
         if data_cfg.text_column == data_cfg.label_column:
             raise ValueError(f"data.text_column and data.label_column are both {data_cfg.text_column!r}")
         return {"text": data_cfg.text_column, "label": data_cfg.label_column}
 
-    def check_raw(self, splits: dict, data_cfg: DataConfig) -> None:
+    def check_raw(self, splits: dict, data_cfg: DataConfig, columns: dict[str, str]) -> None:
         data.check_raw(splits, data_cfg)
 
     def prepare(self, raw, model_dir, cfg, data_cfg, out_uri):
@@ -47,7 +48,7 @@ class TextClassification:
                                       data_cfg.max_test_samples)
 
     # ---- training
-    def load_for_training(self, model_dir, facts, allow_pickle=False):
+    def load_for_training(self, model_dir: str, facts: ModelFacts, cfg: TrainConfig, allow_pickle: bool = False):
         from .model import load_for_training
 
         return load_for_training(model_dir, facts, allow_pickle)
@@ -66,16 +67,24 @@ class TextClassification:
         # Best = highest macro-F1 (accuracy hides a neglected class); on a tie, the lower validation loss.
         return m["eval_macro_f1"], -m["eval_loss"]
 
+    def save_model(self, model, tokenizer, out: Path, base_model) -> dict[str, Path]:
+        model.save_pretrained(out / "model")  # transformers 5 always writes safetensors
+        tokenizer.save_pretrained(out / "model")
+        return {"model": out / "model"}
+
     # ---- inference and evaluation
     def load_predictor(self, folder, device, dtype):
         from .model import Classifier
 
         return Classifier.load(folder, device, dtype)
 
-    def predict_shard(self, predictor, part, batch_size: int, max_tokens: int):
+    def output_settings(self, cfg: InferenceConfig) -> dict[str, Any]:
+        return {}  # batch size and the token budget change padding, not probabilities (attention masks)
+
+    def predict_shard(self, predictor, part, cfg: InferenceConfig, shard_index: int):
         from .model import shard_rows
 
-        probs = predictor.probs(part.column("input_ids"), batch_size, max_tokens)
+        probs = predictor.probs(part.column("input_ids"), cfg.batch_size, cfg.max_tokens_per_batch)
         return shard_rows(part, probs, predictor.label_names)
 
     def score(self, table, facts: ModelFacts) -> dict[str, Any]:
@@ -123,7 +132,7 @@ class TextClassification:
                 dict(metric_type="f1", metric_name="Macro F1", metric_value=m["macro_f1"],
                      metric_args={"average": "macro"})]
 
-    def card_usage(self, repo_id: str, revision: str) -> str:
+    def card_usage(self, repo_id: str, revision: str, facts: ModelFacts) -> str:
         return "\n".join([
             "from transformers import pipeline", "",
             f'classifier = pipeline("text-classification", model="{repo_id}", revision="{revision}")',
@@ -146,8 +155,17 @@ class TextClassification:
                 ("pred", "predicted class id"), ("pred_label", "predicted class name"),
                 ("score", "probability of the predicted class")]
 
-    def reference_answers(self, rows: list[dict]) -> list[tuple[str, str]]:
-        return [(r["text"], r["pred_label"]) for r in rows]
+    def space_variables(self, facts: ModelFacts, space: SpaceConfig) -> dict[str, str]:
+        return {"MAX_LENGTH": str(facts.max_length)}
+
+    def reference_answers(self, rows: list[dict], model_dir: str, facts: ModelFacts,
+                          space: SpaceConfig) -> list[tuple[str, str]]:
+        return [(r["text"], r["pred_label"]) for r in rows]  # the batch predictions themselves
+
+    def answer_texts(self, model_dir: str, texts: list[str], facts: ModelFacts, space: SpaceConfig) -> list[str]:
+        from .model import predict_texts
+
+        return [p["label"] for p in predict_texts(model_dir, texts, max_length=facts.max_length)]
 
     def ask_space(self, client, text: str) -> str:
         return client.predict(text, api_name="/predict")["label"]

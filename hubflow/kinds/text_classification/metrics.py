@@ -7,10 +7,11 @@ rendering (markdown tables for artifacts and cards, PNG figures).
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
+
+from ...figures import loss_curve, png
 
 
 def score(table, label_names: list[str]) -> dict[str, Any]:
@@ -109,21 +110,11 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def render_figures(report: dict[str, Any], history: dict[str, Any] | None) -> dict[str, bytes]:
     """PNG bytes: `confusion_matrix.png` always, `loss_curve.png` when a training history is given."""
-    # Figure objects, not pyplot: no global figure registry, so this is safe in a threaded Prefect worker.
     from matplotlib.figure import Figure
 
     out: dict[str, bytes] = {}
     if history and history.get("steps"):
-        fig = Figure(figsize=(6, 3.5), dpi=100)
-        ax = fig.subplots()
-        ax.plot([s["step"] for s in history["steps"]], [s["loss"] for s in history["steps"]], lw=1, label="train loss")
-        evals = history.get("evals") or []
-        if evals:
-            ax.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="validation loss")
-        ax.set(xlabel="optimizer step", ylabel="loss", title="Training loss")
-        ax.legend()
-        fig.tight_layout()
-        out["loss_curve.png"] = _png(fig)
+        out["loss_curve.png"] = loss_curve(history)
 
     names = report["label_names"]
     cm = np.asarray(report["confusion_matrix"])
@@ -138,14 +129,8 @@ def render_figures(report: dict[str, Any], history: dict[str, Any] | None) -> di
     for (t, p), v in np.ndenumerate(cm):
         ax.text(p, t, str(v), ha="center", va="center", color="white" if v > threshold else "black")
     fig.tight_layout()
-    out["confusion_matrix.png"] = _png(fig)
+    out["confusion_matrix.png"] = png(fig)
     return out
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 def _cell(text: str) -> str:

@@ -1,0 +1,206 @@
+"""Causal language modelling: fine-tune a decoder (full, LoRA or QLoRA) on chat, prompt/completion or raw text.
+
+Data: see data.py (rendered with the chat template, loss on the answer and its EOS, raw text packed into blocks).
+Metrics: loss and perplexity of the test references (lower is better; the best checkpoint has the lowest validation
+loss), and for rows with an answer, exact match and chrF of greedy generations. Predictions: one generated completion
+per prompt with its new-token count and finish reason. Space: a gradio ChatInterface that streams (space_app/).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ...config import DataConfig, DataShape, InferenceConfig, SpaceConfig, TaskType, TrainConfig
+from ...refs import ModelFacts
+from .. import Direction
+from . import data, metrics
+
+
+class CausalLM:
+    task = TaskType.causal_lm
+    pipeline_tag = "text-generation"
+    title = "Chat"
+    metrics = {"perplexity": Direction.lower, "loss": Direction.lower, "exact_match": Direction.higher,
+               "chrf": Direction.higher}
+    default_metric = "perplexity"
+    space_app = Path(__file__).parent / "space_app"
+    modules = ("hubflow.kinds.causal_lm",)
+    train_columns = ["input_ids", "labels", "position_ids"]
+
+    # ---- data
+    def raw_columns(self, data_cfg: DataConfig, available: list[str]) -> dict[str, str]:
+        return data.roles(data_cfg, available)
+
+    def check_raw(self, splits: dict, data_cfg: DataConfig, columns: dict[str, str]) -> None:
+        data.check_raw(splits, data_cfg, columns)
+
+    def prepare(self, raw, model_dir, cfg, data_cfg, out_uri):
+        return data.prepare(raw, model_dir, cfg, data_cfg, out_uri)
+
+    def prepare_inference(self, ds, data_cfg: DataConfig, model_dir: str, facts: ModelFacts, out_root: str):
+        return data.prepare_inference(ds, data_cfg, model_dir, facts, out_root, data_cfg.test_split,
+                                      data_cfg.max_test_samples)
+
+    # ---- training
+    def load_for_training(self, model_dir: str, facts: ModelFacts, cfg: TrainConfig, allow_pickle: bool = False):
+        from .model import load_for_training
+
+        return load_for_training(model_dir, facts, cfg, allow_pickle)
+
+    def collator(self, tokenizer, on_gpu: bool):
+        from .model import Collator
+
+        return Collator(tokenizer.pad_token_id, 8 if on_gpu else None)
+
+    def validate(self, model, eval_dl, accelerator, facts: ModelFacts) -> dict[str, float]:
+        from .model import validate
+
+        return validate(model, eval_dl, accelerator)
+
+    def rank(self, m: dict[str, float]) -> tuple:
+        return (-m["eval_loss"],)  # the lowest validation loss per token
+
+    def save_model(self, model, tokenizer, out: Path, base_model) -> dict[str, Path]:
+        from .model import pin_adapter_base, save_model
+
+        folders = save_model(model, tokenizer, out)
+        if "adapter" in folders:
+            pin_adapter_base(folders["adapter"], base_model.repo_id, base_model.sha)
+        return folders
+
+    # ---- inference and evaluation
+    def output_settings(self, cfg: InferenceConfig) -> dict[str, Any]:
+        return cfg.generation.model_dump(mode="json")  # every generation setting changes the completions
+
+    def load_predictor(self, folder, device, dtype):
+        from .model import Generator
+
+        return Generator.load(folder, device, dtype)
+
+    def predict_shard(self, predictor, part, cfg: InferenceConfig, shard_index: int):
+        """Rows of one shard -> completions (when the rows have prompts) and reference NLLs (when they have labels)."""
+        import pyarrow as pa
+
+        n = part.num_rows
+        columns = {"row_id": part.column("row_id").cast(pa.int64())}
+        for name in ("message", "prompt", "reference"):
+            columns[name] = part.column(name) if name in part.column_names else pa.array([""] * n)
+        prompt_ids = part.column("prompt_ids").to_pylist()
+        generate = any(prompt_ids)
+        results = predictor.generate(prompt_ids, cfg.generation, cfg.batch_size, cfg.max_tokens_per_batch,
+                                     seed=cfg.generation.seed + shard_index) if generate else [("", 0, None)] * n
+        columns["completion"] = pa.array([c for c, _, _ in results], pa.string())
+        columns["new_tokens"] = pa.array([k for _, k, _ in results], pa.int64())
+        columns["finish_reason"] = pa.array([f for _, _, f in results], pa.string())
+        if "labels" in part.column_names:
+            scores = predictor.nll(part.column("input_ids").to_pylist(), part.column("labels").to_pylist(),
+                                   cfg.batch_size)
+            columns["nll"] = pa.array([s for s, _ in scores], pa.float64())
+            columns["tokens"] = pa.array([k for _, k in scores], pa.int64())
+        return pa.table(columns)
+
+    def score(self, table, facts: ModelFacts) -> dict[str, Any]:
+        return metrics.score(table)
+
+    def headline(self, report: dict[str, Any]) -> dict[str, float]:
+        return metrics.headline(report)
+
+    def render(self, report, history):
+        return metrics.render_markdown(report), metrics.render_figures(report, history)
+
+    def summarize(self, table) -> str:
+        finished = table.column("finish_reason").to_pylist()
+        counts = {k: finished.count(k) for k in sorted({f for f in finished if f})}
+        new = table.column("new_tokens").to_pylist()
+        return "\n".join(["| finish reason | rows |", "|---|---:|", *[f"| {k} | {v} |" for k, v in counts.items()],
+                          "", f"mean new tokens: {sum(new) / max(len(new), 1):.1f}"])
+
+    def score_model(self, model_dir: str, table, facts: ModelFacts, batch_size: int) -> dict[str, float]:
+        """Another model (the champion) on the same rows: the NLL of each rendered target after its prompt, both
+        tokenized by that model's tokenizer; perplexity over all of them."""
+        import math
+
+        from ...devices import device_and_dtype
+        from .model import Generator
+
+        gen = Generator.load(model_dir, *device_and_dtype())
+        rows = [r for r in table.to_pylist() if r.get("tokens")]
+        prompts = gen.tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
+        targets = gen.tokenizer([r["target"] for r in rows], add_special_tokens=False)["input_ids"]
+        ids = [p + t for p, t in zip(prompts, targets)]
+        labels = [[data.IGNORE] * len(p) + t for p, t in zip(prompts, targets)]
+        scores = gen.nll(ids, labels, batch_size)
+        loss = sum(s for s, _ in scores) / max(sum(k for _, k in scores), 1)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+    # ---- publishing and the Space
+    def card_summary(self, facts: ModelFacts, m: dict[str, float], rows: int) -> str:
+        shown = [f"perplexity **{m['perplexity']:.3f}**"]
+        if "exact_match" in m:
+            shown += [f"exact match **{m['exact_match']:.4f}**", f"chrF **{m['chrf']:.4f}**"]
+        what = {DataShape.chat: "chat", DataShape.prompt_completion: "prompt/completion",
+                DataShape.text: "raw text"}.get(facts.shape, "text")
+        return f"A causal language model fine-tuned on {what} data. Test {', '.join(shown)} on {rows} rows."
+
+    def card_eval_results(self, m: dict[str, float]) -> list[dict[str, Any]]:
+        out = [dict(metric_type="perplexity", metric_name="Perplexity", metric_value=m["perplexity"])]
+        if "exact_match" in m:
+            out += [dict(metric_type="exact_match", metric_name="Exact match", metric_value=m["exact_match"]),
+                    dict(metric_type="chrf", metric_name="chrF", metric_value=m["chrf"])]
+        return out
+
+    def card_usage(self, repo_id: str, revision: str, facts: ModelFacts) -> str:
+        if facts.adapter_base is not None:
+            base = facts.adapter_base
+            return "\n".join([
+                "from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                f'base = AutoModelForCausalLM.from_pretrained("{base.repo_id}", revision="{base.sha}")',
+                f'model = PeftModel.from_pretrained(base, "{repo_id}", revision="{revision}")',
+                f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}", revision="{revision}")'])
+        call = 'chat([{"role": "user", "content": "Your message"}], max_new_tokens=64)' if facts.chat else \
+            'chat("Your prompt", max_new_tokens=64)'
+        return "\n".join(["from transformers import pipeline", "",
+                          f'chat = pipeline("text-generation", model="{repo_id}", revision="{revision}")', call])
+
+    def prediction_files_table(self, table, facts: ModelFacts):
+        keep = ("row_id", "message", "reference", "completion", "new_tokens", "finish_reason")
+        return table.select([c for c in keep if c in table.column_names])
+
+    def prediction_columns(self, facts: ModelFacts) -> list[tuple[str, str]]:
+        return [("row_id", "row index in the test split (the prompt id)"), ("message", "the user's last message"),
+                ("reference", "the answer in the data"), ("completion", "the generated answer (greedy)"),
+                ("new_tokens", "tokens generated"), ("finish_reason", "eos, stop (a stop string) or length")]
+
+    def space_variables(self, facts: ModelFacts, space: SpaceConfig) -> dict[str, str]:
+        variables = {"MAX_NEW_TOKENS": str(space.max_new_tokens), "CHAT": "1" if facts.chat else "0"}
+        if facts.adapter_base is not None:
+            variables.update(BASE_MODEL_ID=facts.adapter_base.repo_id, BASE_MODEL_REVISION=facts.adapter_base.sha)
+        return variables
+
+    def reference_answers(self, rows: list[dict], model_dir: str, facts: ModelFacts,
+                          space: SpaceConfig) -> list[tuple[str, str]]:
+        messages = [r["message"] for r in rows if r.get("message")]
+        return list(zip(messages, self.answer_texts(model_dir, messages, facts, space)))
+
+    def answer_texts(self, model_dir: str, texts: list[str], facts: ModelFacts, space: SpaceConfig) -> list[str]:
+        """What the chat app answers: each message alone (no padding), greedy, the Space's max_new_tokens."""
+        from ...config import GenerationConfig
+        from ...devices import device_and_dtype
+        from .model import Generator
+
+        gen = Generator.load(model_dir, *device_and_dtype())
+        prompts = [gen.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                                     add_generation_prompt=True) if facts.chat else t for t in texts]
+        ids = gen.tokenizer(prompts, add_special_tokens=not facts.chat)["input_ids"]
+        settings = GenerationConfig(max_new_tokens=space.max_new_tokens)
+        return [gen.generate([p], settings, 1, 1 << 62)[0][0] for p in ids]
+
+    def ask_space(self, client, text: str) -> str:
+        return client.predict(text, api_name="/chat")
+
+    def answers_match(self, got: str, want: str | None, facts: ModelFacts) -> bool:
+        return got.strip() == want.strip() if want is not None else isinstance(got, str) and bool(got.strip())
+
+
+KIND = CausalLM()

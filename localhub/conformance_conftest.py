@@ -1,0 +1,139 @@
+"""The conftest.py of the conformance run: copied next to huggingface_hub's own tests (see localhub/conformance.py).
+
+huggingface_hub's PyPI source archive ships its tests without their conftest.py, so this one supplies what the four
+modules use (`api`, `repo_factory`, a temporary cache per test, the Xet and production markers), pointed at the
+localhub in $HF_ENDPOINT. It also records, per test, whether any request reached that localhub: only those tests
+count towards the conformance rate (the others are unit tests of the client, or need huggingface.co).
+Not a module of localhub: it is never imported by it, only copied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Generator, Protocol
+from urllib.parse import urlsplit
+
+import httpx2
+import pytest
+
+from huggingface_hub import HfApi, RepoUrl, constants
+from huggingface_hub.utils import SoftTemporaryDirectory
+
+from .testing_constants import ENDPOINT_STAGING, TOKEN
+from .testing_utils import repo_name
+
+_HUB = urlsplit(ENDPOINT_STAGING).netloc
+_REPORT = os.environ.get("LOCALHUB_CONFORMANCE_REPORT")
+_sent = [0]  # requests sent to the localhub so far
+_test_start: dict[str, int] = {}  # node id -> _sent when its setup began
+_talking_fixtures: set[int] = set()  # id() of wider-scoped fixture definitions whose setup sent requests
+
+
+def _counting(send):
+    def wrapper(self, request, *args, **kwargs):
+        netloc = request.url.netloc
+        if (netloc.decode() if isinstance(netloc, bytes) else netloc) == _HUB:
+            _sent[0] += 1
+        return send(self, request, *args, **kwargs)
+
+    return wrapper
+
+
+# Every client (HfApi's shared session, a test's own httpx2 call) sends through Client.send.
+httpx2.Client.send = _counting(httpx2.Client.send)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    # A class-scoped fixture (a repo shared by the class) talks once, in the first test's setup; every test of the
+    # class depends on it, so it counts for all of them.
+    before = _sent[0]
+    yield
+    if _sent[0] > before and fixturedef.scope != "function":
+        _talking_fixtures.add(id(fixturedef))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _test_start.setdefault(item.nodeid, _sent[0])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    outcome = yield
+    report = outcome.get_result()
+    # One line per phase that decides the outcome: a setup error, a skip, the call, a teardown error.
+    if not _REPORT or not (report.when == "call" or report.failed or report.skipped):
+        return
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    talked = _sent[0] > _test_start.get(item.nodeid, _sent[0]) or any(
+        id(d) in _talking_fixtures for ds in defs.values() for d in ds)
+    reason = ""
+    if report.failed:
+        reason = report.longreprtext.strip().splitlines()[-1][:300] if report.longreprtext else ""
+    elif report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])[:300]
+    with open(_REPORT, "a") as f:
+        f.write(json.dumps({"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
+                            "talked": talked, "reason": reason}) + "\n")
+
+
+@pytest.fixture(autouse=True)
+def patch_constants(monkeypatch: pytest.MonkeyPatch) -> Generator[None, None, None]:
+    """A fresh cache and token path per test, as upstream's conftest does."""
+    with SoftTemporaryDirectory() as cache_dir:
+        for name, sub in (("HF_HOME", ""), ("HF_HUB_CACHE", "hub"), ("HF_XET_CACHE", "xet"),
+                          ("HUGGINGFACE_HUB_CACHE", "hub"), ("HF_ASSETS_CACHE", "assets"),
+                          ("HF_TOKEN_PATH", "token"), ("HF_STORED_TOKENS_PATH", "stored_tokens")):
+            monkeypatch.setattr(constants, name, os.path.join(cache_dir, sub) if sub else cache_dir)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_EXPERIMENTAL_WARNING", True)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def xet_mode(request: pytest.FixtureRequest) -> None:
+    """localhub speaks LFS, not Xet: tests that need Xet are out of scope (the runner deselects them too)."""
+    if request.node.get_closest_marker("xet") is not None:
+        pytest.skip("needs Xet (out of scope for localhub)")
+
+
+@pytest.fixture(autouse=True)
+def production_marker(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("production") is not None:
+        pytest.skip("runs against huggingface.co (no network here)")
+
+
+@pytest.fixture(autouse=True)
+def git_lfs_marker(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("git_lfs") is not None:
+        pytest.skip("needs git-lfs and a git remote")
+
+
+@pytest.fixture(scope="session")
+def api() -> HfApi:
+    return HfApi(endpoint=ENDPOINT_STAGING, token=TOKEN)
+
+
+class RepoFactory(Protocol):
+    def __call__(self, repo_type: str = "model", **kwargs) -> RepoUrl: ...
+
+
+@pytest.fixture
+def repo_factory(api: HfApi) -> Generator[RepoFactory, None, None]:
+    """Create repos for a test and delete them when it ends."""
+    created: list[tuple[str, str, str | None]] = []
+
+    def factory(repo_type: str = "model", **kwargs) -> RepoUrl:
+        if repo_type == "space" and "space_sdk" not in kwargs:
+            kwargs["space_sdk"] = "gradio"
+        kwargs.setdefault("repo_id", repo_name(prefix=repo_type))
+        url = api.create_repo(repo_type=repo_type, **kwargs)
+        created.append((url.repo_id, repo_type, kwargs.get("token")))
+        return url
+
+    yield factory
+    for repo_id, repo_type, token in created:
+        try:
+            api.delete_repo(repo_id=repo_id, repo_type=repo_type, token=token)
+        except Exception:
+            pass
