@@ -48,7 +48,8 @@ CLASSES = ("download", "upload", "commit", "api", "*")
 STATUS_KINDS = ("429", "500", "502", "503", "504")
 KINDS = STATUS_KINDS + ("slow", "drop")
 FAULTS_ENV = "LOCALHUB_FAULTS"
-__all__ = ["ADMIN_HEADER", "Faults", "admin_token", "clear_faults", "get_faults", "set_faults"]  # admin_token: moved
+# admin_token lives in localhub/admin.py; it stays importable from here, its first home.
+__all__ = ["ADMIN_HEADER", "Faults", "admin_token", "clear_faults", "get_faults", "set_faults"]
 
 
 @dataclass

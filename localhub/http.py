@@ -132,6 +132,7 @@ def iso(ts: float) -> str:
 REPO_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 TYPE_OF_PLURAL = {"models": "model", "datasets": "dataset", "spaces": "space"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,95}$")  # the Hub's user names may start with "_"
 
 
 def authenticate(tokens: dict[str, User], authorization: str | None) -> User | None:
@@ -145,35 +146,70 @@ def authenticate(tokens: dict[str, User], authorization: str | None) -> User | N
     return user
 
 
-def can_read(user: User | None, repo: Repo) -> bool:
-    return not repo.private or (user is not None and user.name == repo.namespace)
+def namespace_role(ctx: Ctx, namespace: str) -> str | None:
+    """The caller's role in a namespace (localhub/teams.py): admin of its own, its org role, else None. A read
+    token caps it at read: it may see what the role sees, never change it."""
+    user = ctx.user
+    if user is None:
+        return None
+    role = ctx.hub.teams.role(user.name, namespace)
+    return "read" if role and user.role != "write" else role
+
+
+def can_read(ctx: Ctx, repo: Repo) -> bool:
+    return not repo.private or namespace_role(ctx, repo.namespace) is not None
+
+
+def not_found(ctx: Ctx) -> HubError:
+    """The Hub's RepoNotFound (401 anonymous, 404 signed in): the same for a missing repo and a hidden one."""
+    return HubError(
+        401 if ctx.user is None else 404,
+        "RepoNotFound",
+        f"Repository Not Found for url: {ctx.request.url.path}. Please make sure you specified the correct "
+        "`repo_id` and `repo_type`. If you are trying to access a private or gated repo, make sure you are "
+        "authenticated.",
+    )
+
+
+class Moved(Exception):
+    """The repo was renamed: the dispatcher answers 307 to the same path under the new id (the Hub's redirect)."""
+
+    def __init__(self, old_id: str, new_id: str):
+        super().__init__(f"{old_id} -> {new_id}")
+        self.old_id, self.new_id = old_id, new_id
 
 
 def repo_for_read(ctx: Ctx, type_: str, repo_id: str) -> Repo:
-    """The repo if the caller may see it; otherwise the Hub's RepoNotFound (401 anonymous, 404 signed in)."""
+    """The repo if the caller may see it; a renamed repo's old id redirects (`Moved`); otherwise RepoNotFound."""
     repo = ctx.storage.get_repo(type_, repo_id)
-    if repo is None or not can_read(ctx.user, repo):
-        status = 401 if ctx.user is None else 404
-        raise HubError(
-            status,
-            "RepoNotFound",
-            f"Repository Not Found for url: {ctx.request.url.path}. Please make sure you specified the correct "
-            "`repo_id` and `repo_type`. If you are trying to access a private or gated repo, make sure you are "
-            "authenticated.",
-        )
+    if repo is None:
+        moved = ctx.storage.redirect_for(type_, repo_id)
+        if moved is not None and can_read(ctx, moved):
+            raise Moved(repo_id, moved.id)
+    if repo is None or not can_read(ctx, repo):
+        raise not_found(ctx)
     return repo
 
 
 def check_write(ctx: Ctx, namespace: str) -> User:
-    """A write needs a write token of the namespace's owner: 401 anonymous, 403 otherwise."""
+    """A write needs a write token of the namespace's owner or of a write/admin member of its org: 401 anonymous,
+    403 otherwise."""
     user = ctx.user
     if user is None:
         raise HubError(401, None, "You must be authenticated to write to the Hub (no token sent)")
     if user.role != "write":
         raise HubError(403, None, f"You don't have the rights to write to {namespace}: your token is read-only")
-    if user.name != namespace:
+    if namespace_role(ctx, namespace) not in ("write", "admin"):
         raise HubError(403, None, f"You don't have the rights to write to the namespace {namespace!r}")
     return user
+
+
+def can_write(ctx: Ctx, repo: Repo) -> bool:
+    try:
+        check_write(ctx, repo.namespace)
+    except HubError:
+        return False
+    return True
 
 
 def repo_for_write(ctx: Ctx, type_: str, repo_id: str) -> Repo:

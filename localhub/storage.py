@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS refs (
   rid INTEGER NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, oid TEXT NOT NULL, PRIMARY KEY(rid, kind, name));
 CREATE TABLE IF NOT EXISTS webhooks (
   id TEXT PRIMARY KEY, owner TEXT NOT NULL, body JSON NOT NULL);
+CREATE INDEX IF NOT EXISTS repos_nocase ON repos(type, namespace COLLATE NOCASE, name COLLATE NOCASE);
+CREATE TABLE IF NOT EXISTS redirects (
+  type TEXT NOT NULL, namespace TEXT NOT NULL COLLATE NOCASE, name TEXT NOT NULL COLLATE NOCASE, rid INTEGER NOT NULL,
+  PRIMARY KEY(type, namespace, name));
 """
 
 
@@ -73,6 +77,10 @@ def check_path(path: str) -> str:
     parts = path.split("/") if isinstance(path, str) else [""]
     if not path or len(path) > 1000 or "\0" in path or any(p in ("", ".", "..", ".git") for p in parts):
         raise HubError(400, None, f"Invalid path in repo: {str(path)[:200]!r}")
+    if ".." in path.replace("\\", "/").split("/"):
+        # `..\x` is a plain name to git, a parent directory to a Windows client that downloads it: the Hub refuses
+        # it as unprocessable (422), not as malformed.
+        raise HubError(422, None, f"Invalid path in repo (a '..' segment once backslashes are separators): {path[:200]!r}")
     return path
 
 
@@ -203,31 +211,63 @@ class Storage:
             return self.db.execute(sql, args).fetchall()
 
     def get_repo(self, type_: str, repo_id: str) -> Repo | None:
+        """The repo by id, case-insensitively as on the Hub (`Repo.id` keeps the spelling it was created with)."""
         ns, _, name = repo_id.partition("/")
-        rows = self._rows("SELECT * FROM repos WHERE type=? AND namespace=? AND name=?", (type_, ns, name))
+        rows = self._rows("SELECT * FROM repos WHERE type=? AND namespace=? COLLATE NOCASE AND name=? COLLATE NOCASE",
+                          (type_, ns, name))
         return _repo(rows[0]) if rows else None
+
+    def redirect_for(self, type_: str, repo_id: str) -> Repo | None:
+        """The repo a renamed id now points to (None if it never moved, or the repo is gone)."""
+        ns, _, name = repo_id.partition("/")
+        rows = self._rows("SELECT r.* FROM redirects d JOIN repos r ON r.rid = d.rid "
+                          "WHERE d.type=? AND d.namespace=? AND d.name=?", (type_, ns, name))
+        return _repo(rows[0]) if rows else None
+
+    def move_repo(self, repo: Repo, new_id: str) -> Repo:
+        """Rename (or transfer) a repo; the old id keeps redirecting to it. 409 if the new id is taken."""
+        ns, _, name = new_id.partition("/")
+        with self.lock:
+            taken = self.get_repo(repo.type, new_id)
+            if taken is not None and taken.rid != repo.rid:
+                raise HubError(409, None, f"A {repo.type} repository called {new_id} already exists")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("UPDATE repos SET namespace=?, name=? WHERE rid=?", (ns, name, repo.rid))
+                self.db.execute("DELETE FROM redirects WHERE type=? AND namespace=? AND name=?", (repo.type, ns, name))
+                if repo.id.lower() != new_id.lower():
+                    self.db.execute("INSERT OR REPLACE INTO redirects(type, namespace, name, rid) VALUES (?,?,?,?)",
+                                    (repo.type, repo.namespace, repo.name, repo.rid))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return self.get_repo(repo.type, new_id)  # type: ignore[return-value]
 
     def list_repos(self, type_: str) -> list[Repo]:
         return [_repo(r) for r in self._rows("SELECT * FROM repos WHERE type=? ORDER BY namespace, name", (type_,))]
 
     def create_repo(
-        self, type_: str, repo_id: str, private: bool, author: str, sdk: str | None = None, space: dict | None = None
+        self, type_: str, repo_id: str, private: bool, author: str, sdk: str | None = None, space: dict | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> Repo:
-        """Create a repo with the Hub's initial commit (`.gitattributes`) on `main`; 409 if it exists."""
+        """Create a repo with the Hub's initial commit (`.gitattributes`, plus `files`: a Space's README) on `main`;
+        409 if it exists (ids compare case-insensitively)."""
         ns, _, name = repo_id.partition("/")
         with self.lock:
             if self.get_repo(type_, repo_id):
                 raise HubError(409, None, f"You already created this {type_} repo: {repo_id}")
             sha256, sha1 = self.put_bytes(DEFAULT_GITATTRIBUTES.encode())
+            entries = {".gitattributes": FileEntry(".gitattributes", sha256, sha1, len(DEFAULT_GITATTRIBUTES), False)}
+            for path, data in (files or {}).items():
+                entries[path] = FileEntry(check_path(path), *self.put_bytes(data), len(data), False)
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 cur = self.db.execute(
                     "INSERT INTO repos(type, namespace, name, private, created_at, sdk, space) VALUES (?,?,?,?,?,?,?)",
                     (type_, ns, name, int(private), time.time(), sdk, json.dumps(space or {})),
                 )
-                rid = cur.lastrowid
-                entry = FileEntry(".gitattributes", sha256, sha1, len(DEFAULT_GITATTRIBUTES), False)
-                self._insert_commit(rid, None, "initial commit", "", author, {entry.path: entry}, "main")
+                self._insert_commit(cur.lastrowid, None, "initial commit", "", author, entries, "main")
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -241,6 +281,7 @@ class Storage:
                 self.db.execute("DELETE FROM files WHERE oid IN (SELECT oid FROM commits WHERE rid=?)", (repo.rid,))
                 self.db.execute("DELETE FROM commits WHERE rid=?", (repo.rid,))
                 self.db.execute("DELETE FROM refs WHERE rid=?", (repo.rid,))
+                self.db.execute("DELETE FROM redirects WHERE rid=?", (repo.rid,))
                 self.db.execute("DELETE FROM repos WHERE rid=?", (repo.rid,))
                 self.db.execute("COMMIT")
             except BaseException:  # an open transaction would wedge the shared connection
@@ -257,7 +298,8 @@ class Storage:
 
     # ---- refs and commits --------------------------------------------------------------------------------------
     def refs(self, repo: Repo) -> dict[str, dict[str, str]]:
-        out: dict[str, dict[str, str]] = {"branch": {}, "tag": {}}
+        """{"branch": {name: oid}, "tag": {...}, "pr": {"1": oid}}: a pull request's ref is refs/pr/N."""
+        out: dict[str, dict[str, str]] = {"branch": {}, "tag": {}, "pr": {}}
         with self.lock:
             rows = self.db.execute("SELECT kind, name, oid FROM refs WHERE rid=? ORDER BY name", (repo.rid,)).fetchall()
         for r in rows:
@@ -265,9 +307,11 @@ class Storage:
         return out
 
     def resolve(self, repo: Repo, rev: str) -> tuple[str, str | None]:
-        """Revision -> (commit oid, branch name if `rev` names a branch). Accepts branch, tag, refs/heads/x,
-        refs/tags/x, a full sha or a unique hex prefix."""
+        """Revision -> (commit oid, the ref a commit would move: a branch name, or refs/pr/N; None for a tag or a
+        sha). Accepts branch, tag, refs/heads/x, refs/tags/x, refs/pr/N, a full sha or a unique hex prefix."""
         refs = self.refs(repo)
+        if rev.startswith("refs/pr/") and rev[8:] in refs["pr"]:
+            return refs["pr"][rev[8:]], rev
         if rev.startswith("refs/heads/") and rev[11:] in refs["branch"]:
             return refs["branch"][rev[11:]], rev[11:]
         if rev.startswith("refs/tags/") and rev[10:] in refs["tag"]:
@@ -316,7 +360,8 @@ class Storage:
         with self.lock:
             head, _ = self.resolve(repo, branch)
             if parent_commit and parent_commit != head:
-                raise HubError(412, None, f"Parent commit {parent_commit} is not the head of {branch} ({head})")
+                raise HubError(412, None, "The branch was updated since you opened this page. Please refresh and try "
+                                          f"again. (parent commit {parent_commit} is not the head of {branch}: {head})")
             files = self.tree(head)
             before = dict(files)
             for path in deletes:
@@ -346,8 +391,9 @@ class Storage:
             return oid, True
 
     def _insert_commit(
-        self, rid: int, parent: str | None, title: str, message: str, author: str, files: dict[str, FileEntry], branch: str
+        self, rid: int, parent: str | None, title: str, message: str, author: str, files: dict[str, FileEntry], ref: str
     ) -> str:
+        """Insert a commit and point `ref` (a branch name, or refs/pr/N) at it; the caller holds the transaction."""
         now = time.time()
         manifest = json.dumps([parent, title, message, now, uuid.uuid4().hex, sorted((p, e.sha256) for p, e in files.items())])
         oid = hashlib.sha1(manifest.encode()).hexdigest()
@@ -359,9 +405,8 @@ class Storage:
             "INSERT INTO files(oid, path, sha256, sha1, size, lfs) VALUES (?,?,?,?,?,?)",
             [(oid, e.path, e.sha256, e.sha1, e.size, int(e.lfs)) for e in files.values()],
         )
-        self.db.execute(
-            "INSERT OR REPLACE INTO refs(rid, kind, name, oid) VALUES (?, 'branch', ?, ?)", (rid, branch, oid)
-        )
+        kind, name = ("pr", ref[8:]) if ref.startswith("refs/pr/") else ("branch", ref)
+        self.db.execute("INSERT OR REPLACE INTO refs(rid, kind, name, oid) VALUES (?, ?, ?, ?)", (rid, kind, name, oid))
         return oid
 
     def set_ref(self, repo: Repo, kind: str, name: str, oid: str | None) -> None:
@@ -371,7 +416,7 @@ class Storage:
                 "SELECT 1 FROM refs WHERE rid=? AND kind=? AND name=?", (repo.rid, kind, name)
             ).fetchone()
             if oid is not None and exists:
-                raise HubError(409, None, f"Reference already exists: refs/{'heads' if kind == 'branch' else 'tags'}/{name}")
+                raise HubError(409, None, f"Reference {_REF_PREFIX[kind]}/{name} already exists")
             if oid is None and not exists:
                 raise HubError(404, "RevisionNotFound", f"Invalid rev id: {name}")
             if oid is None:
@@ -395,6 +440,9 @@ class Storage:
     def delete_webhook(self, hook_id: str) -> None:
         with self.lock:
             self.db.execute("DELETE FROM webhooks WHERE id=?", (hook_id,))
+
+
+_REF_PREFIX = {"branch": "refs/heads", "tag": "refs/tags", "pr": "refs/pr"}
 
 
 def _discard(tmp: Path, f: IO[bytes]) -> None:
