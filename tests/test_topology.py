@@ -233,6 +233,51 @@ def test_the_model_is_published_on_the_hub(topology, pipeline_run, localhub):
     assert "model.safetensors" in {s.rfilename for s in info.siblings}
 
 
+def test_a_tiny_llm_job_runs_on_the_gpu_pool(topology, pipeline_run, localhub, tmp_path_factory):
+    """task: causal-lm through the same deployments: LoRA training and batch generation run on gpu workers, the
+    merged model and the adapter land in the shared store, and the run's generations are scored."""
+    from huggingface_hub import HfApi
+
+    from tests.tiny import push_chat_dataset, push_tiny_llama
+
+    alice = HfApi(endpoint=localhub.url, token=localhub.token("alice"))
+    tag = uuid.uuid4().hex[:6]
+    push_tiny_llama(alice, f"alice/topology-llama-{tag}", tmp_path_factory.mktemp("llama"))
+    push_chat_dataset(alice, f"alice/topology-chat-{tag}", tmp_path_factory.mktemp("chat"), {"train": 96, "test": 12})
+    config = {
+        "task": "causal-lm",
+        "model": {"repo_id": f"alice/topology-llama-{tag}"},
+        "data": {"source": f"alice/topology-chat-{tag}", "max_eval_samples": 12},
+        "preprocess": {"max_length": 96},
+        "train": {"method": "lora", "epochs": 1, "batch_size": 16, "learning_rate": 3e-2, "lora": {"r": 4}},
+        "inference": {"batch_size": 6, "shard_size": 6, "generation": {"max_new_tokens": 6}},
+        "execution": {"mode": "pools", "timeout_seconds": 900},
+        "artifact_store": topology["env"]["HUBFLOW_STORE"],
+    }
+    script = """
+import json, sys
+from prefect.deployments import run_deployment
+run = run_deployment("hubflow-pipeline/pipeline", parameters={"config": json.loads(sys.argv[1])}, timeout=1200,
+                     poll_interval=2)
+print(json.dumps({"id": str(run.id), "state": run.state.name}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(config)], env=topology["env"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert run["state"] == "Completed", {n: topology["procs"].tail(n) for n in ("cpu-1", "gpu-1", "gpu-2")}
+    client = _client(topology)
+    children = [r for name in ("hubflow-train", "hubflow-predict") for r in _runs_of(client, name)
+                if r.parent_task_run_id and client.read_task_run(r.parent_task_run_id).flow_run_id == uuid.UUID(run["id"])]
+    assert len(children) == 2  # one train run, one predict run, both of this pipeline run
+    assert all(r.work_pool_name == "gpu" and r.state.is_completed() for r in children)
+    result = _result(topology, run["id"])
+    assert result.checkpoint.facts.task == "causal-lm" and result.checkpoint.adapter_uri.startswith("s3://")
+    s3 = _s3(topology)
+    assert s3.exists(f"{result.checkpoint.adapter_uri}/adapter_model.safetensors")
+    assert result.evaluation.metrics["test_rows"] == 12 and result.evaluation.metrics["perplexity"] > 0
+
+
 def test_a_new_dataset_revision_starts_exactly_one_retrain(topology, pipeline_run, localhub, tmp_path):
     from huggingface_hub import HfApi
 

@@ -255,3 +255,45 @@ def push_demo_dataset(api, repo_id: str, tmp_dir: str | Path, exist_ok: bool = F
     write_demo_parquet(tmp_dir)
     api.create_repo(repo_id, repo_type="dataset", exist_ok=exist_ok)
     return api.upload_folder(folder_path=str(tmp_dir), repo_id=repo_id, repo_type="dataset").oid
+
+
+def push_tiny_llama(api, repo_id: str, tmp_dir: str | Path, hidden: int = 64, pretrained: bool = True) -> str:
+    """`make_tiny_llama` with the tiny chat template (taught the task first: `pretrain_tiny_llama`), uploaded to a
+    new model repo `repo_id` -> its commit sha."""
+    api.create_repo(repo_id)
+    folder = make_tiny_llama(tmp_dir, chat_template=TINY_CHAT_TEMPLATE, hidden=hidden)
+    if pretrained:
+        pretrain_tiny_llama(folder)
+    return api.upload_folder(folder_path=str(folder), repo_id=repo_id).oid
+
+
+def push_chat_dataset(api, repo_id: str, tmp_dir: str | Path, sizes: dict[str, int]) -> str:
+    """`chat_rows(n, seed=i)` for the i-th (split, n) of `sizes` as a `messages` column -> commit sha."""
+    import pyarrow as pa
+
+    tables = {split: pa.Table.from_pylist(chat_rows(n, seed=seed)) for seed, (split, n) in enumerate(sizes.items())}
+    return push_parquet_dataset(api, repo_id, tmp_dir, tables)
+
+
+def pretrain_tiny_llama(folder: str | Path, steps: int = 60, seed: int = 5) -> Path:
+    """Teach `make_tiny_llama(..., chat_template=...)`'s random weights the chat task in place (a bare loop, every
+    token in the loss), so it behaves like a pretrained base: its next-token choices are clear, not near-ties that
+    any change of thread count or batch shape could flip."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
+    texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in chat_rows(16 * steps // 4, seed)]
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for step in range(steps):
+        batch = texts[(step * 16) % len(texts):][:16]
+        enc = tok(batch, add_special_tokens=False, padding=True, return_tensors="pt")
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        model(**enc, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(folder)
+    return folder

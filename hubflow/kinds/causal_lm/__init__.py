@@ -197,6 +197,9 @@ class CausalLM:
         return [gen.generate([p], settings, 1, 1 << 62)[0][0] for p in ids]
 
     def ask_space(self, client, text: str) -> str:
+        # A ChatInterface keeps the conversation per client session: each smoke question starts a new one, so the
+        # app sees the message alone, as the reference answer did.
+        client.reset_session()
         return client.predict(text, api_name="/chat")
 
     def answers_match(self, got: str, want: str | None, facts: ModelFacts) -> bool:

@@ -38,13 +38,15 @@ IGNORE = -100  # the label of a token that carries no loss (PyTorch's cross-entr
 ROLES = ("system", "user", "assistant")
 
 
-def roles(data: DataConfig, columns: list[str]) -> dict[str, str]:
-    """{role: column} for the configured (or detected) shape; ValueError naming what is missing."""
+def roles(data: DataConfig, columns: list[str], split: str | None = None, inference: bool = False) -> dict[str, str]:
+    """{role: column} for the configured (or detected) shape; ValueError naming what is missing. Prompts to complete
+    (`inference`) need no completion column; when they have one, it is kept as the reference."""
     shape = data.shape
+    has_prompts = data.prompt_column in columns and (inference or data.completion_column in columns)
     if shape is DataShape.auto:
         if data.messages_column in columns:
             shape = DataShape.chat
-        elif data.prompt_column in columns and data.completion_column in columns:
+        elif has_prompts:
             shape = DataShape.prompt_completion
         elif data.text_column in columns:
             shape = DataShape.text
@@ -52,7 +54,10 @@ def roles(data: DataConfig, columns: list[str]) -> dict[str, str]:
             raise ValueError(
                 f"data: no {data.messages_column!r} column (chat), no {data.prompt_column!r} + "
                 f"{data.completion_column!r} columns (prompt-completion) and no {data.text_column!r} column (text) in "
-                f"split {data.train_split!r}; available columns: {columns}; set data.shape and the column names")
+                f"split {split or data.train_split!r}; available columns: {columns}; set data.shape and the column "
+                "names")
+    if inference and shape is DataShape.prompt_completion and data.completion_column not in columns:
+        return {"prompt": data.prompt_column}
     return {DataShape.chat: {"messages": data.messages_column},
             DataShape.prompt_completion: {"prompt": data.prompt_column, "completion": data.completion_column},
             DataShape.text: {"text": data.text_column}}[shape]
@@ -140,7 +145,7 @@ def prepare_inference(ds, data: DataConfig, model_dir: str, facts: ModelFacts, o
     `{out_root}/{fingerprint}`; an existing one is reused."""
     from datasets import Dataset, DatasetDict
 
-    columns = roles(data.model_copy(update={"shape": facts.shape or DataShape.auto}), ds.column_names)
+    columns = roles(data, ds.column_names, split, inference=True)  # the prompts' own shape, not the training data's
     if len(ds) == 0:
         raise ValueError(f"split {split!r} is empty")
     if max_samples:
