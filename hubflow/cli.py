@@ -14,10 +14,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
+# Quiet and offline by default, unless the user set them: Prefect's telemetry (an error on every offline start),
+# the Hub client's telemetry, hubflow's own log lines in the run log, and time for a fresh embedded database to
+# migrate on a slow machine (Prefect's 20 s default is too tight on 2 cores).
+QUIET_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "hubflow",
+}
+
+
+def quiet_environment() -> None:
+    """Apply QUIET_ENV where the user has not chosen; before prefect or huggingface_hub is imported."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def main(argv: list[str] | None = None) -> None:
+    quiet_environment()
     parser = argparse.ArgumentParser(prog="hubflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(required=True, dest="command")
 

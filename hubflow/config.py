@@ -34,6 +34,16 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class DataFormat(str, Enum):
+    """How the files of a folder source are read; by default each file's extension says."""
+
+    parquet = "parquet"
+    csv = "csv"
+    tsv = "tsv"
+    json = "json"  # JSON lines or a JSON array
+    arrow = "arrow"
+
+
 class DataShape(str, Enum):
     """(causal-lm) The shape of the rows: chat turns, prompt/completion pairs, or raw text for continued pre-training.
     `auto` picks by the columns present: the messages column, else prompt + completion, else the text column."""
@@ -82,9 +92,14 @@ class ModelConfig(_Stage):
 
 class DataConfig(_Stage):
     source: str = Field(
-        description="Hub dataset repo id ('stanfordnlp/imdb'), or an s3:// or local folder of parquet/csv/jsonl files."
+        description="Hub dataset repo id ('stanfordnlp/imdb'), or an s3:// or local folder of parquet, csv, tsv, "
+        "jsonl/json or arrow files."
     )
     config_name: str | None = Field(None, description="Dataset configuration (subset) name, if the repo has several.")
+    format: DataFormat | None = Field(
+        None, description="Read every file of a folder source as this format (for odd extensions); default: by the "
+        "extension (.parquet, .csv, .tsv, .jsonl/.json, .arrow). Hub datasets are read by datasets itself."
+    )
     revision: str = Field("main", description="Branch, tag or commit sha of a Hub dataset; pinned at flow start.")
     train_split: str = Field("train", description="Split to train on.")
     validation_split: str | None = Field(

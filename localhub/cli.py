@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from .server import TOKENS_ENV, parse_tokens, serve
+from .server import ORGS_ENV, TOKENS_ENV, parse_tokens, serve
+from .teams import parse_orgs
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +24,12 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         help="a user, its bearer token and role (read|write); repeatable. A user owns the namespace of its name. "
         f"Also read from ${TOKENS_ENV} (comma-separated), which keeps tokens out of the process list.",
     )
+    p.add_argument(
+        "--org", action="append", default=[], metavar="NAME:USER=ROLE,USER=ROLE",
+        help="an organization and its members' roles (read|write|admin); repeatable. Write and admin members create "
+        f"and push repos in its namespace, read members see its private repos. Also read from ${ORGS_ENV} "
+        "(orgs separated by ';').",
+    )
     p.add_argument("--seed", action="append", default=[], metavar="TYPE:NAMESPACE/NAME=FOLDER",
                    help="publish a local folder as a public repo at start unless it exists (TYPE: model, dataset or "
                    "space); repeatable")
@@ -31,7 +38,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     specs = list(args.token) + [s for s in os.environ.get(TOKENS_ENV, "").split(",") if s]
-    serve(args.host, args.port, args.data, parse_tokens(specs), seed=args.seed)
+    orgs = list(args.org) + [s for s in os.environ.get(ORGS_ENV, "").split(";") if s]
+    serve(args.host, args.port, args.data, parse_tokens(specs), seed=args.seed, orgs=parse_orgs(orgs))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,7 +6,8 @@ What it does: `pip download` the source archive of the installed huggingface_hub
 is not: localhub/conformance_conftest.py stands in), rewrite tests/testing_constants.py so ENDPOINT_STAGING is a
 fresh localhub with the users, tokens and orgs those tests expect, run test_file_download, test_snapshot_download,
 test_hf_api and test_repocard with pytest (tests marked `production` or `xet` are deselected: they need huggingface.co
-or Xet), and print passed/failed per test class. The rate counts only tests that sent a request to the localhub; the
+or Xet; the production Space tests, which create their own Space, run here too), and print passed/failed per test
+class. The rate counts only tests that sent a request to the localhub; the
 others are unit tests of the client and are listed apart. pytest-mock (the `mocker` fixture) is installed with pip
 into the run's temp dir, never into the environment.
 Figures and the known failures: docs/localhub.md.
@@ -28,10 +29,12 @@ from collections import defaultdict
 from pathlib import Path
 
 MODULES = ("test_file_download", "test_snapshot_download", "test_hf_api", "test_repocard")
-DESELECT = "not production and not xet and not vcr"
 MARKERS = ("api", "transfer", "inference", "xet", "no_xet", "production", "deprecated", "git_lfs", "vcr")
 # The Hub's orgs the tests name: USER is in valid_org_hub; ENTERPRISE_USER runs ENTERPRISE_ORG.
 ORG_FULLNAMES = {"valid_org_hub": "Dummy Hub Org"}
+# TestSpaceAPIProduction's own account (VCR'ed upstream), and the public static Space it reads.
+SPACE_USER, SPACE_TOKEN = "user", "hf_fake_token"
+STATIC_SPACE = "victor/static-space"
 
 
 def fetch_tests(version: str, work: Path) -> Path:
@@ -73,17 +76,14 @@ def point_constants(tests: Path, url: str) -> dict:
 
 def hub_accounts(c: dict) -> tuple[dict, dict]:
     users = {c["USER"]: (c["TOKEN"], "write"), c["OTHER_USER"]: (c["OTHER_TOKEN"], "write"),
-             c["ENTERPRISE_USER"]: (c["ENTERPRISE_TOKEN"], "write")}
+             c["ENTERPRISE_USER"]: (c["ENTERPRISE_TOKEN"], "write"), SPACE_USER: (SPACE_TOKEN, "write")}
     orgs = {"valid_org_hub": {c["USER"]: "admin"}, c["ENTERPRISE_ORG"]: {c["ENTERPRISE_USER"]: "admin"}}
     return users, orgs
 
 
 def configure_profiles(hub, c: dict) -> None:
     """Full names the tests check (whoami), through the admin API."""
-    try:
-        from .admin import admin_call, admin_token
-    except ImportError:
-        return
+    from .admin import admin_call, admin_token
 
     token = admin_token(hub.data_dir)
     admin_call("PUT", hub.url, f"/_localhub/users/{c['USER']}", token, {"fullname": c["FULL_NAME"]})
@@ -101,9 +101,8 @@ def run_pytest(tests: Path, site: Path | None, report: Path, url: str, extra: li
                HF_HOME=str(root / "hf_home"), LOCALHUB_CONFORMANCE_REPORT=str(report),
                PYTHONPATH=os.pathsep.join(p for p in (str(site) if site else "", str(root)) if p),
                DISABLE_SYMLINKS_IN_WINDOWS_TESTS="1")
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rN", "--tb=no", "-m", DESELECT,
-           "--rootdir", str(root), "-c", str(root / "pytest.ini"), "--timeout", "300",
-           *[f"tests/{m}.py" for m in modules], *extra]
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rN", "--tb=no", "--rootdir", str(root),
+           "-c", str(root / "pytest.ini"), "--timeout", "300", *[f"tests/{m}.py" for m in modules], *extra]
     return subprocess.run(cmd, cwd=root, env=env).returncode
 
 
@@ -115,8 +114,9 @@ def summarize(report: Path) -> dict:
         prev = final.get(r["nodeid"])
         if prev is None or r["outcome"] == "failed" or (r["when"] == "call" and prev["outcome"] != "failed"):
             final[r["nodeid"]] = {**r, "talked": r["talked"] or bool(prev and prev["talked"])}
-    classes: dict[str, dict] = defaultdict(lambda: {"passed": 0, "failed": 0, "skipped": 0, "offline": 0})
-    failures = []
+    classes: dict[str, dict] = defaultdict(lambda: {"passed": 0, "failed": 0, "skipped": 0, "offline": 0,
+                                                    "offline_failed": 0})
+    failures, offline_failures = [], []
     for nodeid, r in final.items():
         parts = nodeid.split("::")
         cls = "::".join(parts[:2]) if len(parts) > 2 else parts[0]
@@ -125,6 +125,9 @@ def summarize(report: Path) -> dict:
             classes[cls]["skipped"] += 1
         elif not r["talked"]:
             classes[cls]["offline"] += 1
+            if r["outcome"] == "failed":  # a client-side test that fails here (no network, no upstream fixtures)
+                classes[cls]["offline_failed"] += 1
+                offline_failures.append({"test": nodeid.removeprefix("tests/"), "reason": r["reason"]})
         else:
             classes[cls][r["outcome"]] += 1
             if r["outcome"] == "failed":
@@ -132,16 +135,26 @@ def summarize(report: Path) -> dict:
     passed = sum(c["passed"] for c in classes.values())
     failed = sum(c["failed"] for c in classes.values())
     return {"classes": dict(sorted(classes.items())), "passed": passed, "failed": failed,
-            "rate": passed / (passed + failed) if passed + failed else 0.0, "failures": failures}
+            "rate": passed / (passed + failed) if passed + failed else 0.0, "failures": failures,
+            "offline_failures": offline_failures}
 
 
 def print_summary(s: dict, seconds: float) -> None:
-    print(f"\n{'class':<62} {'pass':>5} {'fail':>5} {'skip':>5} {'offline':>8}")
+    print(f"\n{'class':<62} {'pass':>5} {'fail':>5} {'skip':>5} {'offline (failed)':>17}")
     for cls, c in s["classes"].items():
-        print(f"{cls:<62} {c['passed']:>5} {c['failed']:>5} {c['skipped']:>5} {c['offline']:>8}")
-    print("\nfailed (talked to localhub):")
-    for f in s["failures"]:
-        print(f"  {f['test']}\n      {f['reason']}")
+        offline = f"{c['offline']} ({c['offline_failed']})"
+        print(f"{cls:<62} {c['passed']:>5} {c['failed']:>5} {c['skipped']:>5} {offline:>17}")
+    for title, items in (("failed (talked to localhub)", s["failures"]),
+                         ("failed without a request to localhub (not counted)", s["offline_failures"])):
+        print(f"\n{title}:")
+        for f in items:
+            reason = " ".join(f["reason"].split())
+            print(f"  {f['test']}\n      {reason[:300]}")
+    print()
+    for module in MODULES:
+        rows = [c for cls, c in s["classes"].items() if cls.split("::")[0] == f"{module}.py"]
+        p, f = sum(c["passed"] for c in rows), sum(c["failed"] for c in rows)
+        print(f"{module + '.py':<30} {p:>4} passed, {f:>3} failed" + (f"  ({100 * p / (p + f):.1f}%)" if p + f else ""))
     print(f"\ntests that talked to localhub: {s['passed']} passed, {s['failed']} failed -> "
           f"{100 * s['rate']:.1f}% ({seconds:.0f} s; 'offline' = client-only tests, not counted)")
 
@@ -149,6 +162,7 @@ def print_summary(s: dict, seconds: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     import huggingface_hub
 
+    from .ports import free_port
     from .server import LocalHub
 
     p = argparse.ArgumentParser(prog="python -m localhub.conformance", description=__doc__.split("\n\n")[0])
@@ -164,10 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tests = fetch_tests(huggingface_hub.__version__, work)
         site = install_pytest_mock(work)
-        hub = LocalHub(work / "hub", port=None)
-        consts = point_constants(tests, hub.url)
-        hub.users, hub.orgs = hub_accounts(consts)
-        hub.start()
+        port = free_port()
+        consts = point_constants(tests, f"http://127.0.0.1:{port}")
+        users, orgs = hub_accounts(consts)
+        static = work / "static-space"
+        static.mkdir()
+        (static / "index.html").write_text("<h1>static</h1>\n")
+        (static / "README.md").write_text("---\nsdk: static\n---\n")
+        hub = LocalHub(work / "hub", users=users, orgs=orgs, port=port,
+                       seed=[f"space:{STATIC_SPACE}={static}"]).start()
         configure_profiles(hub, consts)
         report = work / "report.jsonl"
         run_pytest(tests, site, report, hub.url, ["-k", args.keyword] if args.keyword else [], args.modules)

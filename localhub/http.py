@@ -162,13 +162,9 @@ def can_read(ctx: Ctx, repo: Repo) -> bool:
 
 def not_found(ctx: Ctx) -> HubError:
     """The Hub's RepoNotFound (401 anonymous, 404 signed in): the same for a missing repo and a hidden one."""
-    return HubError(
-        401 if ctx.user is None else 404,
-        "RepoNotFound",
-        f"Repository Not Found for url: {ctx.request.url.path}. Please make sure you specified the correct "
-        "`repo_id` and `repo_type`. If you are trying to access a private or gated repo, make sure you are "
-        "authenticated.",
-    )
+    # The Hub's own words: huggingface_hub writes its longer message itself, and appends the server's only when it
+    # is not already part of it, so anything longer would be repeated in every RepositoryNotFoundError.
+    return HubError(401 if ctx.user is None else 404, "RepoNotFound", "Repository not found")
 
 
 class Moved(Exception):
@@ -202,6 +198,14 @@ def check_write(ctx: Ctx, namespace: str) -> User:
     if namespace_role(ctx, namespace) not in ("write", "admin"):
         raise HubError(403, None, f"You don't have the rights to write to the namespace {namespace!r}")
     return user
+
+
+def canonical_namespace(ctx: Ctx, namespace: str) -> str:
+    """A namespace spelled as its owner is: ids compare case-insensitively, but keep one spelling."""
+    if ctx.user is not None and ctx.user.name.lower() == namespace.lower():
+        return ctx.user.name
+    org = ctx.hub.teams.org(namespace)
+    return org["name"] if org else namespace
 
 
 def can_write(ctx: Ctx, repo: Repo) -> bool:

@@ -1,4 +1,9 @@
-"""File routes: resolve (downloads, Range), preupload, the LFS batch API with one-time upload hrefs, NDJSON commits."""
+"""File routes: resolve (downloads, Range), preupload, the LFS batch API with one-time upload hrefs, NDJSON commits.
+
+Who may push: a writer of the repo's namespace to any branch; any signed-in reader with a write token to a new pull
+request (`?create_pr=1`) or to `refs/pr/N` of a PR they opened (localhub/discussions.py). LFS objects are accepted
+from any such reader: they are content-addressed and only reach a repo through a commit, which is checked.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from .http import REPO_PREFIX, TYPE_OF_PLURAL, Ctx, Router, repo_for_read, repo_for_write
+from .http import REPO_PREFIX, TYPE_OF_PLURAL, Ctx, Router, can_write, check_write, repo_for_read
+from .ignore import matcher
 from .storage import SHA256_RE, FileEntry, HubError, Repo, check_path, check_sha256, git_sha1, lfs_pointer
 
 router = Router()
@@ -29,6 +35,7 @@ class BlobResponse(FileResponse):
 
 def _resolve_target(ctx: Ctx, type_: str) -> tuple[Repo, str, dict[str, FileEntry]]:
     repo = repo_for_read(ctx, type_, f"{ctx.params['ns']}/{ctx.params['name']}")
+    ctx.hub.gates.check(ctx, repo)  # a gated repo's files need accepted access (localhub/gating.py)
     oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])
     return repo, oid, ctx.storage.tree(oid)
 
@@ -82,14 +89,41 @@ def _is_lfs_path(path: str, patterns: list[str]) -> bool:
     return False
 
 
+def _create_pr(ctx: Ctx) -> bool:
+    return ctx.request.query_params.get("create_pr", "").lower() in ("1", "true")
+
+
+def repo_for_push(ctx: Ctx, rev: str, create_pr: bool) -> Repo:
+    """The repo if the caller may push to `rev` (see the module docstring); the Hub's 401/403 otherwise."""
+    repo = repo_for_read(ctx, TYPE_OF_PLURAL[ctx.params["t"]], f"{ctx.params['ns']}/{ctx.params['name']}")
+    if can_write(ctx, repo):
+        return repo
+    user = ctx.user
+    if user is not None and user.role == "write":
+        if create_pr:
+            return repo
+        if rev.startswith("refs/pr/"):
+            pr = ctx.hub.discussions.get(repo, rev[8:])
+            if pr["author"].lower() == user.name.lower():
+                return repo
+    check_write(ctx, repo.namespace)  # raises the Hub's 401 or 403
+    return repo
+
+
 @router.add("POST", f"/api/{T}/{{ns}}/{{name}}/preupload/{{rev}}", route_class="upload")
 async def preupload(ctx: Ctx) -> Response:
-    repo = repo_for_write(ctx, TYPE_OF_PLURAL[ctx.params["t"]], f"{ctx.params['ns']}/{ctx.params['name']}")
+    repo = repo_for_push(ctx, ctx.params["rev"], _create_pr(ctx))
     oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])
     files = ctx.storage.tree(oid)
     patterns = _lfs_patterns(ctx, files)
+    body = await ctx.json()
+    # The client sends the .gitignore it is committing as `gitIgnore`; without one, the repo's own applies.
+    gitignore = body.get("gitIgnore")
+    if gitignore is None and ".gitignore" in files:
+        gitignore = ctx.storage.blob_path(files[".gitignore"].sha256).read_text(errors="replace")
+    ignored = matcher(gitignore) if isinstance(gitignore, str) else (lambda path: False)
     out = []
-    for f in (await ctx.json()).get("files", []):
+    for f in body.get("files", []):
         try:
             path, size = str(f["path"]), int(f.get("size") or 0)
         except (KeyError, TypeError, ValueError):
@@ -98,7 +132,8 @@ async def preupload(ctx: Ctx) -> Response:
         remote = files.get(path)
         # The client drops a file whose remote oid equals its local one: sha256 for LFS, git sha1 for regular.
         remote_oid = None if remote is None else (remote.sha256 if remote.lfs else remote.sha1)
-        out.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": remote_oid})
+        out.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": ignored(path),
+                    "oid": remote_oid})
     return JSONResponse({"files": out, "commitOid": oid})
 
 
@@ -113,7 +148,9 @@ for _prefix in ("", "datasets/", "spaces/"):
     async def lfs_batch(ctx: Ctx, _prefix: str = _prefix) -> Response:
         name = ctx.params["namegit"].removesuffix(".git")
         type_ = {"": "model", "datasets/": "dataset", "spaces/": "space"}[_prefix]
-        repo_for_write(ctx, type_, f"{ctx.params['ns']}/{name}")
+        repo = repo_for_read(ctx, type_, f"{ctx.params['ns']}/{name}")
+        if not can_write(ctx, repo) and (ctx.user is None or ctx.user.role != "write"):
+            check_write(ctx, repo.namespace)  # a PR's objects come from signed-in readers with a write token
         body = await ctx.json()
         if body.get("operation") != "upload":
             raise HubError(400, None, "localhub's LFS batch API serves uploads only; download through /resolve")
@@ -179,12 +216,17 @@ async def lfs_put(ctx: Ctx) -> Response:
 @router.add("POST", f"/api/{T}/{{ns}}/{{name}}/commit/{{rev}}", route_class="commit")
 async def commit(ctx: Ctx) -> Response:
     type_ = TYPE_OF_PLURAL[ctx.params["t"]]
-    repo = repo_for_write(ctx, type_, f"{ctx.params['ns']}/{ctx.params['name']}")
-    if ctx.request.query_params.get("create_pr") in ("1", "true"):
-        raise HubError(400, None, "localhub does not support pull requests (create_pr)")
+    create_pr = _create_pr(ctx)
+    repo = repo_for_push(ctx, ctx.params["rev"], create_pr)
     _, branch = ctx.storage.resolve(repo, ctx.params["rev"])
+    if create_pr and (branch is None or branch.startswith("refs/pr/")):
+        # A PR targets a branch: a sha, a tag or another PR is "not found" as a branch, as on the Hub.
+        raise HubError(404, "RevisionNotFound",
+                       f"Invalid rev id: {ctx.params['rev']} (a pull request targets a branch)")
     if branch is None:
         raise HubError(400, None, f"Invalid rev id: {ctx.params['rev']} is not a branch (commits go to a branch)")
+    if branch.startswith("refs/pr/") and ctx.hub.discussions.get(repo, branch[8:])["status"] == "merged":
+        raise HubError(400, None, f"{branch} is merged: open a new pull request")
     header: dict = {}
     adds: list[FileEntry | tuple[str, bytes]] = []  # in payload order; (path, bytes) for regular files
     deletes: list[str] = []
@@ -200,9 +242,12 @@ async def commit(ctx: Ctx) -> Response:
                 data = base64.b64decode(content, validate=True) if value.get("encoding") == "base64" else content.encode()
                 adds.append((check_path(value["path"]), data))
             elif key == "lfsFile":
-                oid, size, path = check_sha256(value["oid"]), int(value["size"]), check_path(value["path"])
+                oid, path = check_sha256(value["oid"]), check_path(value["path"])
                 blob = ctx.storage.blob_path(oid)
-                if not blob.is_file() or blob.stat().st_size != size:
+                # A copy (CommitOperationCopy) names a stored object by oid alone: its size is the blob's.
+                stored = blob.stat().st_size if blob.is_file() else -1
+                size = int(value["size"]) if value.get("size") is not None else stored
+                if stored < 0 or stored != size:
                     raise HubError(422, None, f"LFS object {oid} for {path} was never uploaded")
                 adds.append(FileEntry(path, oid, git_sha1(lfs_pointer(oid, size)), size, True))
             elif key in ("deletedFile", "deletedFolder"):
@@ -221,13 +266,27 @@ async def commit(ctx: Ctx) -> Response:
     # One fsync per regular file: off the event loop, so parallel downloads keep flowing meanwhile.
     entries = await run_in_threadpool(lambda: [store(op) for op in adds])
     author = ctx.user.name if ctx.user else "anonymous"
-    oid, created = ctx.storage.commit(
-        repo, branch, header.get("summary") or "Upload", header.get("description") or "", author, entries, deletes,
-        parent_commit=header.get("parentCommit"),
-    )
+    title, description = header.get("summary") or "Upload", header.get("description") or ""
+    pr = None
+    if create_pr:  # the PR opens on the branch's head, then the commit lands on its ref
+        pr = ctx.hub.discussions.open(repo, author, title, description, is_pr=True, target=branch, status="open")
+    ref = f"refs/pr/{pr['num']}" if pr else branch
+    try:
+        oid, created = ctx.storage.commit(repo, ref, title, description, author, entries, deletes,
+                                          parent_commit=header.get("parentCommit"))
+    except BaseException:
+        if pr:
+            ctx.hub.discussions.drop(repo, pr["num"])
+        raise
     if created:
-        await ctx.hub.on_commit(repo, branch, oid)
+        await ctx.hub.on_commit(repo, ref, oid)
     url = f"{ctx.base_url}/{REPO_PREFIX[type_]}{repo.id}/commit/{oid}"
-    return JSONResponse(
-        {"success": True, "commitOid": oid, "commitUrl": url, "commitMessage": header.get("summary"), "hookOutput": ""}
-    )
+    body = {"success": True, "commitOid": oid, "commitUrl": url, "commitMessage": title, "hookOutput": ""}
+    if ref.startswith("refs/pr/"):
+        num = int(ref[8:])
+        if created:
+            ctx.hub.discussions.add_event(repo, num, "commit", author, {"subject": title, "oid": oid})
+        if pr:
+            body["pullRequestUrl"] = ctx.hub.discussions.url(repo, num, ctx.base_url)
+            await ctx.hub.discussions.notify(repo, num, "create")
+    return JSONResponse(body)

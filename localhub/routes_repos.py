@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import html
+import json
 from urllib.parse import parse_qs
 
 import yaml
 from starlette.responses import JSONResponse, Response
 
+from . import cards
+from .history import last_commits
 from .http import (
-    NAME_RE, REPO_PREFIX, TYPE_OF_PLURAL, Ctx, Router, can_read, check_write, iso, repo_for_read, repo_for_write,
+    NAME_RE, NAMESPACE_RE, REPO_PREFIX, TYPE_OF_PLURAL, Ctx, Moved, Router, can_read, canonical_namespace, check_write,
+    iso, repo_for_read, repo_for_write,
 )
 from .storage import SHA_RE, FileEntry, HubError, Repo
 
@@ -31,23 +36,14 @@ async def whoami(ctx: Ctx) -> Response:
         raise HubError(401, None, "Invalid credentials in Authorization header")
     u = ctx.user
     return JSONResponse({
-        "type": "user", "id": u.name, "name": u.name, "fullname": u.name, "email": None, "emailVerified": False,
-        "canPay": False, "isPro": False, "periodEnd": None, "avatarUrl": "", "orgs": [],
+        "type": "user", "id": u.name, "name": u.name, "fullname": ctx.hub.teams.fullname(u.name), "email": None,
+        "emailVerified": False, "canPay": False, "isPro": False, "periodEnd": None, "avatarUrl": "",
+        "orgs": ctx.hub.teams.whoami_orgs(u.name),
         "auth": {"type": "access_token", "accessToken": {"displayName": u.token_name, "role": u.role}},
     })
 
 
-@router.add("POST", "/api/validate-yaml")
-async def validate_yaml(ctx: Ctx) -> Response:
-    body = await ctx.json()
-    errors = []
-    content = body.get("content") or ""
-    if content.startswith("---"):
-        try:
-            yaml.safe_load(content.split("---")[1])
-        except yaml.YAMLError as e:
-            errors.append({"message": f"Invalid YAML in README.md front matter: {e}"})
-    return JSONResponse({"errors": errors, "warnings": []}, status_code=400 if errors else 200)
+router.add("POST", "/api/validate-yaml")(cards.validate_yaml)
 
 
 @router.add("POST", "/api/repos/create")
@@ -61,16 +57,26 @@ async def create_repo(ctx: Ctx) -> Response:
         if ctx.user is None:
             raise HubError(401, None, "You must be authenticated to create a repo")
         ns = ctx.user.name
-    if type_ not in REPO_PREFIX or not NAME_RE.match(name) or not NAME_RE.match(ns):
+    if type_ not in REPO_PREFIX or not NAME_RE.match(name) or not NAMESPACE_RE.match(ns):
         raise HubError(400, None, f"Invalid repo name or type: {ns}/{name} ({type_})")
+    existing = ctx.storage.get_repo(type_, f"{ns}/{name}")
+    if existing is not None and can_read(ctx, existing):  # 409 before 403, so `exist_ok` works on others' repos
+        url = f"{ctx.base_url}/{REPO_PREFIX[type_]}{existing.id}"
+        raise HubError(409, None, f"You already created this {type_} repo: {existing.id}", {"url": url})
     user = check_write(ctx, ns)
-    private = bool(body.get("private")) or body.get("visibility") == "private"
+    ns = canonical_namespace(ctx, ns)
+    org = ctx.hub.teams.org(ns)
+    if body.get("private") is not None or body.get("visibility"):
+        private = bool(body.get("private")) or body.get("visibility") == "private"
+    else:  # neither given: the org's default (the Hub's Enterprise "private by default")
+        private = bool(org and org["defaultPrivate"])
     sdk = body.get("sdk")
     if type_ == "space" and not sdk:
         raise HubError(400, None, "Space SDK is required: one of gradio, docker, static")
     url = f"{ctx.base_url}/{REPO_PREFIX[type_]}{ns}/{name}"
+    files = {"README.md": cards.space_readme(name, sdk)} if type_ == "space" else None
     try:
-        repo = ctx.storage.create_repo(type_, f"{ns}/{name}", private, user.name, sdk=sdk)
+        repo = ctx.storage.create_repo(type_, f"{ns}/{name}", private, user.name, sdk=sdk, files=files)
     except HubError as err:
         if err.status == 409:  # `create_repo(exist_ok=True)` reads the url from the 409's body
             err.extra["url"] = url
@@ -84,7 +90,10 @@ async def _repo_from_body(ctx: Ctx) -> Repo:
     name, ns = body.get("name") or "", body.get("organization") or (ctx.user.name if ctx.user else "")
     if "/" in name:
         ns, name = name.split("/", 1)
-    return repo_for_write(ctx, body.get("type") or "model", f"{ns}/{name}")
+    try:
+        return repo_for_write(ctx, body.get("type") or "model", f"{ns}/{name}")
+    except Moved as moved:  # the body names the repo: follow a rename here (a 307 would repeat the same body)
+        return repo_for_write(ctx, body.get("type") or "model", moved.new_id)
 
 
 @router.add("DELETE", "/api/repos/delete")
@@ -105,7 +114,9 @@ async def settings(ctx: Ctx) -> Response:
     if body.get("visibility"):
         fields["private"] = int(body["visibility"] == "private")
     if "gated" in body and body["gated"] is not None:
-        fields["gated"] = None if body["gated"] is False else str(body["gated"])
+        if body["gated"] not in (False, "auto", "manual"):
+            raise HubError(400, None, f"gated is false, 'auto' or 'manual', not {body['gated']!r}")
+        fields["gated"] = body["gated"] or None
     if fields:
         ctx.storage.update_repo(repo, **fields)
     return JSONResponse({})
@@ -132,7 +143,8 @@ def repo_info(ctx: Ctx, repo: Repo, oid: str) -> dict:
         "_id": hashlib.sha1(repo.id.encode()).hexdigest()[:24], "id": repo.id, "author": repo.namespace,
         "sha": oid, "private": repo.private, "gated": repo.gated or False, "disabled": False,
         "lastModified": iso(ctx.storage.commit_info(oid).date), "createdAt": iso(repo.created_at),
-        "downloads": 0, "likes": 0, "tags": list(data.get("tags") or []), "cardData": data or None,
+        "downloads": 0, "likes": ctx.hub.likes.count(repo), "tags": list(data.get("tags") or []),
+        "cardData": data or None,
         "siblings": [_sibling(e) for e in sorted(files.values(), key=lambda e: e.path)],
         "usedStorage": sum(e.size for e in files.values()),
     }
@@ -168,7 +180,8 @@ async def list_repos(ctx: Ctx) -> Response:
         raise HubError(400, None, f"limit must be an integer, got {q.get('limit')!r}") from None
     out = []
     for repo in ctx.storage.list_repos(_type(ctx)):
-        if not can_read(ctx.user, repo) or (author and repo.namespace != author) or search not in repo.id.lower():
+        by_author = not author or repo.namespace.lower() == author.lower()
+        if not can_read(ctx, repo) or not by_author or search not in repo.id.lower():
             continue
         oid, _ = ctx.storage.resolve(repo, "main")
         out.append(repo_info(ctx, repo, oid))
@@ -216,7 +229,18 @@ async def tree(ctx: Ctx) -> Response:
 
     items = [dir_item(d, files) for d in sorted(dirs) if wanted(d)]
     items += [tree_item(e) for p, e in sorted(files.items()) if wanted(p)]
-    return JSONResponse(items)
+    return JSONResponse(_expanded(ctx, oid, items, ctx.request.query_params.get("expand")))
+
+
+def _expanded(ctx: Ctx, oid: str, items: list[dict], expand: str | None) -> list[dict]:
+    """With `expand`, each item gets `lastCommit` (the newest commit that changed it), as the Hub's do."""
+    if str(expand).lower() not in ("1", "true"):
+        return items
+    found = last_commits(ctx.storage, oid, [i["path"] for i in items])
+    for item in items:
+        c = found[item["path"]]
+        item["lastCommit"] = {"id": c.oid, "title": c.title, "date": iso(c.date)}
+    return items
 
 
 @router.add("POST", f"/api/{T}/{{ns}}/{{name}}/paths-info/{{rev}}")
@@ -225,11 +249,11 @@ async def paths_info(ctx: Ctx) -> Response:
     oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])
     raw = (await ctx.request.body()).decode()
     if ctx.request.headers.get("content-type", "").startswith("application/json"):
-        import json
-
-        paths = json.loads(raw).get("paths", [])
+        form = json.loads(raw)
+        paths, expand = form.get("paths", []), form.get("expand")
     else:
-        paths = parse_qs(raw).get("paths", [])
+        form = parse_qs(raw)
+        paths, expand = form.get("paths", []), (form.get("expand") or [None])[0]
     files = ctx.storage.tree(oid)
     dirs = directories(files)
     out = []
@@ -239,7 +263,7 @@ async def paths_info(ctx: Ctx) -> Response:
             out.append(tree_item(files[p]))
         elif p in dirs:
             out.append(dir_item(p, files))
-    return JSONResponse(out)
+    return JSONResponse(_expanded(ctx, oid, out, expand))
 
 
 @router.add("GET", f"/api/{T}/{{ns}}/{{name}}/refs")
@@ -252,7 +276,8 @@ async def refs(ctx: Ctx) -> Response:
         "converts": [],
     }
     if ctx.request.query_params.get("include_prs"):
-        body["pullRequests"] = []
+        body["pullRequests"] = [{"name": f"refs/pr/{n}", "ref": f"refs/pr/{n}", "targetCommit": o}
+                                for n, o in sorted(r["pr"].items(), key=lambda kv: int(kv[0]))]
     return JSONResponse(body)
 
 
@@ -260,10 +285,15 @@ async def refs(ctx: Ctx) -> Response:
 async def commits(ctx: Ctx) -> Response:
     repo = repo_for_read(ctx, _type(ctx), _rid(ctx))
     oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])
-    return JSONResponse([
-        {"id": c.oid, "title": c.title, "message": c.message, "date": iso(c.date), "authors": [{"user": c.author}]}
-        for c in ctx.storage.history(oid)
-    ])
+    formatted = "formatted" in ctx.request.query_params.getlist("expand[]")
+    out = []
+    for c in ctx.storage.history(oid):
+        item = {"id": c.oid, "title": c.title, "message": c.message, "date": iso(c.date),
+                "authors": [{"user": c.author}]}
+        if formatted:  # the Hub's rendered HTML; plain text escaped is what a markdown title renders to
+            item["formatted"] = {"title": html.escape(c.title), "message": html.escape(c.message)}
+        out.append(item)
+    return JSONResponse(out)
 
 
 def _ref_name(name: object) -> str:
@@ -280,7 +310,7 @@ async def branch(ctx: Ctx) -> Response:
     name = ctx.params["branch"]
     if ctx.request.method == "DELETE":
         if name == "main":
-            raise HubError(403, None, "Cannot delete the main branch")
+            raise HubError(403, None, "Cannot delete refs/heads/main: it is the repo's default branch")
         return await _set_ref(ctx, repo, "branch", name, None)
     body = await ctx.json() if await ctx.request.body() else {}
     _ref_name(name)
@@ -292,9 +322,8 @@ async def branch(ctx: Ctx) -> Response:
 async def create_tag(ctx: Ctx) -> Response:
     repo = repo_for_write(ctx, _type(ctx), _rid(ctx))
     body = await ctx.json()
-    tag = _ref_name(body.get("tag"))
-    oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])
-    return await _set_ref(ctx, repo, "tag", tag, oid)
+    oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])  # the Hub's order: a missing revision is a 404 first
+    return await _set_ref(ctx, repo, "tag", _ref_name(body.get("tag")), oid)
 
 
 @router.add("DELETE", f"/api/{T}/{{ns}}/{{name}}/tag/{{tag}}")

@@ -1,6 +1,7 @@
 """Run localhub: `serve()` for the CLI, `LocalHub` for tests and the demo (a subprocess, or a thread).
 
-    hub = LocalHub(tmp / "hub", users={"alice": ("alice-token", "write")}).start()
+    hub = LocalHub(tmp / "hub", users={"alice": ("alice-token", "write"), "bob": ("bob-token", "write")},
+                   orgs={"team": {"alice": "admin", "bob": "write"}}).start()
     os.environ["HF_ENDPOINT"] = hub.url    # before huggingface_hub is imported
     ...
     hub.stop()
@@ -24,6 +25,7 @@ from .ports import free_port
 
 log = logging.getLogger("localhub")
 TOKENS_ENV = "LOCALHUB_TOKENS"  # "user:token:role,..." — keeps tokens out of `ps` for spawned servers
+ORGS_ENV = "LOCALHUB_ORGS"  # "org:user=role,user=role;org2:..." — the --org specs, `;`-separated
 
 
 def parse_tokens(specs: list[str]) -> dict[str, User]:
@@ -37,10 +39,15 @@ def parse_tokens(specs: list[str]) -> dict[str, User]:
     return users
 
 
-def build_hub(data_dir: str | Path, users: dict[str, User]):
+def org_specs(orgs: dict[str, dict[str, str]]) -> list[str]:
+    """{"team": {"alice": "admin"}} -> ["team:alice=admin"] (what --org and $LOCALHUB_ORGS take)."""
+    return [f"{name}:" + ",".join(f"{u}={r}" for u, r in members.items()) for name, members in orgs.items()]
+
+
+def build_hub(data_dir: str | Path, users: dict[str, User], orgs: dict[str, dict[str, str]] | None = None):
     from .app import Hub
 
-    hub = Hub(data_dir, users)
+    hub = Hub(data_dir, users, orgs=orgs)
     for ext in _default_extensions(hub):
         hub.add_extension(ext)
     return hub
@@ -69,13 +76,14 @@ def _default_extensions(hub) -> list:
     return exts
 
 
-def serve(host: str, port: int, data_dir: str | Path, users: dict[str, User], seed: list[str] | None = None) -> None:
+def serve(host: str, port: int, data_dir: str | Path, users: dict[str, User], seed: list[str] | None = None,
+          orgs: dict[str, dict[str, str]] | None = None) -> None:
     """Serve until SIGINT/SIGTERM. Access lines carry no query strings and no headers, so no token is logged."""
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s localhub %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs full URLs, and a webhook URL may carry credentials
-    hub = build_hub(data_dir, users)
+    hub = build_hub(data_dir, users, orgs)
     hub.base_url = f"http://{host}:{port}"
     if seed:
         from .seed import seed_hub
@@ -89,8 +97,9 @@ def serve(host: str, port: int, data_dir: str | Path, users: dict[str, User], se
 
 
 class LocalHub:
-    """A localhub for tests and the demo. `users` maps user -> (token, role); `seed` lists folders to publish at start
-    as public repos, `TYPE:NAMESPACE/NAME=FOLDER` (see localhub/seed.py)."""
+    """A localhub for tests and the demo. `users` maps user -> (token, role); `orgs` maps org -> {user: role} with
+    roles read, write or admin (localhub/teams.py); `seed` lists folders to publish at start as public repos,
+    `TYPE:NAMESPACE/NAME=FOLDER` (see localhub/seed.py)."""
 
     def __init__(
         self,
@@ -100,9 +109,11 @@ class LocalHub:
         port: int | None = None,
         seed: list[str] | None = None,
         log_file: str | Path | None = None,
+        orgs: dict[str, dict[str, str]] | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.users = users or {}
+        self.orgs = orgs or {}
         self.host, self.port = host, port or free_port(host)
         self.seed = seed
         self.log_file = Path(log_file) if log_file else self.data_dir.parent / f"{self.data_dir.name}.log"
@@ -131,7 +142,7 @@ class LocalHub:
                "--data", str(self.data_dir)]
         for spec in self.seed or []:
             cmd += ["--seed", spec]
-        env = {**os.environ, TOKENS_ENV: ",".join(self._token_specs())}
+        env = {**os.environ, TOKENS_ENV: ",".join(self._token_specs()), ORGS_ENV: ";".join(org_specs(self.orgs))}
         out = open(self.log_file, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
@@ -142,7 +153,7 @@ class LocalHub:
         """Serve from a thread of this process: fastest start, for tests that need no crash isolation."""
         import uvicorn
 
-        hub = build_hub(self.data_dir, parse_tokens(self._token_specs()))
+        hub = build_hub(self.data_dir, parse_tokens(self._token_specs()), self.orgs)
         hub.base_url = self.url
         if self.seed:
             from .seed import seed_hub

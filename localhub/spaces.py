@@ -120,6 +120,12 @@ class Spaces(Supervisor, Extension):
         if repo.type == "space":
             self._request(repo, "remove", "DELETING")
 
+    async def on_repo_moved(self, old: Repo, new: Repo) -> None:
+        if old.type == "space":  # an app runs under its Space's id: stop it there, start it again under the new one
+            self._request(old, "remove", "DELETING")
+            if not new.space.get("paused"):
+                self._request(new, "deploy", "BUILDING")
+
     async def on_commit(self, repo: Repo, branch: str, oid: str) -> None:
         if repo.type == "space" and branch == "main" and not repo.space.get("paused"):
             self._request(repo, "deploy", "BUILDING")

@@ -77,10 +77,10 @@ def check_path(path: str) -> str:
     parts = path.split("/") if isinstance(path, str) else [""]
     if not path or len(path) > 1000 or "\0" in path or any(p in ("", ".", "..", ".git") for p in parts):
         raise HubError(400, None, f"Invalid path in repo: {str(path)[:200]!r}")
-    if ".." in path.replace("\\", "/").split("/"):
-        # `..\x` is a plain name to git, a parent directory to a Windows client that downloads it: the Hub refuses
-        # it as unprocessable (422), not as malformed.
-        raise HubError(422, None, f"Invalid path in repo (a '..' segment once backslashes are separators): {path[:200]!r}")
+    if path.startswith("..\\"):
+        # `..\x` is a plain name to git, the parent directory to a Windows client: the Hub refuses it at the root as
+        # unprocessable (422), not malformed. Deeper (`a/..\..\x`) it takes it; clients refuse to write those.
+        raise HubError(422, None, f"Invalid path in repo (it starts with '..\\'): {path[:200]!r}")
     return path
 
 

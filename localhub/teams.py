@@ -21,17 +21,15 @@ unless created public explicitly (the Hub's Enterprise setting).
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 
 from starlette.responses import JSONResponse, Response
 
 from .admin import is_admin
-from .http import Ctx, HubError, Router, User
+from .http import NAMESPACE_RE, Ctx, HubError, Router, User
 from .storage import Storage
 
 ORG_ROLES = ("read", "write", "admin")
-NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,95}$")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orgs (
   name TEXT PRIMARY KEY COLLATE NOCASE, fullname TEXT, default_private INTEGER NOT NULL DEFAULT 0,
@@ -151,7 +149,8 @@ class Teams:
 
     def set_fullname(self, username: str, fullname: str) -> None:
         with self.storage.lock:
-            self.storage.db.execute("INSERT OR REPLACE INTO profiles(user, fullname) VALUES (?, ?)", (username, fullname))
+            self.storage.db.execute("INSERT OR REPLACE INTO profiles(user, fullname) VALUES (?, ?)",
+                                    (username, fullname))
 
     # ---- routes ------------------------------------------------------------------------------------------------
     def _org_or_404(self, name: str) -> dict:

@@ -8,11 +8,15 @@ storage's `webhooks` table, so they survive restarts; deliveries still queued wh
 Job webhooks (`jobSourceId`) are not supported (400). `update_webhook` always sends `watched` (an empty list when
 the caller gave none), so an empty list keeps the current one.
 
-Events: a commit, a branch or tag created/deleted -> `{"action": "update", "scope": "repo.content"}` with
-`updatedRefs`; repo created/deleted -> `{"action": "create"|"delete", "scope": "repo"}`. A webhook fires when its
-`domains` include "repo" and a watched item matches: `{type: model|dataset|space, name: "ns/name"}` or
-`{type: user|org, name: ns}`. The body is the Hub's v3 payload (`huggingface_hub.WebhookPayload` parses it; as on the
-Hub the head commit is `repo.headSha`), POSTed as JSON with `X-Webhook-Secret` when the webhook has a secret.
+Events: a commit (to a branch or a PR's refs/pr/N), a branch or tag created/deleted -> `{"action": "update", "scope":
+"repo.content"}` with `updatedRefs`; repo created/deleted/moved -> `{"action": "create"|"delete"|"move", "scope":
+"repo"}` (a move carries `movedTo`). These need "repo" in the webhook's `domains`. Discussions and pull requests
+(localhub/discussions.py) -> `{"action": "create"|"update", "scope": "discussion"}` with the `discussion` object
+(status, `changes.base`, `mergeCommitId` once merged), or scope "discussion.comment" with the `comment` too; these
+need "discussion". A webhook fires when a watched item matches: `{type: model|dataset|space, name: "ns/name"}` or
+`{type: user|org, name: ns}`, and, for a private repo, when its owner may read the repo. The body is the Hub's v3
+payload (`huggingface_hub.WebhookPayload` parses it; as on the Hub the head commit is `repo.headSha`), POSTed as JSON
+with `X-Webhook-Secret` when the webhook has a secret.
 
 Delivery: a queue and a small thread pool, never the request that caused the event. A failed attempt (non-2xx or no
 connection) is retried after 0.5, 1, 2, 4, 8 s, then dropped; a webhook disabled or deleted meanwhile gets no more.
@@ -112,21 +116,29 @@ class Webhooks(Extension):
     # ---- events ------------------------------------------------------------------------------------------------
     async def on_commit(self, repo: Repo, branch: str, oid: str) -> None:
         parent = self.storage.commit_info(oid).parent
-        self._emit(repo, "update", "repo.content", [{"ref": f"refs/heads/{branch}", "oldSha": parent, "newSha": oid}])
+        ref = branch if branch.startswith("refs/") else f"refs/heads/{branch}"
+        self._emit(repo, "update", "repo.content", {"updatedRefs": [{"ref": ref, "oldSha": parent, "newSha": oid}]})
 
     async def on_ref_change(self, repo: Repo, change: str, ref: str, oid: str | None) -> None:
-        self._emit(repo, "update", "repo.content", [{"ref": ref, "oldSha": None if change == "create" else oid,
-                                                     "newSha": oid if change == "create" else None}])
+        old, new = (None, oid) if change == "create" else (oid, None)
+        self._emit(repo, "update", "repo.content", {"updatedRefs": [{"ref": ref, "oldSha": old, "newSha": new}]})
 
     async def on_repo_created(self, repo: Repo, body: dict) -> None:
-        self._emit(repo, "create", "repo", None)
+        self._emit(repo, "create", "repo", {})
 
     async def on_repo_deleted(self, repo: Repo) -> None:
-        self._emit(repo, "delete", "repo", None)
+        self._emit(repo, "delete", "repo", {})
 
-    def _emit(self, repo: Repo, action: str, scope: str, refs: list[dict] | None) -> None:
+    async def on_repo_moved(self, old: Repo, new: Repo) -> None:
+        self._emit(old, "move", "repo", {"movedTo": {"name": new.id, "owner": {"id": _object_id(new.namespace)}}})
+
+    async def on_discussion(self, repo: Repo, action: str, scope: str, discussion: dict, comment: dict | None) -> None:
+        extra = {"discussion": discussion} | ({"comment": comment} if comment else {})
+        self._emit(repo, action, scope, extra, domain="discussion")
+
+    def _emit(self, repo: Repo, action: str, scope: str, extra: dict, domain: str = "repo") -> None:
         with self.storage.lock:
-            hooks = [h for h in self.storage.webhooks() if not h["disabled"] and _watches(h, repo)]
+            hooks = [h for h in self.storage.webhooks() if not h["disabled"] and self._watches(h, repo, domain)]
         if not hooks:
             return
         try:
@@ -143,10 +155,21 @@ class Webhooks(Extension):
             repo_json["subdomain"] = f"{repo.namespace}-{repo.name}".lower().replace("_", "-").replace(".", "-")
         for hook in hooks:
             payload = {"event": {"action": action, "scope": scope}, "repo": repo_json,
-                       "webhook": {"id": hook["id"], "version": 3}}
-            if refs is not None:
-                payload["updatedRefs"] = refs
+                       "webhook": {"id": hook["id"], "version": 3}, **extra}
             self._enqueue({"hook_id": hook["id"], "payload": payload, "attempt": 0}, 0.0)
+
+    def _watches(self, hook: dict, repo: Repo, domain: str) -> bool:
+        if domain not in hook.get("domains", DOMAINS):
+            return False
+        # A user-wide watch must not leak a private repo its owner cannot read (an org's members can).
+        if repo.private and self.hub.teams.role(hook["owner"], repo.namespace) is None:
+            return False
+        for item in hook["watched"]:
+            if item["type"] == repo.type and item["name"].lower() == repo.id.lower():
+                return True
+            if item["type"] in ("user", "org") and item["name"].lower() == repo.namespace.lower():
+                return True
+        return False
 
     # ---- delivery ----------------------------------------------------------------------------------------------
     def _enqueue(self, delivery: dict, delay: float) -> None:
@@ -244,16 +267,3 @@ def _validated(body: dict, partial: bool) -> dict:
 
 def _public(hook: dict) -> dict:
     return {k: hook.get(k) for k in ("id", "url", "watched", "domains", "secret", "disabled")} | {"job": None}
-
-
-def _watches(hook: dict, repo: Repo) -> bool:
-    if "repo" not in hook.get("domains", DOMAINS):
-        return False
-    if repo.private and hook["owner"] != repo.namespace:  # a user-wide watch must not leak others' private repos
-        return False
-    for item in hook["watched"]:
-        if item["type"] == repo.type and item["name"] == repo.id:
-            return True
-        if item["type"] in ("user", "org") and item["name"] == repo.namespace:
-            return True
-    return False

@@ -43,7 +43,7 @@ def tokenize_inputs(data: DataConfig, dataset: PinnedRepo | None, model_dir: str
 
     split = data.test_split
     if dataset is None:
-        ds = pull.load_files_split(data.source, split)
+        ds = pull.load_files_split(data.source, split, data.format)
     else:
         splits = hub.load_dataset_at(dataset, data.config_name)
         if split not in splits:

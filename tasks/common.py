@@ -78,17 +78,27 @@ def out_uri(stage: str, artifact_store: str, inputs: dict[str, Any]) -> str:
 
 
 class Progress:
-    """A Prefect progress artifact fed by the stages' `on_progress(fraction, message)` callbacks (throttled)."""
+    """The stages' `on_progress(fraction, message)` callbacks -> a Prefect progress artifact (every 2 s at most) and
+    a line in the run log and the terminal (every 10 s at most, and the last one): `train 40% step 20/51 loss 0.53,
+    31.2 samples/s, ETA 0:42`. Messages that are events (a checkpoint, a resume) are logged whenever they come."""
 
-    def __init__(self, key: str, description: str):
+    ARTIFACT_EVERY, LOG_EVERY = 2.0, 10.0
+
+    def __init__(self, key: str, description: str, stage: str):
         self.id = create_progress_artifact(progress=0.0, key=key, description=description)
-        self.last = 0.0
+        self.stage, self.last_artifact, self.last_log = stage, 0.0, time.monotonic()
 
     def __call__(self, fraction: float, message: str = "") -> None:
-        now = time.monotonic()
-        if fraction < 1.0 and now - self.last < 2.0:
+        from prefect import get_run_logger
+
+        now, fraction = time.monotonic(), min(max(fraction, 0.0), 1.0)
+        routine = message.startswith(("step ", "shard "))
+        if not routine or fraction >= 1.0 or now - self.last_log >= self.LOG_EVERY:
+            self.last_log = now
+            get_run_logger().info("%s %3.0f%% %s", self.stage, 100 * fraction, message)
+        if fraction < 1.0 and now - self.last_artifact < self.ARTIFACT_EVERY:
             return
-        self.last = now
-        update_progress_artifact(self.id, progress=round(100 * min(max(fraction, 0.0), 1.0), 1))
+        self.last_artifact = now
+        update_progress_artifact(self.id, progress=round(100 * fraction, 1))
 
 

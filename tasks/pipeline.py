@@ -72,7 +72,7 @@ def train(tokenized: TokenizedRef, model: PinnedRepo, cfg: TrainConfig, artifact
 
         return accelerate_launch(tokenized, model_dir, model, cfg, out, torch.cuda.device_count(), allow_pickle,
                                  get_run_logger().info)
-    progress = Progress("train-progress", f"Fine-tuning {model.repo_id}@{model.sha[:10]}")
+    progress = Progress("train-progress", f"Fine-tuning {model.repo_id}@{model.sha[:10]}", "train")
     return train_model(tokenized, model_dir, model, cfg, out, on_progress=progress, allow_pickle=allow_pickle)
 
 
@@ -84,7 +84,7 @@ def predict(checkpoint: CheckpointRef, tokenized: TokenizedRef, split: str, cfg:
 
     out = out_uri("predict", artifact_store, {"checkpoint": checkpoint, "tokenized": tokenized, "split": split,
                                               "cfg": cfg})
-    progress = Progress("inference-progress", f"Batch inference over {split}")
+    progress = Progress("inference-progress", f"Batch inference over {split}", "predict")
     return run_predict(checkpoint.uri, checkpoint.fingerprint, tokenized, split, cfg, out, on_progress=progress)
 
 

@@ -159,6 +159,7 @@ def test_discussions_list_comment_close_and_permissions(hub: LocalHub):
     assert alice.get_discussion_details(repo, 3, repo_type="dataset").conflicting_files == ["d.csv"]
     assert status(lambda: alice.merge_pull_request(repo, 3, repo_type="dataset")) == 409
     assert status(lambda: api(hub, None).create_discussion(repo, "anonymous", repo_type="dataset")) == 401
+    assert status(lambda: api(hub, "rita").create_discussion(repo, "read token", repo_type="dataset")) == 403
 
 
 # ---- gated repos --------------------------------------------------------------------------------------------------
@@ -232,6 +233,8 @@ def test_move_squash_space_readme_and_card_checks(hub: LocalHub):
     space = alice.create_repo("alice/a-space", repo_type="space", space_sdk="static").repo_id
     readme = open(alice.hf_hub_download(space, "README.md", repo_type="space")).read()
     assert "sdk: static" in readme and readme.startswith("---\n")
+    alice.move_repo(space, "alice/b-space", repo_type="space")  # the Space's app follows it to its new id
+    assert alice.space_info(space).id == "alice/b-space" and alice.get_space_runtime("alice/b-space").stage
 
     with pytest.raises(ValueError, match="Invalid metadata in README.md"):
         alice.upload_file(path_or_fileobj=b"---\nlicense: not-a-license\n---\n# card\n", path_in_repo="README.md",

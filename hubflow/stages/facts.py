@@ -17,7 +17,8 @@ DEFAULT_MAX_LENGTH = 128  # for a foreign model whose tokenizer and config name 
 
 
 def write_facts(folder: str | Path, facts: ModelFacts) -> None:
-    Path(folder, FACTS_FILE).write_text(facts.model_dump_json(indent=2) + "\n")
+    # Only what differs from the defaults: a classifier's facts do not list the causal-LM fields, and vice versa.
+    Path(folder, FACTS_FILE).write_text(facts.model_dump_json(indent=2, exclude_defaults=True) + "\n")
 
 
 def read_facts(folder: str | Path) -> ModelFacts:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +27,7 @@ from ..refs import PredictionsRef, TokenizedRef
 from .train import weights_fingerprint
 
 Progress = Callable[[float, str], None]
+log = logging.getLogger("hubflow")
 FORMAT = "hubflow-predictions-v1"  # part of every shard id: a change of shard layout invalidates old shards
 
 
@@ -57,6 +60,11 @@ def predict(
         shards.append({"index": i, "id": sid, "file": f"shard-{i:05d}-{sid}.parquet", "start": start, "rows": rows})
 
     existing = store.ls(out_uri)  # one listing, not a request per shard
+    reused = [s for s in shards if s["file"] in existing]
+    reused_rows = sum(s["rows"] for s in reused)
+    if reused:
+        log.info("reused %d of %d prediction shards (%d rows) from an earlier run", len(reused), len(shards), reused_rows)
+    started = time.perf_counter()
     predictor = None  # loaded on the first shard that needs it: a finished rerun never loads the model
     for done, shard in enumerate(shards):
         if shard["file"] not in existing:
@@ -66,7 +74,9 @@ def predict(
             store.write_parquet(store.join(out_uri, shard["file"]), rows)  # absent or complete, never half
         if on_progress:
             rows_done = shard["start"] + shard["rows"]
-            on_progress((done + 1) / len(shards), f"shard {done + 1}/{len(shards)} ({rows_done}/{n} rows)")
+            seconds = time.perf_counter() - started
+            rate = f", {(rows_done - reused_rows) / seconds:.1f} rows/s" if rows_done > reused_rows and seconds else ""
+            on_progress((done + 1) / len(shards), f"shard {done + 1}/{len(shards)} ({rows_done}/{n} rows{rate})")
 
     manifest = {
         "format": FORMAT,

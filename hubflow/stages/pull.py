@@ -11,32 +11,36 @@ anything is written, so bad data fails here, before any expensive stage.
 from __future__ import annotations
 
 import io
+import logging
 import posixpath
 
-from ..config import DataConfig
+from ..config import DataConfig, DataFormat
 from ..doors import store
 from ..refs import RawDataRef
 from ..tokenize import sha, sha256_bytes
 
-_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
+log = logging.getLogger("hubflow")
+_FORMATS = {".parquet": DataFormat.parquet, ".csv": DataFormat.csv, ".tsv": DataFormat.tsv, ".tab": DataFormat.tsv,
+            ".jsonl": DataFormat.json, ".json": DataFormat.json, ".arrow": DataFormat.arrow}
+# The `datasets` builder and its options for each format.
+_BUILDERS = {DataFormat.parquet: ("parquet", {}), DataFormat.csv: ("csv", {}), DataFormat.tsv: ("csv", {"sep": "\t"}),
+             DataFormat.json: ("json", {}), DataFormat.arrow: ("arrow", {})}
 
 
 def load_raw_files(source: str, cfg: DataConfig, kind, out_uri: str) -> RawDataRef:
     """Folder of `{split}.*`, `{split}-*`, `{split}_*` or `data/{split}-*.parquet` files → parquet splits at out_uri.
 
-    Formats: parquet, csv, jsonl/json (one format per split). Only the splits named in cfg are read.
+    Formats: parquet, csv, tsv, jsonl/json, arrow (one per split), by extension or `data.format`. Only the splits
+    named in cfg are read.
     """
-    from datasets import DatasetDict, load_dataset
+    from datasets import DatasetDict
 
-    files = _discover(source, _wanted_splits(cfg))
+    files = _discover(source, _wanted_splits(cfg), cfg.format)
     if cfg.train_split not in files:
-        raise ValueError(f"no files for train split {cfg.train_split!r} under {source}; found splits {sorted(files)}")
-    by_format: dict[str, dict[str, list[str]]] = {}
-    for split, (fmt, paths) in files.items():
-        by_format.setdefault(fmt, {})[split] = [store.join(source, p) for p in paths]
+        raise ValueError(_nothing_found(source, cfg.train_split, files, cfg.format))
     loaded = DatasetDict()
-    for fmt, data_files in by_format.items():
-        loaded.update(load_dataset(fmt, data_files=data_files, storage_options=store.storage_options(source)))
+    for split, (fmt, paths) in files.items():
+        loaded[split] = _load(source, split, fmt, paths)
     return write_raw_splits(loaded, cfg, kind, out_uri, source=source, source_sha=None)
 
 
@@ -50,6 +54,7 @@ def write_raw_splits(dsdict, cfg: DataConfig, kind, out_uri: str, source: str, s
     """
     if cfg.train_split not in dsdict:
         raise ValueError(f"train split {cfg.train_split!r} not in {source}; available splits: {sorted(dsdict)}")
+    log.info("data %s%s: %s", source, f"@{source_sha[:10]}" if source_sha else "", describe(dsdict))
     roles = kind.raw_columns(cfg, dsdict[cfg.train_split].column_names)
     limits = {cfg.test_split: cfg.max_test_samples, cfg.validation_split: cfg.max_eval_samples,
               cfg.train_split: cfg.max_train_samples}
@@ -82,16 +87,26 @@ def write_raw_splits(dsdict, cfg: DataConfig, kind, out_uri: str, source: str, s
                       columns=roles, source=source, source_sha=source_sha)
 
 
-def load_files_split(source: str, split: str):
+def load_files_split(source: str, split: str, fmt: DataFormat | None = None):
     """One split of an s3:// or local folder of files (found as `load_raw_files` finds them) → a Dataset."""
-    from datasets import load_dataset
-
-    found = _discover(source, [split])
+    found = _discover(source, [split], fmt)
     if split not in found:
-        raise ValueError(f"no files for split {split!r} under {source}")
-    fmt, paths = found[split]
-    return load_dataset(fmt, data_files={split: [store.join(source, p) for p in paths]}, split=split,
-                        storage_options=store.storage_options(source))
+        raise ValueError(_nothing_found(source, split, found, fmt))
+    return _load(source, split, *found[split])
+
+
+def describe(dsdict) -> str:
+    """`train: 2000 rows, validation: 200 rows; columns text (string), label (ClassLabel)` for the preflight log."""
+    splits = ", ".join(f"{name}: {len(ds)} rows" for name, ds in dsdict.items())
+    first = next(iter(dsdict.values()))
+    return f"{splits}; columns {', '.join(f'{name} ({_kind(f)})' for name, f in first.features.items())}"
+
+
+def _kind(feature) -> str:
+    names = getattr(feature, "names", None)
+    if names is not None:
+        return f"ClassLabel, {len(names)} classes"
+    return getattr(feature, "dtype", None) or type(feature).__name__
 
 
 # ----- helpers -------------------------------------------------------------------------------------------------------
@@ -101,13 +116,31 @@ def _wanted_splits(cfg: DataConfig) -> list[str]:
     return list(dict.fromkeys(s for s in (cfg.train_split, cfg.validation_split, cfg.test_split) if s))
 
 
-def _discover(source: str, splits: list[str]) -> dict[str, tuple[str, list[str]]]:
-    """Folder → {split: (datasets builder, [relative paths])}, by file name or folder name."""
+def _load(source: str, split: str, fmt: DataFormat, paths: list[str]):
+    from datasets import load_dataset
+
+    builder, options = _BUILDERS[fmt]
+    return load_dataset(builder, data_files={split: [store.join(source, p) for p in paths]}, split=split,
+                        storage_options=store.storage_options(source), **options)
+
+
+def _nothing_found(source: str, split: str, found: dict, fmt: DataFormat | None) -> str:
+    """What was under the folder, and what is read: the one line a user needs to fix the source or the config."""
+    files = [r for r in store.find(source) if not any(p.startswith(".") for p in r.split("/"))]
+    extensions = sorted({posixpath.splitext(r)[1].lower() or "(none)" for r in files})
+    readable = "data.format=" + fmt.value if fmt else "parquet, csv, tsv, jsonl/json and arrow files"
+    return (f"no files for split {split!r} under {source} (read: {readable}); found {len(files)} files "
+            f"(extensions {', '.join(extensions) or 'none'}) and splits {sorted(found)}; name files after the split "
+            "(train.csv, train-0000.parquet, train/…) and set data.format for other extensions")
+
+
+def _discover(source: str, splits: list[str], forced: DataFormat | None = None) -> dict[str, tuple[DataFormat, list[str]]]:
+    """Folder → {split: (format, [relative paths])}, by file name or folder name; `forced` reads every file so."""
     if not store.is_dir(source):
         raise ValueError(f"data source {source} is not a folder")
-    found: dict[str, tuple[str, list[str]]] = {}
+    found: dict[str, tuple[DataFormat, list[str]]] = {}
     for rel in store.find(source):
-        fmt = _FORMATS.get(posixpath.splitext(rel)[1].lower())
+        fmt = forced or _FORMATS.get(posixpath.splitext(rel)[1].lower())
         if fmt is None or any(part.startswith(".") for part in rel.split("/")):
             continue
         split = _split_of(rel, splits)
@@ -115,7 +148,8 @@ def _discover(source: str, splits: list[str]) -> dict[str, tuple[str, list[str]]
             continue
         prev_fmt, paths = found.setdefault(split, (fmt, []))
         if prev_fmt != fmt:
-            raise ValueError(f"split {split!r} mixes {prev_fmt} and {fmt} files under {source}: {paths + [rel]}")
+            raise ValueError(f"split {split!r} mixes {prev_fmt.value} and {fmt.value} files under {source}: "
+                             f"{paths + [rel]}")
         paths.append(rel)
     return found
 

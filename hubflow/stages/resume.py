@@ -53,6 +53,7 @@ class Run:
     steps_per_epoch: int
     progress: Callable[[float, str], None]
     started: float
+    samples_per_step: int = 0  # examples per optimizer step over every process (for the progress line's rate)
     prior_seconds: float = 0.0
 
     def seconds(self) -> float:

@@ -119,7 +119,8 @@ def train_model(
     model, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
 
     run = resume.Run(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, out_uri=out_uri,
-                     total_steps=total_steps, steps_per_epoch=steps_per_epoch, progress=progress, started=started)
+                     total_steps=total_steps, steps_per_epoch=steps_per_epoch, progress=progress, started=started,
+                     samples_per_step=cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes)
     run_key = {"config": cfg.model_dump(mode="json"), "data": tokenized.fingerprint, "base_model": base_model.sha}
     st = resume.load_latest(run, run_key) or LoopState.fresh(run_key, total_steps, steps_per_epoch)
     run.prior_seconds = st.train_seconds
@@ -224,7 +225,18 @@ def _flush_losses(run: resume.Run, st: LoopState, pending: list) -> None:
     for i, (loss, (_, lr)) in enumerate(zip(losses, pending)):
         st.history["steps"].append({"step": first + i, "loss": loss, "lr": lr})
     pending.clear()
-    run.progress(st.step / run.total_steps, f"step {st.step}/{run.total_steps} loss {losses[-1]:.4f}")
+    seconds = max(run.seconds(), 1e-9)
+    rate = st.step * run.samples_per_step / seconds
+    eta = (run.total_steps - st.step) * seconds / max(st.step, 1)
+    run.progress(st.step / run.total_steps, f"step {st.step}/{run.total_steps} loss {losses[-1]:.4f}, "
+                 f"{rate:.1f} samples/s, ETA {clock(eta)}")
+
+
+def clock(seconds: float) -> str:
+    """1234.5 -> '20:34' (minutes:seconds; hours when there are any)."""
+    m, s = divmod(int(seconds + 0.5), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 # --- the final model ---
