@@ -1,7 +1,7 @@
 """hubflow's stages against the peers a user would otherwise reach for, in one run; prints `name: ratio` lines.
 
-    python -m bench                          # everything below except rerun_vs_first (~6 min on 2 quiet cores)
-    python -m bench --quick                  # small sizes, one repetition: a smoke run (~40 s)
+    python -m bench                          # everything below except rerun_vs_first (~11 min on 2 quiet cores)
+    python -m bench --quick                  # small sizes, one repetition: a smoke run (~1.5 min)
     python -m bench --only train_vs_trainer  # one comparison (repeatable)
     python -m bench.lfs                      # localhub LFS throughput (a separate benchmark)
 
@@ -10,10 +10,14 @@ Ratios (higher is better, except rerun_vs_first):
     inference_vs_bare          ... vs a bare inference_mode loop over pre-padded batches   target >= 0.9
     train_vs_trainer           hubflow.stages.train.train_model vs transformers.Trainer       target >= 1.3
     preprocess_vs_per_example  the kind's prepare (hubflow.kinds.text_classification.data) vs per-example Dataset.map      target >= 5
+    generate_vs_pipeline       causal LM: predict's batch generation vs pipeline("text-generation")   target >= 2
+    generate_vs_bare           ... vs a bare length-sorted, left-padded model.generate loop           target >= 0.9
+    sft_vs_trl                 causal LM: train_model(method lora) tokens/s vs trl.SFTTrainer + peft  target >= 1.0
     rerun_vs_first             unchanged pipeline rerun / first run (lower is better) target <= 0.10 (opt-in)
 
 Each contender is warmed up once, then the contenders run back to back in rotating order; the ratio is the median
-over repetitions of peer seconds / our seconds. torch uses os.cpu_count() intra-op threads on every side.
+over repetitions of peer seconds / our seconds. torch uses os.cpu_count() intra-op threads on every side (the causal-LM
+comparisons: 2, set by bench/causal_lm.py).
 See docs/benchmarks.md for what each clock covers and the recorded figures.
 """
 
@@ -28,10 +32,12 @@ import warnings
 from pathlib import Path
 
 RATIOS = ["inference_vs_pipeline", "inference_vs_bare", "train_vs_trainer", "preprocess_vs_per_example",
-          "rerun_vs_first"]
+          "generate_vs_pipeline", "generate_vs_bare", "sft_vs_trl", "rerun_vs_first"]
+CAUSAL_LM = {"generate_vs_pipeline", "generate_vs_bare", "sft_vs_trl"}  # bench/causal_lm.py: its own model and sizes
 DEFAULT = RATIOS[:-1]  # rerun_vs_first starts localhub and Prefect and runs the pipeline twice: only on request
 TARGETS = {"inference_vs_pipeline": ">= 3", "inference_vs_bare": ">= 0.9", "train_vs_trainer": ">= 1.3",
-           "preprocess_vs_per_example": ">= 5", "rerun_vs_first": "<= 0.10"}
+           "preprocess_vs_per_example": ">= 5", "generate_vs_pipeline": ">= 2", "generate_vs_bare": ">= 0.9",
+           "sft_vs_trl": ">= 1.0", "rerun_vs_first": "<= 0.10"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,6 +102,10 @@ def run(root: Path, wanted: set[str], quick: bool, reps: int | None, max_length:
         from bench import preprocessing
 
         preprocessing.run(root, plan, report)
+    if wanted & CAUSAL_LM:
+        from bench import causal_lm
+
+        causal_lm.run(root, wanted, quick, plan.reps, report)
     if "rerun_vs_first" in wanted:
         from bench import rerun
 

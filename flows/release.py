@@ -25,7 +25,7 @@ def release(result: PipelineResult, publish: PublishConfig, space: SpaceConfig) 
     if not decision.promoted:
         print(f"not published: {decision.reason}")
         return record_release(result, PublishOutcome(decision=decision))
-    model = publish_model(result, publish)
+    model = publish_model(result, publish, decision)
     predictions = publish_predictions(result, model, publish)
     outcome = PublishOutcome(decision=decision, model=model, predictions=predictions)
     print(f"model {model.repo_id}@{model.sha[:10]}, predictions {predictions.repo_id}@{predictions.sha[:10]}")

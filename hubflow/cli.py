@@ -8,6 +8,7 @@
     hubflow webhooks serve --port P                Hub webhooks -> Prefect events (hub.dataset.updated)
     hubflow webhooks register --url U --watch dataset:ns/name   the Hub webhook that feeds it
     hubflow pools up [--type process|docker|kubernetes]   the cpu and gpu work pools (PREFECT_API_URL)
+    hubflow store gc --keep-last N [--dry-run]     free stage folders that none of the newest N runs needs
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ QUIET_ENV = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "hubflow",
+    # The embedded server's SQLite is shared by the API and its services; on a busy laptop the 10 s default gives
+    # up with "database is locked" (a traceback that reaches the terminal) where a longer wait succeeds.
+    "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
 }
 
 
@@ -36,8 +40,25 @@ def quiet_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+def console_logging() -> None:
+    """hubflow's own lines ("data …: 2000 rows; columns …", "reused 3 of 4 shards") in the terminal, formatted like
+    Prefect's; Prefect sends them to the run's log in the UI as well (PREFECT_LOGGING_EXTRA_LOGGERS)."""
+    import logging
+
+    logger = logging.getLogger("hubflow")
+    if not any(getattr(h, "_hubflow_console", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | hubflow - %(message)s",
+                                               "%H:%M:%S"))
+        handler._hubflow_console = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the root logger's own console handler would print every line twice
+
+
 def main(argv: list[str] | None = None) -> None:
     quiet_environment()
+    console_logging()
     parser = argparse.ArgumentParser(prog="hubflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(required=True, dest="command")
 
@@ -82,6 +103,14 @@ def main(argv: list[str] | None = None) -> None:
                           help="a repo to watch, dataset:ns/name or model:ns/name (repeatable)")
     register.set_defaults(func=_webhooks_register)
 
+    store_cmd = sub.add_parser("store", help="the artifact store").add_subparsers(required=True, dest="store_command")
+    gc = store_cmd.add_parser("gc", help="remove stage folders that none of the newest N runs needs")
+    gc.add_argument("--store", default="./.hubflow/store", help="the artifact store (a folder or s3://bucket/prefix)")
+    gc.add_argument("--keep-last", type=int, required=True, metavar="N", help="keep what the newest N runs need")
+    gc.add_argument("--grace-minutes", type=float, default=60.0, metavar="M",
+                    help="never remove a folder written to in the last M minutes (a run in progress; default 60)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    gc.set_defaults(func=_store_gc)
     pools = sub.add_parser("pools", help="the cpu and gpu work pools").add_subparsers(required=True, dest="pools_command")
     up = pools.add_parser("up", help="create or update the cpu and gpu pools from deployments/pools/<type>-*.json")
     up.add_argument("--type", default="process", choices=("process", "docker", "kubernetes"), dest="pool_type",
@@ -135,6 +164,14 @@ def _webhooks_register(args: argparse.Namespace) -> None:
     from .webhooks import register
 
     print(json.dumps(register(args.url, args.watch), indent=2))
+
+
+def _store_gc(args: argparse.Namespace) -> None:
+    from .store_gc import collect, report
+
+    if args.keep_last < 0:
+        sys.exit("hubflow store gc: --keep-last must be 0 or more")
+    print(report(collect(args.store, args.keep_last, args.grace_minutes, args.dry_run), args.dry_run))
 
 
 def _pools_up(args: argparse.Namespace) -> None:

@@ -161,6 +161,10 @@ class TrainConfig(_Stage):
     checkpoint_every_steps: int = Field(
         200, ge=1, description="Save a resumable checkpoint to the artifact store this often, so a retry resumes."
     )
+    keep_resume_checkpoints: bool = Field(
+        False, description="Keep the resume checkpoints once training completes (to extend the run with more steps "
+        "later); off: they are removed, the final model and its history stay."
+    )
     method: TrainMethod = Field(TrainMethod.full, description="full: every weight; lora: adapters on a frozen base; "
                                 "qlora: adapters on a 4-bit base (CUDA).")
     lora: LoraConfig = Field(default_factory=lambda: LoraConfig(), description="LoRA settings (method lora or qlora).")
@@ -222,6 +226,10 @@ class GateConfig(_Stage):
                                       "own (macro_f1 for text-classification, perplexity for causal-lm).")
     threshold: float = Field(0.0, ge=0, description="The challenger's metric must reach this (at most this, for a "
                              "metric where lower is better, like perplexity).")
+    min_improvement: float = Field(0.0, ge=0, description="champion mode: the challenger must beat the champion by at "
+                                   "least this much of the metric (absolute), e.g. 0.01 for one point of accuracy.")
+    confidence: float = Field(0.95, ge=0.5, lt=1, description="champion mode: how sure a paired bootstrap over the "
+                              "shared test rows must be that the challenger is better (p <= 1 - confidence).")
 
 
 class PublishConfig(_Stage):

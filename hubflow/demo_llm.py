@@ -83,9 +83,10 @@ GEMMA3_CHAT_TEMPLATE = (
 END_OF_TURN = "<end_of_turn>"
 
 # The chat dataset: one user turn (the instruction and a ticket), one assistant turn (the team, in a fixed format).
-INSTRUCTION = ("Route this customer-support ticket to one team: account, billing, shipping or technical. "
-               "Reply with exactly one line, `team: <name>`.")
-ROUTING_SIZES: dict[str, int] = {"train": 320, "validation": 32, "test": 48}
+INSTRUCTION = "Which team should handle this ticket: account, billing, shipping or technical? Reply `team: <name>`."
+# Small on purpose: on 2 CPU cores every token costs (Gemma's 262k-word vocabulary makes the output layer the bulk of
+# the work), and 32 LoRA steps of 8 rows already take the base model from never answering in the format to ~0.9.
+ROUTING_SIZES: dict[str, int] = {"train": 256, "validation": 16, "test": 48}
 
 
 # ----- the model -----------------------------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ def measure_base(config):
     """The base model on the test split, before any fine-tuning: a Prefect flow of its own (`hubflow-demo-baseline`).
     Pin, pull and preprocess are the pipeline's tasks with the pipeline's inputs, so the pipeline that follows finds
     them in Prefect's cache and scores the fine-tuned model on exactly these rows. -> (result dict, flow run id)."""
-    from prefect import flow
+    from prefect import flow, get_run_logger
     from prefect.runtime import flow_run
 
     from .doors import store
@@ -285,7 +286,8 @@ def measure_base(config):
     from .tasks import pipeline as stages
     from .tokenize import sha
 
-    @flow(name="hubflow-demo-baseline", log_prints=True)
+    # No log_prints: with print patched, dill's `dis` capture (datasets' hashing in preprocess) lands in the log.
+    @flow(name="hubflow-demo-baseline")
     def baseline(config) -> dict:
         base_model, dataset = stages.pin_inputs(config.model, config.data)
         raw = stages.pull_dataset(config.data, dataset, config.task, config.artifact_store)
@@ -299,7 +301,8 @@ def measure_base(config):
         predictions = predict(model_dir, fingerprint, tokenized, "test", config.inference,
                               store.join(out, "predictions"))
         evaluation = evaluate_predictions(predictions, tokenized.facts, store.join(out, "evaluation"))
-        print(f"base model {base_model.repo_id}@{base_model.sha[:10]} on the test split: {evaluation.metrics}")
+        get_run_logger().info("base model %s@%s on the test split: %s", base_model.repo_id, base_model.sha[:10],
+                              evaluation.metrics)
         return {"base_model": base_model, "predictions": predictions, "evaluation": evaluation,
                 "flow_run_id": str(flow_run.get_id())}
 

@@ -107,6 +107,10 @@ class GateDecision(Ref):
     champion_sha: str | None
     threshold: float
     reason: str
+    improvement: float | None = None  # challenger minus champion, in the better direction (champion mode)
+    p_value: float | None = None  # bootstrap probability that the challenger is not better
+    min_improvement: float = 0.0
+    confidence: float | None = None
 
 
 class PublishedRepo(Ref):

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable
 
@@ -35,6 +36,11 @@ def _transient(task, task_run, state) -> bool:
         return False
     return False
 
+
+# The library logs what it did at INFO ("data …: 2000 rows; columns …", "reused 3 of 4 prediction shards"). Prefect
+# gives the `hubflow` logger its handlers (PREFECT_LOGGING_EXTRA_LOGGERS) but not a level, and the root's WARNING
+# would drop those lines.
+logging.getLogger("hubflow").setLevel(logging.INFO)
 
 NETWORK_RETRIES = dict(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=_transient)
 
@@ -65,16 +71,27 @@ def _modules(stage: str, inputs: dict[str, Any]) -> tuple[str, ...]:
     return MODULES[stage] + kind_for(_task_of(inputs)).modules
 
 
+def _keyed(stage: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The inputs that decide a stage's output. Batch inference's batch size and token budget change how rows are
+    padded, not a classifier's predictions (attention masks): changing only those reuses every shard."""
+    cfg = inputs.get("cfg")
+    if stage == "predict" and cfg is not None and kind_for(_task_of(inputs)).batch_invariant:
+        return {**inputs, "cfg": cfg.model_dump(mode="json", exclude={"batch_size", "max_tokens_per_batch"})}
+    return inputs
+
+
 def cache_key(stage: str) -> Callable[[TaskRunContext, dict[str, Any]], str]:
     def key(_: TaskRunContext, parameters: dict[str, Any]) -> str:
-        return f"{stage}-{stage_key(stage, _modules(stage, parameters), parameters)}"
+        return f"{stage}-{stage_key(stage, _modules(stage, parameters), _keyed(stage, parameters))}"
 
     return key
 
 
-def out_uri(stage: str, artifact_store: str, inputs: dict[str, Any]) -> str:
-    """`{store}/{stage}/{key}`: the key is the task's cache key, so a cached result always names its folder."""
-    return store.join(artifact_store, stage, stage_key(stage, _modules(stage, inputs), inputs))
+def out_uri(stage: str, parameters: dict[str, Any]) -> str:
+    """`{store}/{stage}/{key}` for a task's full `parameters` (artifact_store among them): the key is the task's
+    cache key, so a cached result always names its folder, and `hubflow store gc` can drop both together."""
+    key = stage_key(stage, _modules(stage, parameters), _keyed(stage, parameters))
+    return store.join(parameters["artifact_store"], stage, key)
 
 
 class Progress:

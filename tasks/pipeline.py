@@ -34,7 +34,7 @@ def pull_dataset(data: DataConfig, pinned: PinnedRepo | None, task: TaskType, ar
     """Hub dataset at its sha (or s3://, local files) -> raw parquet splits in the store, checked by the task kind."""
     from hubflow.stages import pull
 
-    out = out_uri("pull-dataset", artifact_store, {"data": data, "pinned": pinned, "task": task})
+    out = out_uri("pull-dataset", dict(data=data, pinned=pinned, task=task, artifact_store=artifact_store))
     kind = kind_for(task)
     if pinned is None:
         return pull.load_raw_files(data.source, data, kind, out)
@@ -52,7 +52,7 @@ def pull_model(model: PinnedRepo, allow_pickle: bool) -> str:
 def preprocess(raw: RawDataRef, model: PinnedRepo, cfg: PreprocessConfig, data: DataConfig, task: TaskType,
                artifact_store: str) -> TokenizedRef:
     """Raw splits -> the task kind's training data (for classifiers: label ids, carved splits, token ids)."""
-    out = out_uri("preprocess", artifact_store, {"raw": raw, "model": model, "cfg": cfg, "data": data, "task": task})
+    out = out_uri("preprocess", dict(raw=raw, model=model, cfg=cfg, data=data, task=task, artifact_store=artifact_store))
     return kind_for(task).prepare(raw, hub.model_dir(model), cfg, data, out)
 
 
@@ -64,7 +64,8 @@ def train(tokenized: TokenizedRef, model: PinnedRepo, cfg: TrainConfig, artifact
 
     from hubflow.stages.train import train_model
 
-    out = out_uri("train", artifact_store, {"tokenized": tokenized, "model": model, "cfg": cfg})
+    out = out_uri("train", dict(tokenized=tokenized, model=model, cfg=cfg, artifact_store=artifact_store,
+                                allow_pickle=allow_pickle))
     model_dir = hub.model_dir(model, allow_pickle)
     if torch.cuda.device_count() > 1:  # a multi-GPU worker: one process per GPU, the same training code
         from hubflow.stages.launch import accelerate_launch
@@ -82,8 +83,8 @@ def predict(checkpoint: CheckpointRef, tokenized: TokenizedRef, split: str, cfg:
     """Batch inference over a split -> parquet shards + manifest; finished shards are skipped on rerun."""
     from hubflow.stages.predict import predict as run_predict
 
-    out = out_uri("predict", artifact_store, {"checkpoint": checkpoint, "tokenized": tokenized, "split": split,
-                                              "cfg": cfg})
+    out = out_uri("predict", dict(checkpoint=checkpoint, tokenized=tokenized, split=split, cfg=cfg,
+                                  artifact_store=artifact_store))
     progress = Progress("inference-progress", f"Batch inference over {split}", "predict")
     return run_predict(checkpoint.uri, checkpoint.fingerprint, tokenized, split, cfg, out, on_progress=progress)
 
@@ -93,7 +94,7 @@ def evaluate(predictions: PredictionsRef, checkpoint: CheckpointRef, artifact_st
     """The kind's metrics and report -> the store, and a markdown artifact with the tables and figures."""
     from hubflow.stages.evaluate import evaluate_predictions, render
 
-    out = out_uri("evaluate", artifact_store, {"predictions": predictions, "checkpoint": checkpoint})
+    out = out_uri("evaluate", dict(predictions=predictions, checkpoint=checkpoint, artifact_store=artifact_store))
     report = evaluate_predictions(predictions, checkpoint.facts, out, checkpoint.history_uri)
     markdown, figures = render(report, checkpoint.facts, checkpoint.history_uri)
     images = "\n\n".join(

@@ -20,8 +20,12 @@ def record_run(config: PipelineConfig, base_model: PinnedRepo, dataset: PinnedRe
     """Write the run's summary to the store and log the headline numbers."""
     run_id = flow_run.get_id()
     summary_uri = store.join(config.artifact_store, "runs", run_id or "local", "summary.json")
+    url = flow_run.get_flow_run_ui_url()
     result = PipelineResult(
-        flow_run_id=run_id, flow_run_url=flow_run.get_flow_run_ui_url(), config=config, base_model=base_model,
+        # Without a UI URL configured (the default for `hubflow run` and the demo) Prefect answers "None/flow-runs/…":
+        # no link then, the card names the run id plainly.
+        flow_run_id=run_id, flow_run_url=url if url and url.startswith(("http://", "https://")) else None,
+        config=config, base_model=base_model,
         dataset=dataset, raw=raw, tokenized=tokenized, checkpoint=checkpoint, predictions=predictions,
         evaluation=evaluation, summary_uri=summary_uri,
     )

@@ -37,9 +37,10 @@ def gate(result: PipelineResult, publish: PublishConfig) -> GateDecision:
 
 
 @task(name="publish-model", cache_policy=NO_CACHE, **NETWORK_RETRIES)
-def publish_model(result: PipelineResult, publish: PublishConfig) -> PublishedRepo:
-    """Checkpoint + card -> one tagged commit on the model repo (none when unchanged); records the sha."""
-    published = publish_lib.push_model(result, publish)
+def publish_model(result: PipelineResult, publish: PublishConfig,
+                  decision: GateDecision | None = None) -> PublishedRepo:
+    """Checkpoint + card (with the gate's decision) -> one tagged commit on the model repo (none when unchanged)."""
+    published = publish_lib.push_model(result, publish, decision=decision)
     _record(published, "published-model", "Published model")
     return published
 

@@ -7,6 +7,7 @@ before training with a message naming the culprit.
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -129,17 +130,81 @@ def test_changing_an_inference_setting_reruns_only_inference(first_run, hub_repo
     from hubflow.flows.pipeline import pipeline
 
     store, first = first_run
-    state = pipeline(tiny_config(hub_repos, store, inference__batch_size=7), return_state=True)
+    state = pipeline(tiny_config(hub_repos, store, inference__shard_size=25), return_state=True)
     states = task_states(state.state_details.flow_run_id)
     assert {s: states[s] for s in ("pull-dataset", "preprocess", "train")} == dict.fromkeys(
         ("pull-dataset", "preprocess", "train"), "Cached"
     )
     assert states["predict"] == "Completed" and states["evaluate"] == "Completed"
-    # Same model, same rows: a different batch size must not change a single prediction.
+    # Same model, same rows: another sharding must not change a single prediction.
     from hubflow.stages.predict import read_predictions
 
     before = read_predictions(first.result().predictions).column("pred").to_pylist()
     assert read_predictions(state.result().predictions).column("pred").to_pylist() == before
+    assert state.result().predictions.shards == 4 != first.result().predictions.shards
+
+
+def test_changing_only_the_batch_size_reuses_every_prediction(first_run, hub_repos, alice_env):
+    """Batch size and token budget change padding, not a classifier's predictions: nothing is recomputed."""
+    from hubflow.flows.pipeline import pipeline
+
+    store, first = first_run
+    state = pipeline(tiny_config(hub_repos, store, inference__batch_size=7, inference__max_tokens_per_batch=512),
+                     return_state=True)
+    states = task_states(state.state_details.flow_run_id)
+    assert states["predict"] == "Cached" and states["evaluate"] == "Cached", states
+    assert state.result().predictions == first.result().predictions
+
+
+def test_store_gc_frees_what_no_kept_run_needs_and_a_kept_run_still_hits(first_run, hub_repos, alice_env):
+    """After the runs above (the first, its rerun, another sharding, another batch size), keep the newest run only:
+    the other sharding's predict/evaluate folders go, the shared stages stay; the kept config reruns from cache,
+    the removed one recomputes (its cache record went with its folder)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hubflow.doors import store as door
+    from hubflow.flows.pipeline import pipeline
+
+    from prefect.settings import get_current_settings
+
+    store, first = first_run
+    hubflow = str(Path(sys.executable).with_name("hubflow"))
+    # The CLI runs as an operator would, with the same Prefect result storage as the runs (the harness's).
+    env = {**os.environ, "PREFECT_LOCAL_STORAGE_PATH": str(get_current_settings().results.local_storage_path)}
+    before = {stage: set(door.ls(f"{store}/{stage}")) for stage in ("pull-dataset", "preprocess", "train", "predict")}
+    dry = subprocess.run([hubflow, "store", "gc", "--store", str(store), "--keep-last", "1", "--grace-minutes", "0",
+                          "--dry-run"], capture_output=True, text=True, check=True, env=env).stdout
+    assert "would remove 2 stage folders" in dry and "predict/" in dry and "evaluate/" in dry, dry
+    assert {s: set(door.ls(f"{store}/{s}")) for s in before} == before  # a dry run removes nothing
+    out = subprocess.run([hubflow, "store", "gc", "--store", str(store), "--keep-last", "1", "--grace-minutes", "0"],
+                         capture_output=True, text=True, check=True, env=env).stdout
+    assert "removed 2 stage folders" in out, out
+    assert len(door.ls(f"{store}/predict")) == len(before["predict"]) - 1
+    assert {s: set(door.ls(f"{store}/{s}")) for s in ("pull-dataset", "preprocess", "train")} == {
+        s: before[s] for s in ("pull-dataset", "preprocess", "train")}
+
+    # The cache records went with their folders, the kept ones stayed.
+    records = {p.name for p in Path(env["PREFECT_LOCAL_STORAGE_PATH"]).expanduser().iterdir()}
+    removed = before["predict"] - set(door.ls(f"{store}/predict"))
+    assert {f"predict-{k}" for k in removed}.isdisjoint(records)
+    assert {f"predict-{k}" for k in door.ls(f"{store}/predict")} <= records
+
+    kept = pipeline(tiny_config(hub_repos, store), return_state=True)
+    assert {task_states(kept.state_details.flow_run_id)[s] for s in ("train", "predict", "evaluate")} == {"Cached"}
+    # A new process (as a user's next `hubflow run`), the removed run's config: inference is computed again.
+    import yaml
+
+    recipe = Path(store).parent / "gone.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_config(hub_repos, store, inference__shard_size=25).model_dump(mode="json")))
+    api = {"PREFECT_API_URL": str(get_current_settings().api.url), "HF_TOKEN": os.environ["HF_TOKEN"]}
+    run = subprocess.run([hubflow, "run", str(recipe)], capture_output=True, text=True, env={**env, **api},
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = next(line.split()[-1] for line in run.stdout.splitlines() if line.startswith("summary:"))
+    states = task_states(Path(summary).parent.name)
+    assert states["predict"] == "Completed" and states["train"] == "Cached", states
 
 
 # ---- preflight: bad input fails before training, naming the culprit -------------------------------------------

@@ -17,7 +17,7 @@ from hubflow.stages.evaluate import evaluate_predictions
 from hubflow.kinds.text_classification.model import predict_texts
 from hubflow.stages.predict import predict, read_manifest, read_predictions
 from hubflow.refs import CheckpointRef, PinnedRepo
-from hubflow.stages.train import main, train_model
+from hubflow.stages.train import main, train_model, weights_fingerprint
 from tests.tiny import LABELS, make_tiny_bert, make_tiny_llama, make_tiny_tokenized
 
 BASE = PinnedRepo(repo_id="tiny/bert", repo_type="model", revision="main", sha="0" * 40)
@@ -25,7 +25,7 @@ BASE = PinnedRepo(repo_id="tiny/bert", repo_type="model", revision="main", sha="
 # 7 steps land mid-epoch (7, 14, 21, ...) as well as at each epoch end.
 CFG = TrainConfig(
     epochs=6, batch_size=8, gradient_accumulation_steps=2, learning_rate=5e-3, warmup_ratio=0.1,
-    checkpoint_every_steps=7, seed=0,
+    checkpoint_every_steps=7, seed=0, keep_resume_checkpoints=True,  # these tests resume finished runs
 )
 TOTAL_STEPS = 90
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -360,3 +360,12 @@ def test_pickle_weights_load_only_when_allowed_and_only_as_tensors(tiny, tmp_pat
     with pytest.raises(Exception, match="(?i)weights.only|unpickl"):
         train_model(tokenized, str(pickled), BASE, cfg, str(tmp_path / "exploit"), allow_pickle=True)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_finished_run_keeps_its_model_and_history_but_not_its_resume_checkpoints(tiny, tmp_path):
+    """Retention: by default nothing of the resume checkpoints stays once training completes."""
+    model_dir, tokenized = tiny
+    cfg = CFG.model_copy(update={"max_steps": 8, "keep_resume_checkpoints": False})
+    ref = train_model(tokenized, str(model_dir), BASE, cfg, str(tmp_path / "run"))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint_ref.json", "history.json", "model"]
+    assert weights_fingerprint(ref.uri) == ref.fingerprint

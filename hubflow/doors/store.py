@@ -167,3 +167,27 @@ def remove(uri: str) -> None:
     fs, path = _fs(uri)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def _entries(uri: str) -> list[dict]:
+    """fsspec's info of every file under `uri` (or of `uri` itself when it is a file)."""
+    fs, path = _fs(uri)
+    if not fs.exists(path):
+        return []
+    if fs.isfile(path):
+        return [fs.info(path)]
+    return list(fs.find(path, detail=True).values())
+
+
+def modified(uri: str) -> float:
+    """When anything under `uri` was last written (Unix time; 0 when nothing is there)."""
+    times = []
+    for info in _entries(uri):
+        stamp = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or 0
+        times.append(stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp))
+    return max(times, default=0.0)
+
+
+def size(uri: str) -> int:
+    """Bytes of every file under `uri`."""
+    return sum(int(info.get("size") or 0) for info in _entries(uri))

@@ -15,7 +15,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 from .. import __version__
 from ..doors import store
 from ..kinds import kind_for
-from ..refs import ModelFacts, PipelineResult, PublishedRepo
+from ..refs import GateDecision, ModelFacts, PipelineResult, PublishedRepo
 
 # Front-matter keys that identify what a model repo holds; publish compares them (see tasks/publish.py). The flow
 # run id is recorded but not compared: a cached rerun yields the same model and must not make a new commit.
@@ -41,7 +41,7 @@ def model_lineage(result: PipelineResult, fingerprint: str | None = None) -> dic
 
 def model_card(result: PipelineResult, repo_id: str, revision: str, facts: ModelFacts | None = None,
                fingerprint: str | None = None, license: str | None = None,
-               report: dict[str, Any] | None = None) -> ModelCard:
+               report: dict[str, Any] | None = None, decision: GateDecision | None = None) -> ModelCard:
     """The model repo's README.md; `revision` (a tag or sha) goes into the usage snippet. `facts` and `fingerprint`
     are those of the folder published (an adapter's name its base), by default the run's model."""
     facts = facts or result.checkpoint.facts
@@ -66,6 +66,8 @@ def model_card(result: PipelineResult, repo_id: str, revision: str, facts: Model
         hubflow=model_lineage(result, fingerprint),
     )
     body = _model_body(result, repo_id, revision, report, facts, fingerprint or result.checkpoint.fingerprint)
+    if decision is not None:
+        body += _promotion(decision)
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
 
 
@@ -126,6 +128,17 @@ def _model_body(result: PipelineResult, repo_id: str, revision: str, report: dic
         "keys repeat the lineage in machine-readable form.",
         "",
     ]
+    return "\n".join(lines)
+
+
+def _promotion(d: GateDecision) -> str:
+    """Why this model was published: the gate's decision, its margin and p-value."""
+    lines = ["## Promotion", "", d.reason[0].upper() + d.reason[1:] + ".", ""]
+    if d.p_value is not None:
+        lines += ["| | value |", "|---|---|", f"| metric | {d.metric} |", f"| this model | {d.challenger:.4f} |",
+                  f"| champion (`{(d.champion_sha or '')[:10]}`) | {d.champion:.4f} |",
+                  f"| improvement | {d.improvement:+.4f} (margin {d.min_improvement:g}) |",
+                  f"| paired bootstrap p | {d.p_value:.4f} (confidence {d.confidence:g}) |", ""]
     return "\n".join(lines)
 
 

@@ -61,13 +61,17 @@ def check_memory(model_dir: str, cfg: TrainConfig, seq_len: int, device) -> None
     """Refuse, with the figures, a job whose estimate exceeds the device's memory; log the estimate otherwise."""
     parts = estimate(model_dir, cfg, seq_len)
     have, where = available(device)
-    figures = ", ".join(f"{k} {v / GiB:.2f}" for k, v in parts.items() if k != "total")
+    figures = ", ".join(f"{k} {_size(v)}" for k, v in parts.items() if k != "total")
     if parts["total"] > have:
         raise PreflightError(
-            f"train: this job needs about {parts['total'] / GiB:.1f} GiB ({figures} GiB, x{OVERHEAD} overhead) and "
-            f"{where} has {have / GiB:.1f} GiB; lower train.batch_size or preprocess.max_length, set "
-            "train.method=lora, or turn on train.activation_checkpointing")
-    log.info("memory estimate %.2f GiB of %.1f GiB on %s (%s GiB)", parts["total"] / GiB, have / GiB, where, figures)
+            f"train: this job needs about {_size(parts['total'])} ({figures}, x{OVERHEAD} overhead) and {where} has "
+            f"{_size(have)}; lower train.batch_size or preprocess.max_length, set train.method=lora, or turn on "
+            "train.activation_checkpointing")
+    log.info("memory estimate %s of %s on %s (%s)", _size(parts["total"]), _size(have), where, figures)
+
+
+def _size(n: float) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB / 10 else f"{n / 2**20:.1f} MiB"
 
 
 def available(device) -> tuple[float, str]:

@@ -20,7 +20,7 @@ from ..config import PublishConfig, PublishFormat
 from ..errors import PreflightError
 from ..doors import hub, store
 from ..kinds import kind_for
-from ..refs import PinnedRepo, PipelineResult, PublishedRepo
+from ..refs import GateDecision, PinnedRepo, PipelineResult, PublishedRepo
 from .facts import read_facts
 from .card import MODEL_LINEAGE, PREDICTIONS_LINEAGE, model_card, model_lineage, predictions_card, predictions_lineage
 
@@ -49,7 +49,8 @@ def run_tag(result: PipelineResult) -> str:
 
 
 # ---- the model --------------------------------------------------------------------------------------------------
-def push_model(result: PipelineResult, cfg: PublishConfig, repo_id: str | None = None) -> PublishedRepo:
+def push_model(result: PipelineResult, cfg: PublishConfig, repo_id: str | None = None,
+               decision: GateDecision | None = None) -> PublishedRepo:
     """Checkpoint folder + model card -> one commit on the model repo (created private per `cfg.private`), tagged."""
     uri, fingerprint, weights_file = published_folder(result, cfg)
     repo_id = repo_id or target_repos(result, cfg)[0]
@@ -68,7 +69,8 @@ def push_model(result: PipelineResult, cfg: PublishConfig, repo_id: str | None =
         folder = store.get_dir(uri, tmp)
         _check_weights(folder, fingerprint)
         facts = read_facts(folder)
-        card = str(model_card(result, repo_id, tag, facts, fingerprint, license=_license(result.base_model)))
+        card = str(model_card(result, repo_id, tag, facts, fingerprint, license=_license(result.base_model),
+                              decision=decision))
         _refuse_secrets(card, "the model card")
         files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
         files["README.md"] = card.encode()

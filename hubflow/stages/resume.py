@@ -37,7 +37,7 @@ import torch
 from ..doors import store
 
 # Settings that may change between a run and its resumption; any other change means a different run.
-_RESUMABLE_CHANGES = {"epochs", "max_steps", "checkpoint_every_steps", "eval_batch_size"}
+_RESUMABLE_CHANGES = {"epochs", "max_steps", "checkpoint_every_steps", "eval_batch_size", "keep_resume_checkpoints"}
 
 
 @dataclass

@@ -290,6 +290,11 @@ def _finalize(run: resume.Run, st: LoopState, tokenizer, facts: ModelFacts, base
             hardware=_hardware(acc, Precision(st.run_key["config"]["precision"]).name),
         )
         store.write_json(ref_uri, ref.model_dump(mode="json"))
+        if not TrainConfig.model_validate(st.run_key["config"]).keep_resume_checkpoints:
+            # Retention: the final model and history are what a finished run needs; its resume checkpoints (for
+            # MiniLM ~540 MB) would only fill the store. Removed after the ref is written: a crash in between leaves
+            # a finished run with checkpoints, never a run without its model.
+            store.remove(run.uri("resume"))
     acc.wait_for_everyone()
     return CheckpointRef.model_validate(store.read_json(ref_uri))
 

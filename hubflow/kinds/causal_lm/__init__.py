@@ -24,6 +24,7 @@ class CausalLM:
     metrics = {"perplexity": Direction.lower, "loss": Direction.lower, "exact_match": Direction.higher,
                "chrf": Direction.higher}
     default_metric = "perplexity"
+    batch_invariant = False  # sampling streams and left padding depend on how prompts are batched
     space_app = Path(__file__).parent / "space_app"
     modules = ("hubflow.kinds.causal_lm",)
     train_columns = ["input_ids", "labels", "position_ids"]
@@ -116,23 +117,53 @@ class CausalLM:
         return "\n".join(["| finish reason | rows |", "|---|---:|", *[f"| {k} | {v} |" for k, v in counts.items()],
                           "", f"mean new tokens: {sum(new) / max(len(new), 1):.1f}"])
 
-    def score_model(self, model_dir: str, table, facts: ModelFacts, batch_size: int) -> dict[str, float]:
-        """Another model (the champion) on the same rows: the NLL of each rendered target after its prompt, both
-        tokenized by that model's tokenizer; perplexity over all of them."""
-        import math
+    def own_rows(self, table) -> dict[str, Any]:
+        """Per-row outcomes of this run's model on its test rows (scored rows only), for the gate's paired test."""
+        import numpy as np
 
+        rows = [r for r in table.to_pylist() if r.get("tokens")]
+        return {"nll": np.array([r["nll"] for r in rows]), "tokens": np.array([r["tokens"] for r in rows]),
+                "completion": [r["completion"] for r in rows], "reference": [r["reference"] for r in rows]}
+
+    def champion_rows(self, model_dir: str, table, facts: ModelFacts, cfg: InferenceConfig, metric: str) -> dict:
+        """Another model (the champion) on the same rows: the NLL of each answer after its prompt (both tokenized by
+        that model's tokenizer) and, for exact match or chrF, its greedy answers with the run's generation limit."""
+        import numpy as np
+
+        from ...config import GenerationConfig
         from ...devices import device_and_dtype
         from .model import Generator
 
         gen = Generator.load(model_dir, *device_and_dtype())
         rows = [r for r in table.to_pylist() if r.get("tokens")]
-        prompts = gen.tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
+        prompts = gen.tokenizer([r["prompt"] for r in rows], add_special_tokens=not facts.chat)["input_ids"]
         targets = gen.tokenizer([r["target"] for r in rows], add_special_tokens=False)["input_ids"]
         ids = [p + t for p, t in zip(prompts, targets)]
         labels = [[data.IGNORE] * len(p) + t for p, t in zip(prompts, targets)]
-        scores = gen.nll(ids, labels, batch_size)
-        loss = sum(s for s, _ in scores) / max(sum(k for _, k in scores), 1)
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        scores = gen.nll(ids, labels, cfg.batch_size)
+        out = {"nll": np.array([s for s, _ in scores]), "tokens": np.array([k for _, k in scores]),
+               "reference": [r["reference"] for r in rows], "completion": None}
+        if metric in ("exact_match", "chrf"):
+            greedy = GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, stop=cfg.generation.stop)
+            out["completion"] = [c for c, _, _ in gen.generate(prompts, greedy, cfg.batch_size, cfg.max_tokens_per_batch)]
+        return out
+
+    def metric(self, rows: dict[str, Any], name: str, idx) -> float:
+        """`name` over the rows at `idx` (a bootstrap resample, or all of them)."""
+        import math
+
+        if name in ("loss", "perplexity"):
+            loss = rows["nll"][idx].sum() / max(rows["tokens"][idx].sum(), 1)
+            return float(loss if name == "loss" else math.exp(min(loss, 50.0)))
+        if rows["completion"] is None:  # the champion's answers were not generated (the gate compares perplexity)
+            return float("nan")
+        hyps = [rows["completion"][i].strip() for i in idx]
+        refs = [rows["reference"][i].strip() for i in idx]
+        if name == "exact_match":
+            return sum(h == r for h, r in zip(hyps, refs)) / max(len(hyps), 1)
+        from sacrebleu.metrics import CHRF
+
+        return CHRF().corpus_score(hyps, [refs]).score / 100
 
     # ---- publishing and the Space
     def card_summary(self, facts: ModelFacts, m: dict[str, float], rows: int) -> str:

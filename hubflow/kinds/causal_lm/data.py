@@ -125,6 +125,8 @@ def prepare(raw: RawDataRef, model_dir: str, cfg: PreprocessConfig, data: DataCo
         rows = _examples(table, raw.columns, shape, tokenizer, chat, cfg, role)
         if shape is DataShape.text:
             rows = _blocks(rows, cfg.max_length)
+            if role == "test":  # the gate re-scores a champion on the block's text, tokenized its own way
+                rows["target"] = tokenizer.batch_decode(rows["input_ids"])
         elif role == "train" and cfg.packing:
             rows = _pack(rows, cfg.max_length)
         if role != "test":

@@ -22,6 +22,7 @@ class TextClassification:
     title = "Text classification"
     metrics = {"accuracy": Direction.higher, "macro_f1": Direction.higher}
     default_metric = "macro_f1"
+    batch_invariant = True  # batch size and token budget change padding only: predictions stay the same
     space_app = Path(__file__).parent / "space_app"
     modules = ("hubflow.kinds.text_classification",)
 
@@ -105,21 +106,28 @@ class TextClassification:
         lines += [f"| {label} | {n} | {n / max(table.num_rows, 1):.1%} |" for label, n in sorted(counts.items())]
         return "\n".join(lines)
 
-    def score_model(self, model_dir: str, table, facts: ModelFacts, batch_size: int) -> dict[str, float]:
-        """Another model (the champion) on these rows' texts and labels, compared by class name: it may order its
-        classes differently, or know a class this run's model lacks."""
+    def own_rows(self, table) -> dict[str, Any]:
+        """Per-row outcomes of this run's model on its test rows, for the gate's paired comparison."""
+        return {"label": table.column("label").to_numpy(), "pred": table.column("pred").to_numpy()}
+
+    def champion_rows(self, model_dir: str, table, facts: ModelFacts, cfg: InferenceConfig, metric: str) -> dict:
+        """Another model (the champion) on the same rows' texts, compared by class name: it may order its classes
+        differently, or know a class this run's model lacks (then its id is one past this run's last)."""
         import numpy as np
 
         from .model import predict_texts
 
         names = list(facts.label_names)
-        preds = predict_texts(model_dir, table.column("text").to_pylist(), batch_size=batch_size,
+        preds = predict_texts(model_dir, table.column("text").to_pylist(), batch_size=cfg.batch_size,
                               max_length=facts.max_length)
-        other = len(names)
-        y_pred = np.array([names.index(p["label"]) if p["label"] in names else other for p in preds], dtype=np.int64)
-        labels = names + ["<not a challenger class>"] if (y_pred == other).any() else names
-        report = metrics.build_report(table.column("label").to_numpy(), y_pred, labels)
-        return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+        y_pred = np.array([names.index(p["label"]) if p["label"] in names else len(names) for p in preds], np.int64)
+        return {"label": table.column("label").to_numpy(), "pred": y_pred}
+
+    def metric(self, rows: dict[str, Any], name: str, idx) -> float:
+        """`name` (accuracy or macro_f1) over the rows at `idx` (a bootstrap resample, or all of them)."""
+        y_true, y_pred = rows["label"][idx], rows["pred"][idx]
+        n = int(max(rows["label"].max(), rows["pred"].max())) + 1
+        return metrics.scores_from_confusion(metrics.confusion_matrix(y_true, y_pred, n))[name]
 
     # ---- publishing and the Space
     def card_summary(self, facts: ModelFacts, m: dict[str, float], rows: int) -> str:
