@@ -232,6 +232,14 @@ class GateConfig(_Stage):
                               "shared test rows must be that the challenger is better (p <= 1 - confidence).")
 
 
+class ReviewMode(str, Enum):
+    """Who has the last word before a release reaches the Hub's main branches."""
+
+    none = "none"  # hubflow commits to main (after the gate)
+    pr = "pr"  # hubflow opens pull requests; a person merges them; the Space follows the merged model
+    approval = "approval"  # the flow pauses with an approval form in the Prefect UI; publishes when approved
+
+
 class PublishConfig(_Stage):
     enabled: bool = Field(False, description="Publish the model, its card and the predictions to the Hub.")
     repo_id: str | None = Field(
@@ -243,6 +251,9 @@ class PublishConfig(_Stage):
     )
     gate: GateConfig = Field(default_factory=GateConfig)
     format: PublishFormat = Field(PublishFormat.merged, description="(causal-lm, LoRA) merged model or adapter only.")
+    review: ReviewMode = Field(ReviewMode.none, description="none: commit to main; pr: open Hub pull requests that a "
+                               "person merges; approval: wait for an approval form in the Prefect UI.")
+    review_timeout_seconds: int = Field(24 * 3600, ge=10, description="approval: give up (publish nothing) after this.")
 
     @field_validator("repo_id", "predictions_repo_id")
     @classmethod

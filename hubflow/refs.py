@@ -122,6 +122,8 @@ class PublishedRepo(Ref):
     url: str
     created: bool
     tag: str | None = None
+    pr_num: int | None = None  # publish.review=pr: the pull request that carries this commit (sha is its head)
+    pr_url: str | None = None
 
 
 class SpaceDeployment(Ref):

@@ -55,11 +55,31 @@ def publish_predictions(result: PipelineResult, model: PublishedRepo, publish: P
 
 def _record(published: PublishedRepo, key: str, description: str) -> None:
     state = "new commit" if published.created else "unchanged (no new commit)"
+    if published.pr_url:
+        state = f"pull request [#{published.pr_num}]({published.pr_url}), waiting for a merge"
     tag = f"`{published.tag}`" if published.tag else "—"
     create_markdown_artifact(key=key, description=description, markdown="\n".join([
         "| repo | type | commit | tag | status |", "|---|---|---|---|---|",
         f"| [{published.repo_id}]({published.url}/tree/{published.sha}) | {published.repo_type} | "
         f"`{published.sha}` | {tag} | {state} |", ""]))
+
+
+@task(name="review-summary", cache_policy=NO_CACHE, **NETWORK_RETRIES)
+def review_summary(result: PipelineResult, publish: PublishConfig, decision: GateDecision) -> str:
+    """What a reviewer approves: the gate's decision and metrics, and the model card's diff against the target's."""
+    import difflib
+
+    from hubflow.stages.card import model_card
+
+    repo_id = publish_lib.target_repos(result, publish)[0]
+    head = hub.head(repo_id, "model")
+    current = hub.download(repo_id, "README.md", "model", head) if head else None
+    old = current.read_text().splitlines() if current else []
+    new = str(model_card(result, repo_id, publish_lib.run_tag(result), decision=decision)).splitlines()
+    diff = "\n".join(difflib.unified_diff(old, new, f"{repo_id}@{(head or 'new')[:10]}", "this run", lineterm="", n=1))
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.evaluation.metrics.items())
+    return "\n".join([f"## Publish {repo_id}?", "", f"**Gate**: {decision.reason}", "", f"**Test metrics**: {metrics}",
+                      "", "**Model card, as it would change**:", "", "```diff", diff[:20000] or "(no change)", "```"])
 
 
 @task(name="space-inputs")

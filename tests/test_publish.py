@@ -303,3 +303,83 @@ def folder_files(folder):
     from pathlib import Path
 
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and ".cache" not in p.parts)
+
+
+# ---- reviewed releases ------------------------------------------------------------------------------------------
+def test_review_pr_opens_pull_requests_and_commits_nothing_to_main(runs, localhub, hf_api):
+    from transformers import AutoModelForSequenceClassification
+
+    good = runs["good"]
+    model_repo = repo("reviewed")
+    outcome, run_id = publish(good, localhub, repo_id=model_repo, review="pr")
+    model, predictions = outcome.model, outcome.predictions
+    assert model.pr_num and predictions.pr_num and model.tag is None
+    assert [c.title for c in hf_api.list_repo_commits(model_repo)] == ["initial commit"]  # nothing on main
+    assert "model.safetensors" not in hf_api.list_repo_files(model_repo)
+    assert "model.safetensors" in hf_api.list_repo_files(model_repo, revision=f"refs/pr/{model.pr_num}")
+    assert "pull request" in artifacts_of(run_id)["published-model"]
+
+    # A second run of the same release finds its open pull request instead of opening another.
+    again, _ = publish(good, localhub, repo_id=model_repo, review="pr")
+    assert again.model.pr_num == model.pr_num
+
+    # A person merges it: main now serves the model.
+    from huggingface_hub import HfApi
+
+    reviewer = HfApi(endpoint=localhub.url, token=localhub.token("alice"))  # the repo's owner: a writer
+    reviewer.merge_pull_request(model_repo, model.pr_num, comment="looks good")
+    merged = AutoModelForSequenceClassification.from_pretrained(model_repo, token=localhub.token("alice"))
+    assert [merged.config.id2label[i] for i in range(merged.config.num_labels)] == good.checkpoint.facts.label_names
+
+
+def _paused_publish_run(client, since):
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStateName
+
+    runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["hubflow-publish"])),
+                                 flow_run_filter=FlowRunFilter(state=dict(name=FlowRunFilterStateName(any_=["Paused"]))))
+    return [r for r in runs if r.start_time and r.start_time >= since]
+
+
+@pytest.mark.parametrize("approve", [True, False])
+def test_review_approval_waits_for_the_form(runs, localhub, hf_api, approve):
+    import threading
+    import time
+    from datetime import datetime, timezone
+
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+
+    good = runs["good"]
+    model_repo = repo(f"approval-{approve}")
+    since = datetime.now(timezone.utc)
+    box = {}
+    worker = threading.Thread(target=lambda: box.update(
+        result=publish_state(good, localhub, repo_id=model_repo, review="approval")))
+    worker.start()
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 180
+        while not (paused := _paused_publish_run(client, since)):
+            assert time.monotonic() < deadline and worker.is_alive(), "the run never paused for approval"
+            time.sleep(1)
+        assert not hf_api.repo_exists(model_repo)  # nothing is published while it waits
+        resume_flow_run(paused[0].id, run_input={"approve": approve, "comment": "reviewed by a test"})
+    worker.join(300)
+    state = box["result"]
+    if approve:
+        outcome = state.result()
+        assert outcome.model.created and hf_api.repo_exists(model_repo)
+    else:
+        assert state.is_failed() and "rejected: reviewed by a test; nothing was published" in state.message
+        assert not hf_api.repo_exists(model_repo)
+
+
+def publish_state(result, localhub, **cfg):
+    """publish_run as alice, returning the final state (the flow may fail)."""
+    from hubflow.config import PublishConfig
+    from hubflow.flows.publish import publish_run
+
+    os.environ["HF_TOKEN"] = localhub.token("alice")
+    try:
+        return publish_run(result.summary_uri, PublishConfig.model_validate(cfg), return_state=True)
+    finally:
+        os.environ.pop("HF_TOKEN", None)

@@ -200,6 +200,27 @@ def commit_exactly(repo_id: str, repo_type: str, files: dict[str, bytes | Path],
                              commit_description=description, parent_commit=parent).oid
 
 
+def open_pull_request(repo_id: str, repo_type: str, files: dict[str, bytes | Path], title: str,
+                      description: str | None = None, prefix: str = "") -> tuple[int, str, str]:
+    """A pull request against main after which the repo would hold exactly `files` (under `prefix`), unless an open
+    one with this title exists (a rerun): -> (number, URL, head sha)."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    api = _api()
+    for d in api.get_repo_discussions(repo_id, repo_type=repo_type, discussion_type="pull_request",
+                                      discussion_status="open"):
+        if d.title == title:
+            head = api.repo_info(repo_id, repo_type=repo_type, revision=f"refs/pr/{d.num}").sha
+            return d.num, d.url, head
+    keep = set(files) | {".gitattributes"}
+    stale = sorted(f for f in api.list_repo_files(repo_id, repo_type=repo_type) if f not in keep and f.startswith(prefix))
+    ops = [CommitOperationAdd(path, data if isinstance(data, bytes) else str(data)) for path, data in files.items()]
+    ops += [CommitOperationDelete(path) for path in stale]
+    info = api.create_commit(repo_id, ops, repo_type=repo_type, commit_message=title, commit_description=description,
+                             create_pr=True)
+    return int(info.pr_num), str(info.pr_url), info.oid
+
+
 def tags(repo_id: str, repo_type: str) -> dict[str, str]:
     """{tag: commit sha}."""
     return {t.name: t.target_commit for t in _api().list_repo_refs(repo_id, repo_type=repo_type).tags}

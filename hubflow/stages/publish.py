@@ -16,7 +16,7 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, ModelCard
 
-from ..config import PublishConfig, PublishFormat
+from ..config import PublishConfig, PublishFormat, ReviewMode
 from ..errors import PreflightError
 from ..doors import hub, store
 from ..kinds import kind_for
@@ -74,8 +74,13 @@ def push_model(result: PipelineResult, cfg: PublishConfig, repo_id: str | None =
         _refuse_secrets(card, "the model card")
         files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
         files["README.md"] = card.encode()
-        commit = hub.commit_exactly(repo_id, "model", files, f"hubflow: model {fingerprint[:12]} ({tag})",
-                                    f"Fine-tuned from {result.base_model.repo_id}@{result.base_model.sha}.", parent=head)
+        title = f"hubflow: model {fingerprint[:12]} ({tag})"
+        description = f"Fine-tuned from {result.base_model.repo_id}@{result.base_model.sha}."
+        if cfg.review is ReviewMode.pr:  # a person merges it; no tag until then (a tag names a commit on main)
+            num, pr_url, sha = hub.open_pull_request(repo_id, "model", files, title, description)
+            return PublishedRepo(repo_id=repo_id, repo_type="model", sha=sha, url=url, created=True, pr_num=num,
+                                 pr_url=pr_url)
+        commit = hub.commit_exactly(repo_id, "model", files, title, description, parent=head)
     created = commit != head  # the client skips a commit whose files are all unchanged and returns the head
     if created:
         hub.tag(repo_id, "model", tag, commit)
@@ -107,8 +112,13 @@ def push_predictions(result: PipelineResult, model: PublishedRepo, cfg: PublishC
         lineage = predictions_lineage(result, model)
         if _head_holds(repo_id, "dataset", head, digests, DatasetCard, lineage, PREDICTIONS_LINEAGE, "data/"):
             return PublishedRepo(repo_id=repo_id, repo_type="dataset", sha=head, url=url, created=False)
-        commit = hub.commit_exactly(repo_id, "dataset", {**files, "README.md": card.encode()},
-                                    f"hubflow: predictions of {model.repo_id}@{model.sha[:10]}", parent=head,
+        title = f"hubflow: predictions of {model.repo_id}@{model.sha[:10]}"
+        if cfg.review is ReviewMode.pr:
+            num, pr_url, sha = hub.open_pull_request(repo_id, "dataset", {**files, "README.md": card.encode()}, title,
+                                                     prefix="data/")
+            return PublishedRepo(repo_id=repo_id, repo_type="dataset", sha=sha, url=url, created=True, pr_num=num,
+                                 pr_url=pr_url)
+        commit = hub.commit_exactly(repo_id, "dataset", {**files, "README.md": card.encode()}, title, parent=head,
                                     prefix="data/")
     return PublishedRepo(repo_id=repo_id, repo_type="dataset", sha=commit, url=url, created=commit != head)
 
