@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from prefect.events import Event, emit_event
+from prefect.events import Event
 
 HubRepoType = Literal["dataset", "model"]
 Source = Literal["webhook", "sensor"]
@@ -102,9 +102,10 @@ def emit_hub_update(
 ) -> Event | None:
     """Emit `hub.{repo_type}.updated` for `repo_id@revision` unless it was announced before (then None).
 
-    `seen` defaults to the record in `state_dir()`. Raises `EmitError` (and releases the claim) when Prefect did not
-    take the event. `emit_event` only queues it: Prefect's events worker sends it from its own thread, resending
-    unconfirmed events over a reconnect, so this returns in milliseconds."""
+    `seen` defaults to the record in `state_dir()`. At least once: the event is POSTed to the Prefect API and counts
+    as announced only when the server answered 2xx; otherwise the claim is released and `EmitError` raised, so the
+    receiver answers 503, the Hub retries, and a redelivery emits. (`emit_event` would only queue it in memory: an
+    unreachable server then loses it after the sender said yes.) The server ignores a repeated event id."""
     if repo_type not in ("dataset", "model"):
         raise ValueError(f"repo_type must be 'dataset' or 'model', not {repo_type!r}")
     event_id = hub_event_id(repo_type, repo_id, revision)
@@ -112,22 +113,32 @@ def emit_hub_update(
     try:
         if not record.claim(event_id, repo_type, repo_id, revision, source):
             return None
+        event = Event(
+            event=f"hub.{repo_type}.updated",
+            resource={"prefect.resource.id": f"hub.{repo_type}.{repo_id}", "prefect.resource.name": repo_id,
+                      "hub.repo.type": repo_type},
+            payload={"repo": repo_id, "repo_type": repo_type, "revision": revision, "ref": ref, "source": source},
+            id=event_id,
+        )
         try:
-            event = emit_event(
-                event=f"hub.{repo_type}.updated",
-                resource={"prefect.resource.id": f"hub.{repo_type}.{repo_id}", "prefect.resource.name": repo_id,
-                          "hub.repo.type": repo_type},
-                payload={"repo": repo_id, "repo_type": repo_type, "revision": revision, "ref": ref, "source": source},
-                id=event_id,
-            )
-        except BaseException:
+            _send(event)
+        except BaseException as err:
             record.release(event_id)
-            raise
-        if event is None:  # emit_event logs its own errors and answers None; events may also be off entirely
-            record.release(event_id)
+            if isinstance(err, EmitError):
+                raise
             raise EmitError(f"Prefect did not accept hub.{repo_type}.updated for {repo_id}@{revision[:10]}: "
-                            "is PREFECT_API_URL set and the server reachable?")
+                            f"{type(err).__name__}: {err}; is PREFECT_API_URL set and the server reachable?") from None
         return event
     finally:
         if seen is None:
             record.close()
+
+
+def _send(event: Event) -> None:
+    """POST one event to the Prefect API; return only when the server took it (2xx)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        response = client.request("POST", "/events", json=[event.model_dump(mode="json")])
+    if response.status_code >= 300:
+        raise EmitError(f"the Prefect API answered {response.status_code} to {event.event}: {response.text[:200]}")

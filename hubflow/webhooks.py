@@ -7,10 +7,11 @@
 
 Prefect's inbound webhooks are a Cloud feature, so an open-source server needs this receiver. `POST /webhooks/hub`
 checks `X-Webhook-Secret` in constant time (401), parses the Hub's v3 payload (400), and for a commit to the watched
-branch of a dataset or model repo calls `tasks.events.emit_hub_update` — which emits each revision once. It answers
-202 `{"emitted", "event_id", "reason"}` within milliseconds: `emit_event` only queues the event, Prefect's events
-worker sends it. 503 when Prefect did not take the event, so the Hub retries. Without Hub access (no ingress), use
-the polling sensor `flows/watch.py` instead.
+branch of a dataset or model repo calls `hubflow.events.emit_hub_update` — which emits each revision once. At least
+once: it answers 202 `{"emitted", "event_id", "reason"}` only after the Prefect API accepted the event, and records
+the revision as announced only then; 503 when Prefect did not take it, so the Hub retries and a redelivery emits.
+Malformed repo ids and shas are refused (400). Without Hub access (no ingress), use the polling sensor
+`flows/watch.py` instead.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import hmac
 import json
 import logging
 import os
+import re
 from contextlib import asynccontextmanager
 
 SECRET_ENV = "HUBFLOW_WEBHOOK_SECRET"
 SECRET_BLOCK_ENV = "HUBFLOW_WEBHOOK_SECRET_BLOCK"  # name of a Prefect Secret block holding the secret
 PATH = "/webhooks/hub"
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")  # namespace/name, as the Hub allows
+SHA = re.compile(r"[0-9a-f]{40}")
 MAX_BODY = 1 << 20  # the Hub's payloads are a few KB
 log = logging.getLogger("hubflow.webhooks")
 
@@ -42,7 +46,6 @@ def webhook_secret() -> str:
 def create_app(secret: str, seen, branch: str = "main"):
     """The receiver as a Starlette app; `seen` is the `hubflow.events.SeenRevisions` record it emits through."""
     from huggingface_hub import WebhookPayload
-    from prefect.events.worker import EventsWorker
     from pydantic import ValidationError
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -75,12 +78,16 @@ def create_app(secret: str, seen, branch: str = "main"):
             return JSONResponse({"error": f"not a Hub webhook payload: {e}"[:500]}, 400)
 
         repo = payload.repo
+        if not REPO_ID.fullmatch(repo.name or ""):
+            return JSONResponse({"error": f"not a Hub repo id: {repo.name!r:.100}"}, 400)
         if payload.event.scope != "repo.content" or repo.type not in ("dataset", "model"):
             return answer(False, reason=f"ignored: {payload.event.scope} on {repo.type} {repo.name}")
         # The new sha is in updatedRefs: WebhookPayload.repo.head_sha stays None (the Hub sends `headSha`).
         sha = next((r.newSha for r in payload.updatedRefs or [] if r.ref == wanted_ref and r.newSha), None)
         if sha is None:
             return answer(False, reason=f"ignored: no new commit on {wanted_ref} of {repo.type} {repo.name}")
+        if not SHA.fullmatch(sha):
+            return JSONResponse({"error": f"not a commit sha: {sha!r:.60}"}, 400)
         try:
             event = await run_in_threadpool(emit_hub_update, repo.type, repo.name, sha, wanted_ref, "webhook", seen)
         except EmitError as e:
@@ -98,7 +105,6 @@ def create_app(secret: str, seen, branch: str = "main"):
     @asynccontextmanager
     async def lifespan(app):
         yield
-        await run_in_threadpool(EventsWorker.drain_all, 10)  # send what is queued before the process goes
         seen.close()
 
     return Starlette(routes=[Route(PATH, receive, methods=["POST"]), Route("/health", health, methods=["GET"])],

@@ -221,3 +221,57 @@ def test_the_receiver_refuses_to_start_without_a_secret(monkeypatch, tmp_path):
     monkeypatch.delenv("HUBFLOW_WEBHOOK_SECRET_BLOCK", raising=False)
     with pytest.raises(SystemExit, match="no secret"):
         main(["webhooks", "serve", "--port", str(free_port()), "--state-dir", str(tmp_path)])
+
+
+def _start_receiver(api_url: str, state: Path) -> tuple[subprocess.Popen, Receiver]:
+    log, port = state / f"receiver-{uuid.uuid4().hex[:6]}.log", free_port()
+    env = {**os.environ, "PREFECT_API_URL": api_url, "HUBFLOW_WEBHOOK_SECRET": SECRET}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [Path(sys.executable).parent / "hubflow", "webhooks", "serve", "--port", str(port), "--state-dir", str(state)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return proc, Receiver(url=f"{base}/webhooks/hub", log=log)
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
+def test_with_prefect_down_the_event_is_refused_and_a_redelivery_retrains_once(deployment_id, tmp_path):
+    """At least once: 503 while Prefect is unreachable (the Hub retries), nothing recorded as seen; the redelivery,
+    once Prefect is back, emits, and exactly one run starts."""
+    from prefect.settings import PREFECT_API_URL
+
+    state, sha = tmp_path / "state", uuid.uuid4().hex + uuid.uuid4().hex[:8]
+    state.mkdir()
+    down, receiver = _start_receiver(f"http://127.0.0.1:{free_port()}/api", state)  # nothing listens there
+    try:
+        refused = receiver.post(payload("alice/prefect-down", sha))
+        assert refused.status_code == 503 and refused.json()["emitted"] is False
+    finally:
+        down.terminate()
+        down.wait(15)
+    up, receiver = _start_receiver(PREFECT_API_URL.value(), state)  # same record of seen revisions
+    try:
+        accepted = receiver.post(payload("alice/prefect-down", sha))
+        assert accepted.status_code == 202 and accepted.json()["emitted"] is True
+        assert len(runs_for(deployment_id, sha)) == 1
+    finally:
+        up.terminate()
+        up.wait(15)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"updatedRefs": [{"ref": "refs/heads/main", "oldSha": "3" * 40, "newSha": "not-a-sha"}]}, "not a commit sha"),
+    ({"repo": {"name": "../../etc"}}, "not a Hub repo id"),
+    ({"repo": {"name": "a/b/c"}}, "not a Hub repo id"),
+])
+def test_malformed_shas_and_repo_ids_are_refused(receiver: Receiver, change, message):
+    body = payload("alice/ok", "4" * 40)
+    for key, value in change.items():
+        body[key] = {**body[key], **value} if isinstance(value, dict) else value
+    response = receiver.post(body)
+    assert response.status_code == 400 and message in response.json()["error"]
