@@ -93,7 +93,7 @@ class Sizes:
     max_length: int
 
 
-FULL = Sizes(gen_rows=256, new_tokens=32, gen_batch=32, pipeline_batch=32, train_rows=384, val_rows=64,
+FULL = Sizes(gen_rows=128, new_tokens=32, gen_batch=32, pipeline_batch=32, train_rows=192, val_rows=32,
              train_batch=16, max_length=256)
 QUICK = Sizes(gen_rows=48, new_tokens=16, gen_batch=16, pipeline_batch=16, train_rows=64, val_rows=16,
               train_batch=16, max_length=256)

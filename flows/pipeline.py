@@ -17,12 +17,15 @@ from hubflow.refs import PipelineResult
 from hubflow.tasks import dispatch
 from hubflow.tasks import pipeline as stages
 from hubflow.tasks.records import record_run
+from hubflow.tasks.release import check_release_targets
 
 
 @flow(name="hubflow-pipeline", persist_result=True, log_prints=True)
 def pipeline(config: PipelineConfig) -> PipelineResult:
     """Fine-tune `config.model` on `config.data`, predict and evaluate the test split, then release if promoted."""
     base_model, dataset = stages.pin_inputs(config.model, config.data)
+    if config.publish.enabled:  # every release target is checked before anything costs
+        check_release_targets(config.model.repo_id, config.data.source, config.publish, config.space)
     raw = stages.pull_dataset(config.data, dataset, config.task, config.artifact_store)
     stages.pull_model(base_model, config.model.allow_pickle_weights)
     tokenized = stages.preprocess(raw, base_model, config.preprocess, config.data, config.task, config.artifact_store)

@@ -16,12 +16,15 @@ from prefect import flow
 from hubflow.config import PublishConfig, SpaceConfig
 from hubflow.flows.release import release
 from hubflow.refs import PublishOutcome
-from hubflow.tasks.release import load_run
+from hubflow.tasks.release import check_release_targets, load_run
 
 
 @flow(name="hubflow-publish", persist_result=True, log_prints=True)
 def publish_run(summary_uri: str, publish: PublishConfig | None = None, space: SpaceConfig | None = None) -> PublishOutcome:
     """Gate the run's model against the published champion; if promoted, publish the model, its predictions and Space."""
     result = load_run(summary_uri)
-    released = release(result, publish or result.config.publish, space or result.config.space)
+    publish, space = publish or result.config.publish, space or result.config.space
+    check_release_targets(result.base_model.repo_id, result.dataset.repo_id if result.dataset else result.raw.source,
+                          publish, space)
+    released = release(result, publish, space)
     return released.published

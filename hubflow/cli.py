@@ -143,15 +143,68 @@ def _space_preview(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     from .config import load_recipe
 
+    from .config import one_line
+
     try:
         config = load_recipe(args.recipe, args.set)
-    except (ValueError, FileNotFoundError) as e:  # pydantic's ValidationError is a ValueError: names the field
-        sys.exit(f"hubflow: invalid recipe {args.recipe}: {e}")
+    except (ValueError, OSError) as e:  # pydantic's ValidationError is a ValueError: it names the field
+        print(f"hubflow: {args.recipe}: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
     from .flows.pipeline import pipeline
 
-    result = pipeline(config)
+    tracebacks_to_the_log_only()
+    state = pipeline(config, return_state=True)
+    if not state.is_completed():
+        # The run's log (and the UI) hold the traceback; the terminal gets the cause once, with the stage.
+        print(f"hubflow: the run {state.name.lower()}: {failed_stage(state)}{state.message or ''}", file=sys.stderr)
+        sys.exit(1)
+    result = state.result()
     print(json.dumps(result.model_dump(mode="json")["evaluation"]["metrics"], indent=2))
     print(f"summary: {result.summary_uri}")
+
+
+def tracebacks_to_the_log_only() -> None:
+    """Prefect's console handler prints a failure's traceback at every level that sees it (task, flow); the run's
+    log in the UI keeps them, the terminal shows each message line without it, and `_run` prints the cause once."""
+    import logging
+
+    from prefect.logging.configuration import PROCESS_LOGGING_CONFIG, setup_logging
+
+    if not PROCESS_LOGGING_CONFIG:  # Prefect configures its handlers on first use; do it now, then adjust them
+        setup_logging()
+
+    class NoTraceback(logging.Formatter):
+        def __init__(self, inner: logging.Formatter):
+            super().__init__()
+            self.inner = inner
+
+        def format(self, record: logging.LogRecord) -> str:
+            saved = record.exc_info, record.exc_text
+            record.exc_info = record.exc_text = None
+            try:
+                return self.inner.format(record)
+            finally:
+                record.exc_info, record.exc_text = saved
+
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):  # "": the root, where Prefect prints
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler.formatter, NoTraceback):
+                handler.setFormatter(NoTraceback(handler.formatter or logging.Formatter()))
+
+
+def failed_stage(state) -> str:
+    """`in <task>: ` for the first failed task run of a flow run, when there is one."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    try:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    except Exception:  # noqa: BLE001 - naming the stage is a courtesy; the cause below is what matters
+        return ""
+    failed = [r for r in runs if r.state and r.state.is_failed()]
+    return f"in {failed[0].name.rsplit('-', 1)[0]}: " if failed else ""
 
 
 def _webhooks_serve(args: argparse.Namespace) -> None:

@@ -275,6 +275,17 @@ class SpaceConfig(_Stage):
     def _space_id(cls, v: str | None) -> str | None:
         return None if v is None else _check_repo_id(v, "space.space_id")
 
+    @field_validator("hardware")
+    @classmethod
+    def _hardware(cls, v: str | None) -> str | None:
+        # A flavour the Hub does not have fails after the model is published; the client knows the list.
+        from huggingface_hub import SpaceHardware
+
+        known = [h.value for h in SpaceHardware]
+        if v is not None and v not in known:
+            raise ValueError(f"space.hardware={v!r} is not a Space hardware flavour; known: {', '.join(known)}")
+        return v
+
 
 class ExecutionMode(str, Enum):
     """Where the GPU stages run: in this process, or as runs of their own deployments on the gpu work pool."""
@@ -354,21 +365,54 @@ def _check_repo_id(v: str, field: str) -> str:
     return v
 
 
+class RecipeError(ValueError):
+    """A recipe or override that cannot be a PipelineConfig; the message is one line naming the file and the key."""
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read a YAML recipe, apply `key.sub=value` overrides (values parsed as YAML), validate."""
+    """Read a YAML recipe, apply `key.sub=value` overrides (values parsed as YAML), validate.
+
+    Raises pydantic's ValidationError for values (it names every field); `RecipeError` for a file that is not a
+    YAML mapping or an override that is not `key=value`."""
     import yaml
 
-    raw: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping of settings, not a {type(raw).__name__}")
     for item in overrides or []:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise RecipeError(f"--set {item!r}: expected key.sub=value, e.g. --set train.epochs=1")
         node = raw
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {item!r}: {p!r} is a value, not a section")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise RecipeError(f"--set {item!r}: the value is not valid YAML (quote it)") from None
     return PipelineConfig.model_validate(raw)
+
+
+def one_line(error: Exception) -> str:
+    """A pydantic ValidationError (or any error) as one line: `field.path: message` of the first problem (+ count)."""
+    errors = getattr(error, "errors", None)
+    if not callable(errors):
+        return str(error).splitlines()[0]
+    problems = errors()
+    first = problems[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "recipe"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{loc}: {first['msg'].removeprefix('Value error, ')}{more}"
 
 
 class WatchedRepo(BaseModel):

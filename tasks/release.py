@@ -26,6 +26,20 @@ def load_run(summary_uri: str) -> PipelineResult:
     return publish_lib.load_result(summary_uri)
 
 
+@task(name="check-release-targets", **NETWORK_RETRIES)
+def check_release_targets(base_model: str, data_source: str, publish: PublishConfig, space: SpaceConfig) -> None:
+    """Before any stage that costs: the token can write every repo this run will publish to (model, predictions,
+    Space), so a run never trains for an hour and then fails to publish, or publishes half a release."""
+    from hubflow.stages.publish import target_repos_for
+
+    model, predictions = target_repos_for(base_model, data_source, publish)
+    targets = {"publish.repo_id": model, "publish.predictions_repo_id": predictions}
+    if space.enabled:
+        targets["space.space_id"] = space_lib.default_space_id(model, space)
+    hub.check_can_write(targets)
+    get_run_logger().info("release targets writable: %s", ", ".join(targets.values()))
+
+
 @task(name="promotion-gate", cache_policy=NO_CACHE, **NETWORK_RETRIES)
 def gate(result: PipelineResult, publish: PublishConfig) -> GateDecision:
     """Champion/challenger on the same test set -> GateDecision, with a comparison artifact."""

@@ -36,6 +36,7 @@ DEPLOYMENTS = {  # flow/deployment -> pool
     "hubflow-publish/on-train-complete": "cpu",
     "hubflow-watch/sensor": "cpu",
     "hubflow-deploy-space/cpu": "cpu",
+    "hubflow-deploy-space/on-model-merge": "cpu",
 }
 
 
@@ -398,3 +399,20 @@ def test_batch_inference_refuses_a_local_store_in_pools_mode(tmp_path):
     with pytest.raises(ValueError, match="shared artifact_store"):
         batch_inference("alice/m", DataConfig(source="alice/d"), artifact_store=str(tmp_path),
                         execution=ExecutionConfig(mode="pools"))
+
+
+def test_deploying_without_the_shared_store_creates_nothing(cli_env, tmp_path):
+    """HUBFLOW_STORE unset: the deploy stops at its first build step, naming the variable; no deployment exists."""
+    spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+    for d in spec["deployments"]:
+        d["name"] = f"{d['name']}-nostore"
+    prefect_file = tmp_path / "prefect.yaml"
+    prefect_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = {k: v for k, v in cli_env.items() if k != "HUBFLOW_STORE"}
+    deploy = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(prefect_file),
+                             "--all"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert deploy.returncode != 0
+    assert "HUBFLOW_STORE must be the shared artifact store" in deploy.stdout + deploy.stderr
+    with _client() as client:
+        names = [d.name for d in client.read_deployments()]
+    assert not [n for n in names if n.endswith("-nostore")], names

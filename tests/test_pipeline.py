@@ -291,3 +291,16 @@ def test_shipped_recipes_validate(recipe):
 
     config = load_recipe(recipe)
     assert config.model.repo_id and config.data.source
+
+
+def test_a_read_only_token_fails_the_release_preflight_before_training(hub_repos, localhub, tmp_path, monkeypatch):
+    """publish.enabled with a token that cannot write: the run stops seconds after start, nothing trained, nothing
+    published (no repo created)."""
+    from huggingface_hub import HfApi
+
+    monkeypatch.setenv("HF_TOKEN", localhub.token("reader"))
+    target = f"reader/never-{uuid.uuid4().hex[:6]}"
+    config = tiny_config(hub_repos, tmp_path / "store", publish__enabled=True, publish__repo_id=target)
+    _fails_before_training(config, r"publish\.repo_id='reader/never-.*': the token is read-only")
+    assert not HfApi(endpoint=localhub.url, token=localhub.token("alice")).repo_exists(target)
+    assert not (tmp_path / "store" / "pull-dataset").exists()  # it stopped before pulling the data

@@ -131,6 +131,29 @@ def _status(e: HfHubHTTPError) -> str:
     return f"HTTP {code}"
 
 
+def check_can_write(repo_ids: dict[str, str]) -> None:
+    """Fail now, naming the field, if the token could not write one of the repos a release will write
+    ({field: repo id}): no token, a read-only token, or a namespace that is neither the user nor an organization in
+    which the user may write. On the Hub, fine-grained tokens are checked by their own scopes at write time."""
+    token = hf_token()
+    if not token:
+        raise PreflightError("publish.enabled: publishing needs a Hub token; set HF_TOKEN or $HUBFLOW_HF_TOKEN_BLOCK")
+    try:
+        me = _api().whoami()
+    except HfHubHTTPError as e:
+        raise PreflightError(f"the Hub token (HF_TOKEN) is not valid for {endpoint()}: {_status(e)}") from None
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    writable = {me["name"]} | {o["name"] for o in me.get("orgs") or []
+                               if o.get("roleInOrg") in (None, "write", "admin", "contributor")}
+    for field, repo_id in repo_ids.items():
+        namespace = repo_id.split("/")[0]
+        if role == "read":
+            raise PreflightError(f"{field}={repo_id!r}: the token is read-only; publishing needs a write token")
+        if namespace not in writable:
+            raise PreflightError(f"{field}={repo_id!r}: the token's user {me['name']!r} cannot write the namespace "
+                                 f"{namespace!r} (writable: {', '.join(sorted(writable))})")
+
+
 # ---- what a repo holds ------------------------------------------------------------------------------------------
 def head(repo_id: str, repo_type: str = "model") -> str | None:
     """The sha of the repo's main branch now; None when there is no such repo (or the token cannot see it)."""

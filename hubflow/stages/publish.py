@@ -34,11 +34,17 @@ def load_result(summary_uri: str) -> PipelineResult:
 
 def target_repos(result: PipelineResult, cfg: PublishConfig) -> tuple[str, str]:
     """(model repo, predictions repo): the configured ids, else `<token user>/<base model>-<dataset>[-predictions]`."""
+    data = result.dataset.repo_id if result.dataset else result.raw.source
+    return target_repos_for(result.base_model.repo_id, data, cfg)
+
+
+def target_repos_for(base_model: str, data_source: str, cfg: PublishConfig) -> tuple[str, str]:
+    """`target_repos` from the run's inputs, before anything ran (the release preflight)."""
     user = hub.check_token()
     if user is None:
-        raise hub.PreflightError("publishing needs a Hub token: set HF_TOKEN or $HUBFLOW_HF_TOKEN_BLOCK")
-    data = result.dataset.repo_id if result.dataset else result.raw.source.rstrip("/")
-    default = re.sub(r"[^\w.-]+", "-", f"{_name(result.base_model.repo_id)}-{_name(data)}")[:96]
+        raise PreflightError("publish.enabled: publishing needs a Hub token; set HF_TOKEN or $HUBFLOW_HF_TOKEN_BLOCK")
+    data = data_source.rstrip("/")
+    default = re.sub(r"[^\w.-]+", "-", f"{_name(base_model)}-{_name(data)}")[:96]
     model = _qualified(cfg.repo_id or default, user)
     return model, _qualified(cfg.predictions_repo_id or f"{model}-predictions", user)
 

@@ -75,6 +75,7 @@ def prepare(
     for role, idx in _carve(train_ids, fractions, cfg.split_seed).items():
         parts[role] = (train_text.take(pa.array(idx)), train_ids[idx])
 
+    _check_positions(model_dir, cfg.max_length)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if not tokenizer.is_fast:
         raise ValueError(f"{model_dir} has no fast tokenizer (tokenizer.json); preprocess needs one for batched speed")
@@ -171,15 +172,39 @@ def _label_space(label_cols: dict, features: dict, column: str, train: str) -> t
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
                 or pa.types.is_boolean(kind)):
             raise ValueError(f"label column {column!r} of split {train!r} holds {kind}; need class names or ids")
-        values = pc.unique(pa.chunked_array([v for c in label_cols.values() for v in c.chunks], kind))
+        # The label space is train's: a label seen only in validation or test would become a class the model never
+        # saw (trained as "never predict this"), and its rows would be scored as unavoidable errors.
+        values = pc.unique(label_cols[train])
         values = values.take(pc.sort_indices(values))
         names = [str(v) for v in values.to_pylist()]
+        for split, col in label_cols.items():
+            unseen = pc.filter(col, pc.invert(pc.is_in(col, value_set=values)))
+            if len(unseen):
+                examples = sorted({str(v) for v in pc.unique(unseen).to_pylist()})[:5]
+                raise ValueError(f"label column {column!r} of split {split!r} holds {examples} ({len(unseen)} rows), "
+                                 f"which split {train!r} never has: a model cannot learn them; add training examples "
+                                 "or drop those rows")
     observed = pc.unique(label_cols[train]).to_pylist()
     if len(names) < 2 or len(observed) < 2:
         raise ValueError(f"single-class labels: label column {column!r} of split {train!r} holds only "
                          f"{observed} ({len(label_cols[train])} rows); a classifier needs at least 2 classes "
                          "(max_train_samples keeps the first rows: a dataset sorted by label needs more)")
     return names, values
+
+
+def _check_positions(model_dir: str, max_length: int) -> None:
+    """`max_length` must fit the model's position embeddings: past them, training dies on a tensor shape (and is
+    retried) instead of failing here with the field's name."""
+    import json
+    from pathlib import Path
+
+    from ...errors import PreflightError
+
+    path = Path(model_dir, "config.json")
+    config = json.loads(path.read_text()) if path.exists() else {}  # a tokenizer-only folder has no positions
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    if positions and max_length > positions:
+        raise PreflightError(f"preprocess.max_length={max_length} is more than the model's {positions} positions")
 
 
 def _label_ids(col: pa.ChunkedArray, values: pa.Array | None) -> np.ndarray:
