@@ -14,6 +14,7 @@ the call ends, so the loop never waits on the host: per-batch overhead is a hand
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from ...devices import device_and_dtype
 from ...refs import ModelFacts
 from .metrics import confusion_matrix, scores_from_confusion
 
+log = logging.getLogger("hubflow")
 TRAIN_COLUMNS = ["input_ids", "attention_mask", "labels"]
 
 
@@ -47,7 +49,12 @@ def load_for_training(model_dir: str, facts: ModelFacts, allow_pickle: bool = Fa
         ignore_mismatched_sizes=True,  # a base model with another head (or none) gets a fresh one of the right size
         dtype=torch.float32,  # transformers 5 loads the checkpoint's dtype by default; train on fp32 master weights
     )
-    if model.config.pad_token_id is None:  # decoder-only bases: pooling finds the last real token by this id
+    if tokenizer.pad_token is None:
+        # Decoder-only bases (GPT-2, Llama) ship without a pad token. Pad with EOS, as the ecosystem does: the
+        # attention mask hides the padding, and the classification head pools the last token that is not padding.
+        tokenizer.pad_token = tokenizer.eos_token
+        log.info("the tokenizer has no pad token: padding with its EOS token %r", tokenizer.eos_token)
+    if model.config.pad_token_id is None:  # last-token pooling finds the last real token by this id
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
