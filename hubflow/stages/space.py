@@ -75,16 +75,20 @@ def deploy(
     """Create or update the Space, wait for RUNNING and smoke-test it; on failure roll back and raise."""
     token = hub.hf_token()
     space_id = default_space_id(model.repo_id, cfg)
+    variables = space_variables(model, examples, facts, cfg)
+    files = app_files(model, space_id, facts, variables)
+    serving = _already_serving(space_id, files, cfg)
+    if serving is not None:  # a rerun with nothing changed: no restart, no smoke test, no new commit
+        host, sha = serving
+        return SpaceDeployment(space_id=space_id, sha=sha, stage="RUNNING", url=host, model=model)
     hub.ensure_repo(space_id, "space", cfg.private, space_sdk="gradio")
     hub.set_space_hardware(space_id, cfg.hardware, cfg.sleep_time_seconds)
-    variables = space_variables(model, examples, facts, cfg)
     hub.set_space_variables(space_id, variables)
     if hub.is_private(model.repo_id, "model"):
         if not token:
             raise SpaceDeployError(f"{model.repo_id} is private, but there is no token to give the Space")
         hub.set_space_secret(space_id, TOKEN_SECRET, token, "reads the private model (set by hubflow)")
-    sha = hub.commit_exactly(space_id, "space", app_files(model, space_id, facts, variables),
-                             f"Serve {model.repo_id}@{model.sha[:10]}")
+    sha = hub.commit_exactly(space_id, "space", files, f"Serve {model.repo_id}@{model.sha[:10]}")
     try:
         host = _wait_running(space_id, sha, cfg.timeout_seconds)
         _smoke_test(host, expected or [(examples[0] if examples else "hello", None)], facts,
@@ -95,6 +99,28 @@ def deploy(
         raise SpaceDeployError(f"Space {space_id} at {sha[:10]}: {_redact(str(err), token)}; {restored}", logs) from None
     hub.tag(space_id, "space", LAST_GOOD_TAG, sha, "RUNNING, smoke-tested", move=True)
     return SpaceDeployment(space_id=space_id, sha=sha, stage="RUNNING", url=host, model=model)
+
+
+def _already_serving(space_id: str, files: dict[str, bytes], cfg: SpaceConfig) -> tuple[str, str] | None:
+    """(host, sha) when the Space already runs exactly these files at its last good commit, with the hardware and
+    sleep time asked for; None when anything must change (or the Space does not exist yet)."""
+    head = hub.head(space_id, "space")
+    if head is None or hub.tags(space_id, "space").get(LAST_GOOD_TAG) != head:
+        return None
+    runtime = hub.space_runtime(space_id)
+    if runtime["stage"] != "RUNNING" or runtime["sha"] not in (None, head):
+        return None
+    if (cfg.hardware and cfg.hardware != runtime["hardware"]) or (
+            cfg.sleep_time_seconds and cfg.sleep_time_seconds != runtime["sleep_time"]):
+        return None
+    if set(hub.list_files(space_id, "space", head)) - {".gitattributes"} != set(files):
+        return None
+    for path, data in files.items():  # a few small files: the app, its requirements, README, the record
+        held = hub.download(space_id, path, "space", head)
+        if held is None or held.read_bytes() != data:
+            return None
+    host = hub.space_host(space_id)
+    return (host, head) if host else None
 
 
 def roll_back(space_id: str, failed_sha: str, timeout: float) -> str:
