@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: install browser demo test test-all bench
+.PHONY: install browser sandbox demo test test-all bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: install
+demo: install sandbox
 	$(VENV)/bin/hubflow demo --workdir ./hubflow-demo
 
 # The browser test drives Debian's chromium (Playwright's own browser download needs the internet).
@@ -22,10 +22,15 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
 	  || echo "chromium could not be installed (needs root): the browser test will be skipped"
 
-test: install browser
+# localhub runs every Space in a bubblewrap sandbox and refuses to start Spaces without one (docs/reliability.md).
+sandbox:
+	@command -v bwrap >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap) \
+	  || echo "bubblewrap could not be installed (needs root): localhub will refuse to start Spaces"
+
+test: install browser sandbox
 	$(VENV)/bin/pytest -q
 
-test-all: install
+test-all: install sandbox
 	$(VENV)/bin/pytest -q -m ""
 
 bench: install

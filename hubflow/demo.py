@@ -5,6 +5,8 @@
     DIR/prefect       Prefect's home: the embedded server's database, results, cache records
     DIR/store         the artifact store: raw and tokenized data, checkpoints, predictions, reports
     DIR/summary.json  metrics, every stage's output URI, every pinned or produced sha
+
+`hubflow demo --task causal-lm` is the LLM demo (hubflow/demo_llm.py); it shares `demo_hub` and the summary here.
 """
 
 from __future__ import annotations

@@ -275,7 +275,8 @@ def llm_seed(workdir: Path, notes: dict | None = None) -> list[str]:
 def measure_base(config):
     """The base model on the test split, before any fine-tuning: a Prefect flow of its own (`hubflow-demo-baseline`).
     Pin, pull and preprocess are the pipeline's tasks with the pipeline's inputs, so the pipeline that follows finds
-    them in Prefect's cache and scores the fine-tuned model on exactly these rows. -> (result dict, flow run id)."""
+    them in Prefect's cache and scores the fine-tuned model on exactly these rows. -> base_model, predictions,
+    evaluation (refs) and the flow run's id."""
     from prefect import flow, get_run_logger
     from prefect.runtime import flow_run
 

@@ -9,7 +9,10 @@ change, discussion) without the core knowing them.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import secrets
+from collections import ChainMap
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -26,6 +29,36 @@ from .storage import Repo, Storage
 from .teams import Teams
 
 log = logging.getLogger("localhub")
+API_BODY_LIMIT = 16 * 1024 * 1024  # a JSON or form body: repo settings, preupload, paths-info, discussions...
+COMMIT_BODY_ENV = "LOCALHUB_MAX_COMMIT_BYTES"
+
+
+class Body:
+    """The request's `receive`, counting body bytes against a limit: a HubError 413 as soon as they pass it.
+
+    What a refused request still sends is read and dropped by uvicorn after the answer (it keeps the connection
+    open and reading until the body ends), so a client that sends its whole body before reading hears the 413
+    instead of a reset connection; one that waits for `100 Continue` is answered before it sends anything."""
+
+    def __init__(self, receive: Any):
+        self.receive = receive
+        self.limit: int | None = API_BODY_LIMIT
+        self.received = 0
+
+    def set_limit(self, limit: int | None) -> None:
+        self.limit = limit
+        self._check()
+
+    def _check(self) -> None:
+        if self.limit is not None and self.received > self.limit:
+            raise HubError(413, None, f"Request body too large: this route takes at most {self.limit} bytes")
+
+    async def __call__(self) -> dict:
+        msg = await self.receive()
+        if msg["type"] == "http.request":
+            self.received += len(msg.get("body") or b"")
+            self._check()
+        return msg
 
 
 class Extension:
@@ -50,10 +83,17 @@ class Hub:
     """Storage + users + extensions; `asgi` is the app uvicorn serves."""
 
     def __init__(self, data_dir: str | Path, users: dict[str, User], extensions: list[Extension] | None = None,
-                 orgs: dict[str, dict[str, str]] | None = None):
+                 orgs: dict[str, dict[str, str]] | None = None, unsafe_spaces: bool = False,
+                 allow_private_webhooks: bool = False):
         self.data_dir = Path(data_dir)
         self.storage = Storage(self.data_dir)
         self.tokens = users  # token -> User; never logged
+        # Read-only tokens minted for running Spaces (localhub/spaces_runner.py); in memory only, revoked with the run.
+        self.space_tokens: dict[str, User] = {}
+        self.auth_tokens = ChainMap(self.tokens, self.space_tokens)
+        self.unsafe_spaces = unsafe_spaces  # the operator ran Spaces unsandboxed on purpose (localhub/sandbox.py)
+        self.allow_private_webhooks = allow_private_webhooks  # webhook targets on loopback/private networks
+        self.commit_body_limit = int(os.environ.get(COMMIT_BODY_ENV) or 1 << 30)
         self.secret = self._load_secret()
         self.used_nonces: set[str] = set()
         self.extensions: list[Extension] = []
@@ -93,11 +133,21 @@ class Hub:
     def user_names(self) -> set[str]:
         return {u.name for u in self.tokens.values()}
 
+    def mint_space_token(self, repo: Repo) -> str:
+        """A read-only token for one run of a Space: it reads the Space's own namespace's repos (private ones
+        included, as its owner would) and public repos; it writes nothing. Valid until the supervisor revokes it."""
+        token = f"hf_space_{secrets.token_urlsafe(24)}"
+        self.space_tokens[token] = User(repo.namespace, "read", f"space {repo.id}", scope=repo.namespace)
+        return token
+
     def _load_secret(self) -> bytes:
+        """The key that signs LFS upload URLs and derives the admin token: created 0600, and kept 0600."""
         path = self.data_dir / "secret.key"
         if not path.exists():
-            path.write_bytes(secrets.token_bytes(32))
-            path.chmod(0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+        path.chmod(0o600)
         return path.read_bytes()
 
     # ---- events fan out to the extensions ------------------------------------------------------------------
@@ -150,11 +200,13 @@ class Hub:
             self.close()
             await send({"type": "lifespan.shutdown.complete"})
             return
-        request = Request(scope, receive)
+        body = scope["localhub.body"] = Body(receive)
+        request = Request(scope, body)
         response = await self.dispatch(request)
         trace = request.headers.get("x-amzn-trace-id")
         if trace:
             response.headers["X-Request-Id"] = trace
+        _safe_headers(response)
         await response(scope, receive, send)
 
     async def dispatch(self, request: Request) -> Response:
@@ -167,19 +219,29 @@ class Hub:
             # exists here), or a route this hub lacks on a repo that does not exist. The Hub's RepoNotFound, not a
             # bare 404, is what makes `repo_exists()` answer False.
             try:
-                user = authenticate(self.tokens, request.headers.get("authorization"))
+                user = authenticate(self.auth_tokens, request.headers.get("authorization"))
             except HubError as err:
                 return error_response(err)
             return error_response(not_found(Ctx(request, self, user, {})))
         if route is None:
             status = 405 if other else 404
             return JSONResponse({"error": f"{request.method} {raw_path} is not a localhub route"}, status_code=status)
+        body = request.scope.get("localhub.body")
+        if body is not None:
+            if route.route_class == "upload" and request.method == "PUT":
+                body.limit = None  # the LFS PUT: its signed size is the limit (routes_files.lfs_put)
+            elif route.route_class == "commit":
+                body.limit = self.commit_body_limit
+            length = request.headers.get("content-length", "")
+            if body.limit is not None and length.isdigit() and int(length) > body.limit:
+                return error_response(HubError(413, None, f"Request body too large: {length} bytes, and this route "
+                                                          f"takes at most {body.limit}"))
         for ext in self.extensions:
             injected = await ext.before_request(route.route_class, request)
             if injected is not None:
                 return injected
         try:
-            user = authenticate(self.tokens, request.headers.get("authorization"))
+            user = authenticate(self.auth_tokens, request.headers.get("authorization"))
             return await route.handler(Ctx(request, self, user, params))
         except Moved as moved:  # a renamed repo: the same request under its new id (307 keeps method and body)
             query = request.scope.get("query_string", b"").decode("latin-1")
@@ -198,9 +260,22 @@ class Hub:
                 except HubError:
                     pass
             return error_response(err, extra)
+        except RecursionError:  # a JSON document nested thousands deep: malformed input, not a localhub bug
+            return error_response(HubError(400, None, "Request body is nested too deeply"))
         except Exception:  # a bug in localhub: answer 500 with no internals, keep serving
             log.exception("error serving %s %s", request.method, raw_path)
             return JSONResponse({"error": "localhub internal error"}, status_code=500)
+
+
+_BAD_HEADER_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _safe_headers(response: Response) -> None:
+    """No header value with a control character or surrounding blanks: the HTTP layer would refuse to send it and
+    drop the connection instead. (error_response already cleans its message; this covers any other header.)"""
+    raw = getattr(response, "raw_headers", None)
+    if raw and any(_BAD_HEADER_BYTES.search(v) or v != v.strip() for _, v in raw):
+        response.raw_headers = [(k, _BAD_HEADER_BYTES.sub(b" ", v).strip()) for k, v in raw]
 
 
 def _type_of(raw_path: str) -> str:

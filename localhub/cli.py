@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-from .server import ORGS_ENV, TOKENS_ENV, parse_tokens, serve
+from .sandbox import UNSAFE_ENV
+from .server import ORGS_ENV, PRIVATE_WEBHOOKS_ENV, TOKENS_ENV, env_flag, parse_tokens, read_token_file, serve
 from .teams import parse_orgs
 
 
@@ -20,9 +22,16 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8900, help="port to bind (default 8900)")
     p.add_argument("--data", required=True, help="data directory: blobs + SQLite metadata; survives restarts")
     p.add_argument(
+        "--token-file", action="append", default=[], metavar="PATH",
+        help="a file of USER:TOKEN:ROLE lines (ROLE read|write; # comments), readable by its owner only (chmod 600: "
+        "others are refused). The way to give a long-running server its users: a token on the command line or in "
+        "the environment can be read through /proc. Repeatable.",
+    )
+    p.add_argument(
         "--token", action="append", default=[], metavar="USER:TOKEN:ROLE",
-        help="a user, its bearer token and role (read|write); repeatable. A user owns the namespace of its name. "
-        f"Also read from ${TOKENS_ENV} (comma-separated), which keeps tokens out of the process list.",
+        help="a user, its bearer token and role (read|write); repeatable; for interactive use (the command line is "
+        f"visible to every local user: prefer --token-file). A user owns the namespace of its name. Also read from "
+        f"${TOKENS_ENV} (comma-separated; visible in /proc/<pid>/environ).",
     )
     p.add_argument(
         "--org", action="append", default=[], metavar="NAME:USER=ROLE,USER=ROLE",
@@ -33,13 +42,30 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", action="append", default=[], metavar="TYPE:NAMESPACE/NAME=FOLDER",
                    help="publish a local folder as a public repo at start unless it exists (TYPE: model, dataset or "
                    "space); repeatable")
+    p.add_argument("--unsafe-spaces", action="store_true", default=env_flag(UNSAFE_ENV),
+                   help="where no Space sandbox can be built (no bubblewrap), run Space apps UNSANDBOXED, as the "
+                   "server's user with its files in reach: for a single-user machine only. Without it such a host "
+                   f"refuses to start Spaces (BUILD_ERROR saying why). Also ${UNSAFE_ENV}=1.")
+    p.add_argument("--allow-private-webhooks", action="store_true", default=env_flag(PRIVATE_WEBHOOKS_ENV),
+                   help="let webhooks target loopback, private, link-local and other non-public addresses (refused "
+                   f"by default: a webhook would otherwise be a way into the server's network). Also "
+                   f"${PRIVATE_WEBHOOKS_ENV}=1.")
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> None:
-    specs = list(args.token) + [s for s in os.environ.get(TOKENS_ENV, "").split(",") if s]
+    try:
+        specs = [s for path in args.token_file for s in read_token_file(path)]
+    except ValueError as err:
+        raise SystemExit(f"localhub: {err}") from None
+    from_env = [s for s in os.environ.get(TOKENS_ENV, "").split(",") if s]
+    if from_env:
+        print(f"localhub: tokens in ${TOKENS_ENV} can be read through /proc/<pid>/environ; prefer --token-file",
+              file=sys.stderr)
+    specs += list(args.token) + from_env
     orgs = list(args.org) + [s for s in os.environ.get(ORGS_ENV, "").split(";") if s]
-    serve(args.host, args.port, args.data, parse_tokens(specs), seed=args.seed, orgs=parse_orgs(orgs))
+    serve(args.host, args.port, args.data, parse_tokens(specs), seed=args.seed, orgs=parse_orgs(orgs),
+          unsafe_spaces=args.unsafe_spaces, allow_private_webhooks=args.allow_private_webhooks)
 
 
 def main(argv: list[str] | None = None) -> None:

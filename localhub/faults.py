@@ -74,12 +74,17 @@ class Rule:
         route_class = raw.get("class") or raw.get("route_class") or "*"
         if kind not in KINDS or route_class not in CLASSES:
             raise HubError(400, None, f"fault rule needs kind in {KINDS} and class in {CLASSES}: got {raw!r}")
-        rate = float(raw.get("rate", 1.0))
-        nxt = raw.get("next")
-        if not 0.0 <= rate <= 1.0 or (nxt is not None and int(nxt) < 0):
-            raise HubError(400, None, f"fault rule needs 0 <= rate <= 1 and next >= 0: got {raw!r}")
-        return cls(route_class, kind, rate, None if nxt is None else int(nxt), float(raw.get("delay", 1.0)),
-                   int(raw.get("retry_after", 1)), (raw.get("method") or "").upper() or None, int(raw.get("seed", 0)))
+        try:
+            rate = float(raw.get("rate", 1.0))
+            nxt = raw.get("next")
+            if not 0.0 <= rate <= 1.0 or (nxt is not None and int(nxt) < 0):
+                raise ValueError("rate or next out of range")
+            return cls(route_class, kind, rate, None if nxt is None else int(nxt), float(raw.get("delay", 1.0)),
+                       int(raw.get("retry_after", 1)), str(raw.get("method") or "").upper() or None,
+                       int(raw.get("seed", 0)))
+        except (TypeError, ValueError):
+            raise HubError(400, None, f"fault rule needs 0 <= rate <= 1, next >= 0 and numbers for delay, "
+                                      f"retry_after and seed: got {str(raw)[:200]}") from None
 
     def fires(self, route_class: str, method: str) -> bool:
         if self.route_class not in ("*", route_class) or (self.method and self.method != method):
@@ -143,6 +148,8 @@ class Faults(Extension):
         raw = body.get("rules", []) if isinstance(body, dict) else body
         if not isinstance(raw, list):
             raise HubError(400, None, "POST /_localhub/faults wants a JSON list of rules")
+        if not all(isinstance(r, dict) for r in raw):
+            raise HubError(400, None, "POST /_localhub/faults wants a JSON list of rules (objects)")
         return [Rule.parse(r) for r in raw]
 
     async def before_request(self, route_class: str, request: Request) -> Response | None:
@@ -168,7 +175,10 @@ class Faults(Extension):
     async def _admin(self, ctx: Ctx) -> Response:
         check_admin(ctx, "fault injection")
         if ctx.request.method == "POST":
-            rules = self._parse(json.loads(await ctx.request.body() or b"[]"))
+            try:
+                rules = self._parse(json.loads(await ctx.request.body() or b"[]"))
+            except (ValueError, RecursionError):
+                raise HubError(400, None, "POST /_localhub/faults wants a JSON list of rules") from None
             with self.lock:
                 self.rules, self.seen = rules, {}
         elif ctx.request.method == "DELETE":

@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 from urllib.parse import unquote
 
 from starlette.requests import Request
@@ -27,6 +27,7 @@ class User:
     name: str
     role: str
     token_name: str = "localhub"
+    scope: str | None = None  # a namespace: the only one whose private repos the token reaches (a Space's token)
 
 
 @dataclass
@@ -51,11 +52,19 @@ class Ctx:
         """The JSON object body; a malformed one is the client's error (400), not a localhub bug (500)."""
         try:
             body = await self.request.json()
-        except ValueError:
+        except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError)
             raise HubError(400, None, "Request body is not valid JSON") from None
+        except RecursionError:
+            raise HubError(400, None, "Request body is nested too deeply") from None
         if not isinstance(body, dict):
             raise HubError(400, None, "Request body must be a JSON object")
         return body
+
+    def limit_body(self, limit: int) -> None:
+        """This request's body may be at most `limit` bytes (app.py's default is per route class): 413 beyond."""
+        body = self.request.scope.get("localhub.body")
+        if body is not None:
+            body.set_limit(limit)
 
 
 Handler = Callable[[Ctx], Awaitable[Response]]
@@ -115,14 +124,31 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def error_response(err: HubError, extra_headers: dict[str, str] | None = None) -> Response:
-    # A header value must be latin-1 without control characters: messages can quote user input (paths, revisions),
-    # and a CR/LF in a header would make the HTTP layer drop the connection (or, with a laxer one, split headers).
-    message = _CONTROL_RE.sub(" ", err.message).encode("latin-1", "replace").decode("latin-1")
+    # A header value must be latin-1 without control characters nor surrounding whitespace: messages can quote user
+    # input (paths, revisions), and a CR/LF, a NUL or a trailing blank in a header would make the HTTP layer drop the
+    # connection (or, with a laxer one, split headers).
+    message = _CONTROL_RE.sub(" ", err.message).encode("latin-1", "replace").decode("latin-1").strip()
     headers = {"X-Error-Message": message}
     if err.code:
         headers["X-Error-Code"] = err.code
     headers.update(extra_headers or {})
     return JSONResponse({**err.extra, "error": err.message}, status_code=err.status, headers=headers)
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", bool: "a boolean", list: "a list", dict: "an object"}
+
+
+def field(body: dict, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+    """`body[key]` when it has the type `kind`, `default` when it is absent or null; otherwise a 400 that names the
+    field (a malformed body is the client's error, never a 500)."""
+    value = body.get(key)
+    if value is None:
+        return default
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+        want = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
+        raise HubError(400, None, f"{key} must be {want}, not {type(value).__name__}")
+    return value
 
 
 def iso(ts: float) -> str:
@@ -135,7 +161,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,95}$")  # the Hub's user names may start with "_"
 
 
-def authenticate(tokens: dict[str, User], authorization: str | None) -> User | None:
+def authenticate(tokens: Mapping[str, User], authorization: str | None) -> User | None:
     """Bearer token -> user; no header -> anonymous; an unknown token -> 401 as on the Hub."""
     if not authorization:
         return None
@@ -150,7 +176,7 @@ def namespace_role(ctx: Ctx, namespace: str) -> str | None:
     """The caller's role in a namespace (localhub/teams.py): admin of its own, its org role, else None. A read
     token caps it at read: it may see what the role sees, never change it."""
     user = ctx.user
-    if user is None:
+    if user is None or (user.scope is not None and user.scope.lower() != namespace.lower()):
         return None
     role = ctx.hub.teams.role(user.name, namespace)
     return "read" if role and user.role != "write" else role

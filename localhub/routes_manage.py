@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from . import history
 from .http import (
     NAME_RE, NAMESPACE_RE, REPO_PREFIX, TYPE_OF_PLURAL, Ctx, HubError, Moved, Router, canonical_namespace, check_write,
-    iso, repo_for_read, repo_for_write,
+    field, iso, repo_for_read, repo_for_write,
 )
 from .storage import check_sha256
 
@@ -33,7 +33,8 @@ def _repo(ctx: Ctx, write: bool = True):
 @router.add("POST", "/api/repos/move")
 async def move(ctx: Ctx) -> Response:
     body = await ctx.json()
-    type_, src, dst = body.get("type") or "model", str(body.get("fromRepo") or ""), str(body.get("toRepo") or "")
+    type_ = field(body, "type", str) or "model"
+    src, dst = field(body, "fromRepo", str) or "", field(body, "toRepo", str) or ""
     ns, _, name = dst.partition("/")
     if type_ not in REPO_PREFIX or src.count("/") != 1 or not NAMESPACE_RE.match(ns) or not NAME_RE.match(name):
         raise HubError(400, None, f"Invalid move of {type_} {src!r} to {dst!r}: ids are namespace/name")
@@ -55,7 +56,7 @@ async def super_squash(ctx: Ctx) -> Response:
     if ref is None:
         raise HubError(400, None, f"Invalid rev id: {rev} is not a branch")
     body = await ctx.json() if await ctx.request.body() else {}
-    title = body.get("message") or f"Super-squash branch '{rev}' using huggingface_hub"
+    title = field(body, "message", str) or f"Super-squash branch '{rev}' using huggingface_hub"
     oid = history.squash(ctx.storage, repo, ref, title, ctx.user.name)  # type: ignore[union-attr]
     ref_name = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
     await ctx.hub.on_ref_change(repo, "delete", ref_name, old)
@@ -72,7 +73,7 @@ async def lfs_files(ctx: Ctx) -> Response:
 @router.add("POST", f"/api/{T}/{{ns}}/{{name}}/lfs-files/batch")
 async def lfs_delete(ctx: Ctx) -> Response:
     repo = _repo(ctx)
-    deletions = (await ctx.json()).get("deletions") or {}
+    deletions = field(await ctx.json(), "deletions", dict) or {}
     shas = deletions.get("sha")
     if not isinstance(shas, list):
         raise HubError(400, None, "lfs-files/batch wants {deletions: {sha: [...], rewriteHistory: true}}")

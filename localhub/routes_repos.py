@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 from urllib.parse import parse_qs
 
 import yaml
@@ -14,7 +13,7 @@ from . import cards
 from .history import last_commits
 from .http import (
     NAME_RE, NAMESPACE_RE, REPO_PREFIX, TYPE_OF_PLURAL, Ctx, Moved, Router, can_read, canonical_namespace, check_write,
-    iso, repo_for_read, repo_for_write,
+    field, iso, repo_for_read, repo_for_write,
 )
 from .storage import SHA_RE, FileEntry, HubError, Repo
 
@@ -49,8 +48,10 @@ router.add("POST", "/api/validate-yaml")(cards.validate_yaml)
 @router.add("POST", "/api/repos/create")
 async def create_repo(ctx: Ctx) -> Response:
     body = await ctx.json()
-    type_ = body.get("type") or "model"
-    name, ns = body.get("name") or "", body.get("organization")
+    type_ = field(body, "type", str) or "model"
+    name, ns = field(body, "name", str) or "", field(body, "organization", str)
+    field(body, "sdk", str)
+    field(body, "visibility", str)
     if "/" in name:
         ns, name = name.split("/", 1)
     if ns is None:
@@ -87,13 +88,17 @@ async def create_repo(ctx: Ctx) -> Response:
 
 async def _repo_from_body(ctx: Ctx) -> Repo:
     body = await ctx.json()
-    name, ns = body.get("name") or "", body.get("organization") or (ctx.user.name if ctx.user else "")
+    name = field(body, "name", str) or ""
+    ns = field(body, "organization", str) or (ctx.user.name if ctx.user else "")
+    type_ = field(body, "type", str) or "model"
+    if type_ not in REPO_PREFIX:
+        raise HubError(400, None, f"Invalid repo type {type_[:50]!r}: one of {', '.join(REPO_PREFIX)}")
     if "/" in name:
         ns, name = name.split("/", 1)
     try:
-        return repo_for_write(ctx, body.get("type") or "model", f"{ns}/{name}")
+        return repo_for_write(ctx, type_, f"{ns}/{name}")
     except Moved as moved:  # the body names the repo: follow a rename here (a 307 would repeat the same body)
-        return repo_for_write(ctx, body.get("type") or "model", moved.new_id)
+        return repo_for_write(ctx, type_, moved.new_id)
 
 
 @router.add("DELETE", "/api/repos/delete")
@@ -247,13 +252,14 @@ def _expanded(ctx: Ctx, oid: str, items: list[dict], expand: str | None) -> list
 async def paths_info(ctx: Ctx) -> Response:
     repo = repo_for_read(ctx, _type(ctx), _rid(ctx))
     oid, _ = ctx.storage.resolve(repo, ctx.params["rev"])
-    raw = (await ctx.request.body()).decode()
     if ctx.request.headers.get("content-type", "").startswith("application/json"):
-        form = json.loads(raw)
-        paths, expand = form.get("paths", []), form.get("expand")
-    else:
-        form = parse_qs(raw)
+        form = await ctx.json()
+        paths, expand = field(form, "paths", list, []), form.get("expand")
+    else:  # the clients send a form: paths=a&paths=b&expand=true
+        form = parse_qs((await ctx.request.body()).decode("utf-8", errors="replace"))
         paths, expand = form.get("paths", []), (form.get("expand") or [None])[0]
+    if not all(isinstance(p, str) for p in paths):
+        raise HubError(400, None, "paths must be a list of strings")
     files = ctx.storage.tree(oid)
     dirs = directories(files)
     out = []
@@ -314,7 +320,7 @@ async def branch(ctx: Ctx) -> Response:
         return await _set_ref(ctx, repo, "branch", name, None)
     body = await ctx.json() if await ctx.request.body() else {}
     _ref_name(name)
-    oid, _ = ctx.storage.resolve(repo, body.get("startingPoint") or "main")
+    oid, _ = ctx.storage.resolve(repo, field(body, "startingPoint", str) or "main")
     return await _set_ref(ctx, repo, "branch", name, oid)
 
 

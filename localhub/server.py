@@ -5,6 +5,11 @@
     os.environ["HF_ENDPOINT"] = hub.url    # before huggingface_hub is imported
     ...
     hub.stop()
+
+Users' tokens reach a spawned server through a token file (`--token-file`, 0600, in the data dir), never through its
+environment or command line: both are readable through /proc. Space apps run sandboxed (localhub/sandbox.py);
+`unsafe_spaces=True` runs them unsandboxed where no sandbox can be built (a single-user machine only), and
+`allow_private_webhooks=True` lets webhooks target loopback and private addresses (tests with a local receiver).
 """
 
 from __future__ import annotations
@@ -22,10 +27,43 @@ import httpx
 
 from .http import ROLES, User
 from .ports import free_port
+from .sandbox import UNSAFE_ENV
 
 log = logging.getLogger("localhub")
-TOKENS_ENV = "LOCALHUB_TOKENS"  # "user:token:role,..." — keeps tokens out of `ps` for spawned servers
+TOKENS_ENV = "LOCALHUB_TOKENS"  # "user:token:role,...": still read, but visible in /proc/<pid>/environ (prefer a file)
 ORGS_ENV = "LOCALHUB_ORGS"  # "org:user=role,user=role;org2:..." — the --org specs, `;`-separated
+PRIVATE_WEBHOOKS_ENV = "LOCALHUB_ALLOW_PRIVATE_WEBHOOKS"
+TOKEN_FILE = "tokens"  # LocalHub's token file, in the data dir (0700) and itself 0600
+
+
+def read_token_file(path: str | Path) -> list[str]:
+    """The USER:TOKEN:ROLE lines of a token file (blank lines and `#` comments skipped). The file must be readable by
+    its owner only: a token file others can read is refused, as ssh refuses such a key."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o777
+        text = path.read_text()
+    except OSError as err:
+        raise ValueError(f"--token-file {path}: {err.strerror or err}") from None
+    if mode & 0o077:
+        raise ValueError(f"--token-file {path} is readable by other users (mode {mode:o}): chmod 600 {path}")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def write_token_file(path: str | Path, specs: list[str]) -> Path:
+    """Write USER:TOKEN:ROLE lines to `path`, created 0600 (never readable by anyone else, not even for a moment)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(f"{spec}\n" for spec in specs))
+    os.replace(tmp, path)
+    return path
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
 def parse_tokens(specs: list[str]) -> dict[str, User]:
@@ -44,10 +82,11 @@ def org_specs(orgs: dict[str, dict[str, str]]) -> list[str]:
     return [f"{name}:" + ",".join(f"{u}={r}" for u, r in members.items()) for name, members in orgs.items()]
 
 
-def build_hub(data_dir: str | Path, users: dict[str, User], orgs: dict[str, dict[str, str]] | None = None):
+def build_hub(data_dir: str | Path, users: dict[str, User], orgs: dict[str, dict[str, str]] | None = None,
+              unsafe_spaces: bool = False, allow_private_webhooks: bool = False):
     from .app import Hub
 
-    hub = Hub(data_dir, users, orgs=orgs)
+    hub = Hub(data_dir, users, orgs=orgs, unsafe_spaces=unsafe_spaces, allow_private_webhooks=allow_private_webhooks)
     for ext in _default_extensions(hub):
         hub.add_extension(ext)
     return hub
@@ -77,13 +116,14 @@ def _default_extensions(hub) -> list:
 
 
 def serve(host: str, port: int, data_dir: str | Path, users: dict[str, User], seed: list[str] | None = None,
-          orgs: dict[str, dict[str, str]] | None = None) -> None:
+          orgs: dict[str, dict[str, str]] | None = None, unsafe_spaces: bool = False,
+          allow_private_webhooks: bool = False) -> None:
     """Serve until SIGINT/SIGTERM. Access lines carry no query strings and no headers, so no token is logged."""
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s localhub %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs full URLs, and a webhook URL may carry credentials
-    hub = build_hub(data_dir, users, orgs)
+    hub = build_hub(data_dir, users, orgs, unsafe_spaces, allow_private_webhooks)
     hub.base_url = f"http://{host}:{port}"
     if seed:
         from .seed import seed_hub
@@ -99,7 +139,9 @@ def serve(host: str, port: int, data_dir: str | Path, users: dict[str, User], se
 class LocalHub:
     """A localhub for tests and the demo. `users` maps user -> (token, role); `orgs` maps org -> {user: role} with
     roles read, write or admin (localhub/teams.py); `seed` lists folders to publish at start as public repos,
-    `TYPE:NAMESPACE/NAME=FOLDER` (see localhub/seed.py)."""
+    `TYPE:NAMESPACE/NAME=FOLDER` (see localhub/seed.py). `unsafe_spaces` (default: $LOCALHUB_UNSAFE_SPACES) runs
+    Space apps unsandboxed where no sandbox can be built; `allow_private_webhooks` lets webhooks target loopback and
+    private addresses (a test's local receiver)."""
 
     def __init__(
         self,
@@ -110,8 +152,12 @@ class LocalHub:
         seed: list[str] | None = None,
         log_file: str | Path | None = None,
         orgs: dict[str, dict[str, str]] | None = None,
+        unsafe_spaces: bool | None = None,
+        allow_private_webhooks: bool = False,
     ):
         self.data_dir = Path(data_dir)
+        self.unsafe_spaces = unsafe_spaces
+        self.allow_private_webhooks = allow_private_webhooks
         self.users = users or {}
         self.orgs = orgs or {}
         self.host, self.port = host, port or free_port(host)
@@ -135,14 +181,26 @@ class LocalHub:
     def _token_specs(self) -> list[str]:
         return [f"{u}:{t}:{r}" for u, (t, r) in self.users.items()]
 
+    @property
+    def token_file(self) -> Path:
+        return self.data_dir / TOKEN_FILE
+
     def start(self, timeout: float = 60) -> "LocalHub":
-        """Start `python -m localhub serve` in its own session and wait until it answers."""
+        """Start `python -m localhub serve` in its own session and wait until it answers. The users' tokens go
+        through a 0600 file in the data dir, not the server's environment or command line."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+        write_token_file(self.token_file, self._token_specs())
         cmd = [sys.executable, "-m", "localhub", "serve", "--host", self.host, "--port", str(self.port),
-               "--data", str(self.data_dir)]
+               "--data", str(self.data_dir), "--token-file", str(self.token_file)]
         for spec in self.seed or []:
             cmd += ["--seed", spec]
-        env = {**os.environ, TOKENS_ENV: ",".join(self._token_specs()), ORGS_ENV: ";".join(org_specs(self.orgs))}
+        if self.unsafe_spaces:
+            cmd.append("--unsafe-spaces")
+        if self.allow_private_webhooks:
+            cmd.append("--allow-private-webhooks")
+        env = {k: v for k, v in os.environ.items() if k != TOKENS_ENV}
+        env[ORGS_ENV] = ";".join(org_specs(self.orgs))
         out = open(self.log_file, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
@@ -153,7 +211,9 @@ class LocalHub:
         """Serve from a thread of this process: fastest start, for tests that need no crash isolation."""
         import uvicorn
 
-        hub = build_hub(self.data_dir, parse_tokens(self._token_specs()), self.orgs)
+        unsafe = env_flag(UNSAFE_ENV) if self.unsafe_spaces is None else self.unsafe_spaces
+        hub = build_hub(self.data_dir, parse_tokens(self._token_specs()), self.orgs, unsafe,
+                        self.allow_private_webhooks or env_flag(PRIVATE_WEBHOOKS_ENV))
         hub.base_url = self.url
         if self.seed:
             from .seed import seed_hub

@@ -84,6 +84,14 @@ class Spaces(Supervisor, Extension):
         }
         if error:
             out["errorMessage"] = error
+        # localhub's own: how apps run here, and the token a run gets (hubflow reads `spaceToken` to know it need not
+        # hand the Space a token of its own: see docs/reliability.md).
+        own_token = "HF_TOKEN" in space.get("secrets", {})
+        out["localhub"] = {
+            "sandbox": self._sandbox.mode if self._sandbox else "not probed yet",
+            "spaceToken": {"minted": not own_token, "role": "read", "namespace": repo.namespace,
+                           "source": "secret HF_TOKEN" if own_token else "localhub"},
+        }
         if alive and port:
             out["domains"] = [{"domain": f"127.0.0.1:{port}", "stage": "READY" if stage == "RUNNING" else "PENDING"}]
         return out
@@ -103,13 +111,16 @@ class Spaces(Supervisor, Extension):
         space: dict = {"secrets": {}, "variables": {}}
         try:
             for kind in ("secrets", "variables"):
-                for item in body.get(kind) or []:
+                items = body.get(kind) or []
+                if not isinstance(items, list):
+                    raise HubError(400, None, f"{kind} must be a list of {{key, value, description?}}")
+                for item in items:
                     space[kind][_env_key(item.get("key"))] = _setting(item)
             if body.get("hardware"):
                 space["hardware"] = _flavor(body["hardware"])
             if body.get("sleepTimeSeconds") is not None:
                 space["sleepTime"] = int(body["sleepTimeSeconds"])
-        except (HubError, TypeError, ValueError) as err:
+        except (HubError, TypeError, ValueError, AttributeError) as err:
             self.storage.delete_repo(repo)  # the core created it already: a rejected create leaves nothing behind
             raise err if isinstance(err, HubError) else HubError(400, None, f"Invalid Space settings: {err}")
         self.storage.update_repo(repo, space=space)
@@ -149,7 +160,7 @@ class Spaces(Supervisor, Extension):
         kind, method = ctx.params["kind"], ctx.request.method
         repo = self._space(ctx, write=True)
         if method != "GET":
-            body = await ctx.request.json()
+            body = await ctx.json()
             key = _env_key(body.get("key"))
             if method == "POST":
                 repo = self._update(repo, lambda s: s.setdefault(kind, {}).__setitem__(key, _setting(body)))
@@ -163,14 +174,17 @@ class Spaces(Supervisor, Extension):
 
     async def _hardware_route(self, ctx: Ctx) -> Response:
         repo = self._space(ctx, write=True)
-        body = await ctx.request.json()
+        body = await ctx.json()
         flavor = _flavor(body.get("flavor"))
+        sleep = body.get("sleepTimeSeconds")
+        if sleep is not None and (not isinstance(sleep, int) or isinstance(sleep, bool)):
+            raise HubError(400, None, "sleepTimeSeconds must be an integer (seconds; -1: never sleep)")
         changed = flavor != (repo.space.get("hardware") or DEFAULT_HARDWARE)
 
         def change(s: dict) -> None:
             s["hardware"] = flavor
-            if body.get("sleepTimeSeconds") is not None:
-                s["sleepTime"] = int(body["sleepTimeSeconds"])
+            if sleep is not None:
+                s["sleepTime"] = sleep
 
         repo = self._update(repo, change)
         if changed:
@@ -179,8 +193,8 @@ class Spaces(Supervisor, Extension):
 
     async def _sleeptime_route(self, ctx: Ctx) -> Response:
         repo = self._space(ctx, write=True)
-        seconds = (await ctx.request.json()).get("seconds")
-        if not isinstance(seconds, int):
+        seconds = (await ctx.json()).get("seconds")
+        if not isinstance(seconds, int) or isinstance(seconds, bool):
             raise HubError(400, None, "sleeptime wants {\"seconds\": <int>} (-1: never sleep)")
         repo = self._update(repo, lambda s: s.__setitem__("sleepTime", seconds))
         return JSONResponse(self.runtime(repo))
@@ -266,12 +280,18 @@ def _env_key(key) -> str:
 
 
 def _setting(item: dict) -> dict:
-    if not isinstance(item.get("value"), str):
-        raise HubError(400, None, f"A value (string) is required for {item.get('key')!r}")
-    return {"value": item["value"], "description": item.get("description"), "updatedAt": iso(time.time())}
+    if not isinstance(item, dict) or not isinstance(item.get("value"), str):
+        key = item.get("key") if isinstance(item, dict) else item
+        raise HubError(400, None, f"A value (string) is required for {str(key)[:100]!r}")
+    if "\0" in item["value"]:
+        raise HubError(400, None, f"The value of {item.get('key')!r} contains a NUL byte: an environment value cannot")
+    description = item.get("description")
+    if description is not None and not isinstance(description, str):
+        raise HubError(400, None, "description must be a string")
+    return {"value": item["value"], "description": description, "updatedAt": iso(time.time())}
 
 
 def _flavor(flavor) -> str:
-    if flavor not in HARDWARE:
-        raise HubError(400, None, f"Invalid hardware flavor {flavor!r}: one of {', '.join(HARDWARE)}")
+    if not isinstance(flavor, str) or flavor not in HARDWARE:
+        raise HubError(400, None, f"Invalid hardware flavor {str(flavor)[:100]!r}: one of {', '.join(HARDWARE)}")
     return flavor

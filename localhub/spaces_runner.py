@@ -8,11 +8,15 @@ Process model. One supervisor thread owns every app process (it spawns them, so 
 ties them to it: a hub killed with -9 takes its apps along). On a commit to `main`: stop the old process (SIGTERM to
 its process group, SIGKILL after 5 s), copy the commit's files into a fresh
 `data_dir/spaces/{ns}/{name}/runs/<run>/app`, read README front matter (`sdk`, `app_file`), then `python app.py` there
-(gradio, and docker Spaces that carry a python app_file; static Spaces get `python -m http.server`) with: the Space's
-variables and secrets, HF_ENDPOINT (the hub), PORT/GRADIO_SERVER_PORT (a free port), GRADIO_SERVER_NAME=127.0.0.1,
-SPACE_ID/SPACE_AUTHOR_NAME/SPACE_REPO_NAME/SPACE_HOST, SYSTEM=spaces, HF_HOME (per Space, so the server's saved token
-is out of reach), HOME/PATH/LANG, and nothing else inherited (no HF_TOKEN of the server). requirements.txt is NOT
-installed (offline): the app runs with the server's Python. APP_STARTING until the app answers HTTP on its port ->
+(gradio, and docker Spaces that carry a python app_file; static Spaces get `python -m http.server`), inside the
+sandbox of localhub/sandbox.py (bubblewrap: its checkout at /home/user/app, its home /home/user, uid 65534, its own
+PID namespace; refused, as BUILD_ERROR, where no sandbox can be built unless the operator chose --unsafe-spaces),
+with an environment built from scratch: the Space's variables and secrets, HF_TOKEN (a read-only token localhub mints
+for this run, scoped to the Space's namespace, revoked when the run ends; unless the owner set an HF_TOKEN secret),
+HF_ENDPOINT (the hub), PORT/GRADIO_SERVER_PORT (a free port), GRADIO_SERVER_NAME=127.0.0.1,
+SPACE_ID/SPACE_AUTHOR_NAME/SPACE_REPO_NAME/SPACE_HOST, SYSTEM=spaces, HOME, HF_HOME (in the Space's home, kept
+across its restarts), TMPDIR, PATH, LANG, and nothing of the server's. requirements.txt is NOT installed (offline):
+the app runs with the server's Python. APP_STARTING until the app answers HTTP on its port ->
 RUNNING; exiting, or not answering within the start timeout ($LOCALHUB_SPACE_START_TIMEOUT, default 120 s: importing
 gradio on 2 busy cores is slow) -> RUNTIME_ERROR with the exit code and the last log lines in `errorMessage`. A
 restart with the server resumes every unpaused Space.
@@ -39,12 +43,13 @@ import yaml
 
 from .http import iso
 from .ports import free_port
+from .sandbox import HOME, Sandbox, probe
 from .storage import FileEntry, Repo
 
 log = logging.getLogger("localhub")
 ALIVE = ("APP_STARTING", "RUNNING")
 START_TIMEOUT_ENV = "LOCALHUB_SPACE_START_TIMEOUT"
-INHERITED_ENV = ("HOME", "PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+TOKEN_KEY = "HF_TOKEN"
 MAX_LOG_LINES = 10_000
 
 # Runs first in the child: die with the supervisor thread (Linux), then become the app (exec keeps the pid).
@@ -112,6 +117,7 @@ class SpaceState:
     build_log: LogBuffer | None = None
     run_log: LogBuffer | None = None
     reader: threading.Thread | None = None
+    token: str | None = None  # the run's minted read token (revoked when the run ends)
 
 
 class Supervisor:
@@ -130,6 +136,14 @@ class Supervisor:
         self.commands: queue.Queue = queue.Queue()
         self.closed = threading.Event()
         self.thread = threading.Thread(target=self._supervise, name="localhub-spaces", daemon=True)
+        self.unsafe = bool(getattr(hub, "unsafe_spaces", False))
+        self._sandbox: Sandbox | None = None  # probed at the first deploy, off the server's start-up path
+
+    def sandbox(self) -> Sandbox:
+        if self._sandbox is None:
+            self._sandbox = probe(self.root / ".probe", self.unsafe)
+            log.info("spaces: %s", self._sandbox.mode if self._sandbox.isolated else self._sandbox.reason)
+        return self._sandbox
 
     def _request(self, repo: Repo, action: str, stage: str) -> None:
         """Record the stage the caller should see now, and queue the work for the supervisor."""
@@ -203,6 +217,7 @@ class Supervisor:
         oid, _ = self.storage.resolve(repo, "main")
         files = self.storage.tree(oid)
         space_dir = self.root / repo.namespace / repo.name
+        home = space_dir / "home"
         run_dir = space_dir / "runs" / f"{time.time_ns()}-{oid[:8]}"
         if (space_dir / "runs").is_dir():
             for old in (space_dir / "runs").iterdir():
@@ -232,25 +247,40 @@ class Supervisor:
             return
         if (app_dir / "requirements.txt").is_file():
             build.write(f"requirements.txt: not installed (localhub is offline); the app runs with {sys.executable}\n")
+        box = self.sandbox()
+        if box.mode == "refused":
+            build.write(box.reason + "\n")
+            self._set(sid, gen, "BUILD_ERROR", box.reason)
+            return
+        tmp, etc = box.prepare(run_dir, app_dir, home)
+        build.write(("Sandbox: bubblewrap, uid 65534, own PID namespace; app in /home/user/app\n" if box.isolated
+                     else f"WARNING: {box.reason}\n"))
         port = free_port()
         argv = [a.replace("{port}", str(port)) for a in argv]
+        token = self._token_for(repo, build)
+        env = self._env(repo, port, box, home, tmp, token)
         run = LogBuffer(run_dir / "run.log")
         run.write(f"===== Application Startup at {iso(time.time())} =====\n")
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), sys.executable, *argv], cwd=app_dir,
-            env=self._env(repo, port, space_dir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        command = box.command([sys.executable, *argv], app_dir, home, tmp, etc)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, str(os.getpid()), *command], cwd=app_dir, env=env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        except BaseException:
+            self._revoke(token)
+            raise
         reader = threading.Thread(target=_pump, args=(proc, run), name=f"space-log-{sid}", daemon=True)
         reader.start()
         build.write(f"Starting {' '.join(argv)} on 127.0.0.1:{port} (pid {proc.pid})\n")
         with self.lock:
             current = self._current(sid, gen) is not None
             if current:
-                st.proc, st.reader, st.run_log, st.port = proc, reader, run, port
+                st.proc, st.reader, st.run_log, st.port, st.token = proc, reader, run, port, token
                 st.stage, st.deadline = "APP_STARTING", time.monotonic() + self.start_timeout
         if not current:
             _terminate(proc)
+            self._revoke(token)
         log.info("space %s: started pid %d on port %d (commit %s)", sid, proc.pid, port, oid[:8])
 
     def _card(self, files: dict[str, FileEntry]) -> tuple[dict, str | None]:
@@ -306,12 +336,37 @@ class Supervisor:
             return "BUILD_ERROR", f"app_file {app_file!r} is not a python file", []
         return None, "", [app_file]
 
-    def _env(self, repo: Repo, port: int, space_dir: Path) -> dict[str, str]:
-        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    def _token_for(self, repo: Repo, build: LogBuffer) -> str | None:
+        """Mint the run's read-only token, unless the owner set an HF_TOKEN secret (then say if that can write)."""
+        own = repo.space.get("secrets", {}).get(TOKEN_KEY)
+        if own is None:
+            token = self.hub.mint_space_token(repo)
+            build.write(f"HF_TOKEN: a read-only token minted by localhub for this run (reads {repo.namespace}'s "
+                        "repos and public ones)\n")
+            return token
+        user = self.hub.tokens.get(str(own.get("value", "")))
+        if user is not None and user.role == "write":
+            build.write(f"WARNING: the HF_TOKEN secret is a write token (of {user.name}). The app needs read access "
+                        "only: delete the secret and localhub gives each run a read-only token\n")
+            log.warning("space %s: its HF_TOKEN secret is a write token", repo.id)
+        return None
+
+    def _revoke(self, token: str | None) -> None:
+        if token:
+            self.hub.space_tokens.pop(token, None)
+
+    def _env(self, repo: Repo, port: int, box: Sandbox, home: Path, tmp: Path, token: str | None) -> dict[str, str]:
+        """The app's whole environment, from scratch: nothing of the server's (its tokens, key paths, HF_TOKEN)."""
+        home_path = HOME if box.isolated else str(home)
+        env: dict[str, str] = {}
         for kind in ("variables", "secrets"):
             env.update({k: str(v.get("value", "")) for k, v in repo.space.get(kind, {}).items()})
+        if token:
+            env[TOKEN_KEY] = token
         env.update(
-            HF_ENDPOINT=self.hub.base_url, HF_HOME=str(space_dir / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1",
+            PATH=f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin", HOME=home_path,
+            TMPDIR="/tmp" if box.isolated else str(tmp), LANG="C.UTF-8", USER="user", LOGNAME="user",
+            HF_ENDPOINT=self.hub.base_url, HF_HOME=f"{home_path}/.cache/huggingface", HF_HUB_DISABLE_TELEMETRY="1",
             HF_HUB_DISABLE_XET="1", SPACE_ID=repo.id, SPACE_AUTHOR_NAME=repo.namespace, SPACE_REPO_NAME=repo.name,
             SPACE_HOST=f"127.0.0.1:{port}", SYSTEM="spaces", PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
             GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
@@ -328,6 +383,8 @@ class Supervisor:
                     st.reader.join(2)  # the last lines are the reason
                 tail = st.run_log.tail(20) if st.run_log else ""
                 st.proc = None
+                self._revoke(st.token)
+                st.token = None
                 self._set(sid, gen, "RUNTIME_ERROR", f"Exit code: {rc}. Reason: {tail}")
                 log.info("space %s: app exited with %s", sid, rc)
             elif st.stage == "APP_STARTING" and _answers(st.port):
@@ -341,8 +398,10 @@ class Supervisor:
 
     def _stop(self, st: SpaceState) -> None:
         proc, st.proc = st.proc, None
+        token, st.token = st.token, None
         if proc is not None:
             _terminate(proc)
+        self._revoke(token)
         if st.reader:
             st.reader.join(2)
 

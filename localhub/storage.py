@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -53,6 +54,9 @@ CREATE INDEX IF NOT EXISTS repos_nocase ON repos(type, namespace COLLATE NOCASE,
 CREATE TABLE IF NOT EXISTS redirects (
   type TEXT NOT NULL, namespace TEXT NOT NULL COLLATE NOCASE, name TEXT NOT NULL COLLATE NOCASE, rid INTEGER NOT NULL,
   PRIMARY KEY(type, namespace, name));
+CREATE INDEX IF NOT EXISTS files_sha256 ON files(sha256);
+CREATE TABLE IF NOT EXISTS lfs_uploads (
+  sha256 TEXT NOT NULL, user TEXT NOT NULL COLLATE NOCASE, at REAL NOT NULL, PRIMARY KEY(sha256, user));
 """
 
 
@@ -133,18 +137,30 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
 
 
 class Storage:
-    """The data directory: `hub.db` plus `blobs/ab/<sha256>`; survives restarts."""
+    """The data directory: `hub.db` plus `blobs/ab/<sha256>`; survives restarts.
+
+    Only the server's user may enter it (0700; hub.db, which holds Space secrets, and secret.key are 0600): Space
+    apps never see it (localhub/sandbox.py), and other local users should not either.
+    """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.blobs = self.root / "blobs"
         self.tmp = self.root / "tmp"
+        self.root.mkdir(parents=True, exist_ok=True)
+        _private(self.root, 0o700)
         for d in (self.blobs, self.tmp):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(mode=0o700, exist_ok=True)
         for stale in self.tmp.iterdir():  # half-written uploads of a killed server
             stale.unlink(missing_ok=True)
         self.lock = threading.RLock()
-        self.db = sqlite3.connect(self.root / "hub.db", check_same_thread=False, isolation_level=None)
+        db_path = self.root / "hub.db"
+        # SQLite gives its -wal and -shm files the database file's mode: create it 0600 before SQLite does.
+        os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
+        for path in (db_path, self.root / "hub.db-wal", self.root / "hub.db-shm"):
+            if path.exists():
+                _private(path, 0o600)
+        self.db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -176,6 +192,24 @@ class Storage:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    # ---- who may name a blob -----------------------------------------------------------------------------------
+    # Blobs are stored once per content (dedup is a storage detail), but knowing a sha256 is no access: a repo may
+    # reference an object only if a repo its writer can read holds it, or the writer uploaded it (routes_files.py).
+    def holders(self, sha256: str) -> list[Repo]:
+        """The repos any commit of which holds a file with this content."""
+        rows = self._rows("SELECT DISTINCT r.* FROM files f JOIN commits c ON c.oid = f.oid "
+                          "JOIN repos r ON r.rid = c.rid WHERE f.sha256 = ?", (sha256,))
+        return [_repo(r) for r in rows]
+
+    def record_upload(self, sha256: str, user: str) -> None:
+        """`user` PUT these bytes (the upload URL checked their sha256): they may commit them anywhere they push."""
+        with self.lock:
+            self.db.execute("INSERT OR REPLACE INTO lfs_uploads(sha256, user, at) VALUES (?,?,?)",
+                            (sha256, user, time.time()))
+
+    def uploaded_by(self, sha256: str, user: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM lfs_uploads WHERE sha256=? AND user=?", (sha256, user)))
 
     def put_bytes(self, data: bytes) -> tuple[str, str]:
         """Store bytes; returns (sha256, git sha1)."""
@@ -443,6 +477,14 @@ class Storage:
 
 
 _REF_PREFIX = {"branch": "refs/heads", "tag": "refs/tags", "pr": "refs/pr"}
+
+
+def _private(path: Path, mode: int) -> None:
+    """chmod, tolerating a data dir someone else owns (the operator's choice; the server still runs)."""
+    try:
+        path.chmod(mode)
+    except OSError as err:
+        logging.getLogger("localhub").warning("cannot make %s private (mode %o): %s", path, mode, err)
 
 
 def _discard(tmp: Path, f: IO[bytes]) -> None:

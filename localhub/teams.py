@@ -26,7 +26,7 @@ import time
 from starlette.responses import JSONResponse, Response
 
 from .admin import is_admin
-from .http import NAMESPACE_RE, Ctx, HubError, Router, User
+from .http import NAMESPACE_RE, Ctx, HubError, Router, User, field
 from .storage import Storage
 
 ORG_ROLES = ("read", "write", "admin")
@@ -197,8 +197,8 @@ class Teams:
         members = body.get("members")
         if members is not None and not isinstance(members, dict):
             raise HubError(400, None, "members is an object {user: role}")
-        return JSONResponse(self.put_org(name, fullname=body.get("fullname"), members=members,
-                                         default_private=body.get("defaultPrivate"),
+        return JSONResponse(self.put_org(name, fullname=field(body, "fullname", str), members=members,
+                                         default_private=field(body, "defaultPrivate", bool),
                                          replace_members=members is not None))
 
     async def _admin_member(self, ctx: Ctx) -> Response:

@@ -20,18 +20,27 @@ with `X-Webhook-Secret` when the webhook has a secret.
 
 Delivery: a queue and a small thread pool, never the request that caused the event. A failed attempt (non-2xx or no
 connection) is retried after 0.5, 1, 2, 4, 8 s, then dropped; a webhook disabled or deleted meanwhile gets no more.
+
+Targets: a webhook URL may not point at loopback, private (RFC 1918, ULA), link-local (cloud metadata), shared,
+multicast, reserved or unspecified addresses, unless the operator allows it (`--allow-private-webhooks`,
+$LOCALHUB_ALLOW_PRIVATE_WEBHOOKS=1, `LocalHub(allow_private_webhooks=True)`: tests with a local receiver). Checked at
+registration (a literal address, `localhost`, or a name that resolves to one: 400) and again at every delivery, which
+connects to the address it checked (a name re-pointed at a private address meanwhile is not followed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import heapq
 import http.client
+import ipaddress
 import json
 import itertools
 import logging
 import secrets
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -90,9 +99,10 @@ class Webhooks(Extension):
         hooks = self._owned(ctx)
         if ctx.request.method == "GET":
             return JSONResponse([_public(h) for h in hooks])
-        body = await ctx.request.json()
+        body = await ctx.json()
         hook = {"id": secrets.token_hex(12), "owner": ctx.user.name, "disabled": False,  # type: ignore[union-attr]
                 "createdAt": time.time(), **_validated(body, partial=False)}
+        await self._check_target(hook["url"])
         self.storage.put_webhook(hook)
         log.info("webhook %s created by %s", hook["id"], hook["owner"])
         return JSONResponse({"webhook": _public(hook)})
@@ -103,7 +113,10 @@ class Webhooks(Extension):
             self.storage.delete_webhook(hook["id"])
             return JSONResponse({})
         if ctx.request.method == "POST":
-            hook.update(_validated(await ctx.request.json(), partial=True))
+            changes = _validated(await ctx.json(), partial=True)
+            if "url" in changes:
+                await self._check_target(changes["url"])
+            hook.update(changes)
             self.storage.put_webhook(hook)
         return JSONResponse({"webhook": _public(hook)})
 
@@ -112,6 +125,26 @@ class Webhooks(Extension):
         hook["disabled"] = ctx.params["action"] == "disable"
         self.storage.put_webhook(hook)
         return JSONResponse({"webhook": _public(hook)})
+
+    async def _check_target(self, url: str) -> None:
+        """400 unless the URL's host is public (or the operator allows private targets). A name that does not
+        resolve now is accepted: every delivery checks it again."""
+        if self.hub.allow_private_webhooks:
+            return
+        host = urlsplit(url).hostname or ""
+        try:
+            addrs = await asyncio.wait_for(asyncio.to_thread(_resolve, host, urlsplit(url).port), 5)
+        except (OSError, asyncio.TimeoutError, ValueError):
+            if _is_local_name(host):
+                addrs = ["127.0.0.1"]
+            else:
+                return
+        bad = next((a for a in addrs if not _public_address(a)), None)
+        if bad is not None or _is_local_name(host):
+            what = "a non-public address" if bad in (None, host) else f"a name for the non-public address {bad}"
+            raise HubError(400, None, f"Invalid webhook url: {host!r} is {what} (loopback, private, link-local or "
+                                      "reserved). Webhooks must target a public address unless the hub's operator "
+                                      "allows private ones (--allow-private-webhooks)")
 
     # ---- events ------------------------------------------------------------------------------------------------
     async def on_commit(self, repo: Repo, branch: str, oid: str) -> None:
@@ -201,7 +234,10 @@ class Webhooks(Extension):
         try:
             status = self._post(url, json.dumps(delivery["payload"]).encode(), headers)
             ok, why = 200 <= status < 300, f"HTTP {status}"
-        except (OSError, http.client.HTTPException) as err:
+        except _PrivateTarget as err:
+            log.warning("webhook %s: not delivered: %s (webhooks target public addresses only)", hook["id"], err)
+            return
+        except (OSError, ValueError, http.client.HTTPException) as err:
             ok, why = False, type(err).__name__
         if ok:
             log.info("webhook %s delivered to %s", hook["id"], target)
@@ -214,9 +250,18 @@ class Webhooks(Extension):
         self._enqueue({**delivery, "attempt": attempt + 1}, self.retry_delays[attempt])
 
     def _post(self, url, body: bytes, headers: dict[str, str]) -> int:
-        """One POST, no redirects followed. http.client, not httpx: httpx logs every URL at INFO."""
+        """One POST, no redirects followed, to the address checked here (see "Targets" above). http.client, not
+        httpx: httpx logs every URL at INFO."""
         conn_cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
         conn = conn_cls(url.hostname, url.port, timeout=self.timeout)
+        if not self.hub.allow_private_webhooks:
+            addrs = _resolve(url.hostname or "", url.port)
+            bad = next((a for a in addrs if not _public_address(a)), None)
+            if bad is not None or _is_local_name(url.hostname or ""):
+                raise _PrivateTarget(f"{url.hostname} resolves to the non-public address {bad or '127.0.0.1'}")
+            pinned = addrs[0]
+            # TLS still checks the certificate against the name: only the TCP connection is pinned to the address.
+            conn._create_connection = lambda address, *a, **k: socket.create_connection((pinned, address[1]), *a, **k)
         if url.username:  # credentials in the URL become Basic auth, as a browser or httpx would send them
             token = base64.b64encode(f"{unquote(url.username)}:{unquote(url.password or '')}".encode()).decode()
             headers = {**headers, "Authorization": f"Basic {token}"}
@@ -236,6 +281,33 @@ class Webhooks(Extension):
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+class _PrivateTarget(Exception):
+    """A delivery's target resolved to a non-public address: not delivered, not retried."""
+
+
+def _resolve(host: str, port: int | None) -> list[str]:
+    """Every address `host` resolves to (an address literal: itself)."""
+    if not host:
+        raise ValueError("no host")
+    infos = socket.getaddrinfo(host, port or 80, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def _public_address(addr: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _is_local_name(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    return host == "localhost" or host.endswith(".localhost")
+
+
 def _validated(body: dict, partial: bool) -> dict:
     """The fields of a create/update body, checked; `partial` (update) keeps what is absent or empty."""
     if body.get("jobSourceId") or body.get("job"):
@@ -243,25 +315,37 @@ def _validated(body: dict, partial: bool) -> dict:
     out: dict = {}
     url = body.get("url")
     if url is not None or not partial:
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
-            raise HubError(400, None, f"Invalid webhook url: {url!r} (an http(s) URL is required)")
+        try:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            valid = bool(parts and parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
+                         and not any(c in url for c in "\r\n\0 "))
+        except ValueError:  # "http://[", a port out of range
+            valid = False
+        if not valid:
+            raise HubError(400, None, f"Invalid webhook url: {str(url)[:200]!r} (an http(s) URL is required)")
         out["url"] = url
     watched = body.get("watched") or []
+    if not isinstance(watched, list):
+        raise HubError(400, None, f"Invalid watched {str(watched)[:100]!r}: a list of {{type, name}} items")
     if watched or not partial:
         if not watched:
             raise HubError(400, None, "A webhook must watch at least one item")
         for item in watched:
-            if not isinstance(item, dict) or item.get("type") not in WATCH_TYPES or not item.get("name"):
-                raise HubError(400, None, f"Invalid watched item {item!r}: type in {WATCH_TYPES} and a name")
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str) or not name or item.get("type") not in WATCH_TYPES:
+                raise HubError(400, None, f"Invalid watched item {str(item)[:200]!r}: type in {WATCH_TYPES} and a name")
         out["watched"] = [{"type": i["type"], "name": i["name"]} for i in watched]
     domains = body.get("domains")
     if domains is not None or not partial:
         domains = list(DOMAINS) if domains is None else domains
-        if not domains or any(d not in DOMAINS for d in domains):
-            raise HubError(400, None, f"Invalid domains {domains!r}: a non-empty subset of {DOMAINS}")
+        if not isinstance(domains, list) or not domains or any(d not in DOMAINS for d in domains):
+            raise HubError(400, None, f"Invalid domains {str(domains)[:200]!r}: a non-empty subset of {DOMAINS}")
         out["domains"] = domains
     if "secret" in body or not partial:
-        out["secret"] = body.get("secret") or None
+        secret = body.get("secret") or None
+        if secret is not None and (not isinstance(secret, str) or any(c in secret for c in "\r\n\0")):
+            raise HubError(400, None, "Invalid webhook secret: a string on one line")
+        out["secret"] = secret
     return out
 
 

@@ -64,7 +64,8 @@ def localhub() -> LocalHub:
 
     `localhub.token("alice")` gives a token; `localhub.log_file` is the server's log.
     """
-    hub = LocalHub(SESSION_TMP / "hub", users=HUB_USERS, port=HUB_PORT).start()
+    # The webhook tests register receivers on loopback, which localhub refuses unless the operator allows it.
+    hub = LocalHub(SESSION_TMP / "hub", users=HUB_USERS, port=HUB_PORT, allow_private_webhooks=True).start()
     yield hub
     hub.stop()
 

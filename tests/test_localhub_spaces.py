@@ -1,11 +1,16 @@
 """localhub Spaces through the real `HfApi`: settings, apps that really run, stages, logs, restarts.
 
 Run: `.venv/bin/pytest tests/test_localhub_spaces.py -q` (~15 s). Apps are tiny `http.server` programs (they start
-in ~0.2 s); one test runs a real gradio app and calls it with `gradio_client` (skipped where gradio is missing).
+in ~0.4 s); one test runs a real gradio app and calls it with `gradio_client` (skipped where gradio is missing).
+
+Apps run in localhub's sandbox (localhub/sandbox.py), in their own PID namespace: the pid an app sees is not its
+host pid. The tests find the host processes of a run from the build log's "(pid N)" (the sandbox's outer process)
+and its descendants, and check those die.
 """
 
 from __future__ import annotations
 
+import re
 import textwrap
 import time
 import uuid
@@ -86,11 +91,32 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_dead(pid: int, timeout: float = 10) -> bool:
+def wait_dead(pids: int | set[int], timeout: float = 10) -> bool:
+    pids = {pids} if isinstance(pids, int) else pids
     deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not alive(pid)
+    return not any(alive(p) for p in pids)
+
+
+def app_pids(api: HfApi, repo_id: str) -> set[int]:
+    """The host pids of a Space's running app: the sandbox's outer process (the build log's "(pid N)") and every
+    descendant (the app itself runs in a PID namespace, where its own pid means nothing out here)."""
+    root = int(re.findall(r"\(pid (\d+)\)", "".join(api.fetch_space_logs(repo_id, build=True)))[-1])
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo += children.get(pid, [])
+    assert len(found) >= 2 or not alive(root), "the app's process was not found under the sandbox's"
+    return found
 
 
 def test_settings_round_trip_and_secrets_stay_write_only(api: HfApi, hub: LocalHub):
@@ -157,7 +183,14 @@ def test_app_runs_with_variables_and_secrets_but_no_inherited_token(api: HfApi, 
     assert info.host.startswith("http://127.0.0.1:")
     seen = httpx.get(info.host).json()
     assert (seen["GREETING"], seen["API_KEY"], seen["SPACE_ID"]) == ("hello", "s3cr3t", repo_id)
-    assert seen["HF_ENDPOINT"] == hub.url and seen["HF_TOKEN"] is None  # the hub's own HF_TOKEN stays out
+    assert seen["HF_ENDPOINT"] == hub.url
+    # The hub's own HF_TOKEN stays out. In its place (deliberate, least privilege): a read-only token localhub mints
+    # for this run, scoped to the Space's namespace, revoked when the run ends.
+    minted = seen["HF_TOKEN"]
+    assert minted and minted != PARENT_TOKEN and minted.startswith("hf_space_")
+    as_space = HfApi(endpoint=hub.url, token=minted)
+    assert as_space.whoami()["auth"]["accessToken"]["role"] == "read"
+    pids = app_pids(api, repo_id)
     assert seen["PORT"] == seen["GRADIO_SERVER_PORT"] == info.host.rsplit(":", 1)[1]
 
     started = time.monotonic()
@@ -170,21 +203,23 @@ def test_app_runs_with_variables_and_secrets_but_no_inherited_token(api: HfApi, 
     assert wait(api, repo_id).stage == "RUNNING"
     host = api.space_info(repo_id).host
     assert httpx.get(host).json()["API_KEY"] == "rotated"
-    assert wait_dead(seen["pid"])
+    assert wait_dead(pids)
+    with pytest.raises(HfHubHTTPError) as err:  # the first run's token died with it
+        as_space.whoami()
+    assert err.value.response.status_code == 401
 
 
 def test_second_commit_replaces_the_running_app(api: HfApi):
     repo_id = new_space(api)
     upload(api, repo_id, env_app("v1"))
     assert wait(api, repo_id).stage == "RUNNING"
-    first_host = api.space_info(repo_id).host
-    first = httpx.get(first_host).json()
+    first = app_pids(api, repo_id)
 
     upload(api, repo_id, env_app("v2"))
     assert wait(api, repo_id).stage == "RUNNING"
     second = httpx.get(api.space_info(repo_id).host).json()
-    assert second["version"] == "v2" and second["pid"] != first["pid"]
-    assert wait_dead(first["pid"])
+    assert second["version"] == "v2" and not app_pids(api, repo_id) & first
+    assert wait_dead(first)
     assert "booting v2" in "".join(api.fetch_space_logs(repo_id))
 
 
@@ -206,7 +241,7 @@ def test_pause_and_restart(api: HfApi):
     repo_id = new_space(api)
     upload(api, repo_id, env_app())
     assert wait(api, repo_id).stage == "RUNNING"
-    pid = httpx.get(api.space_info(repo_id).host).json()["pid"]
+    pid = app_pids(api, repo_id)
 
     assert api.pause_space(repo_id).stage == "PAUSED"
     assert wait_dead(pid)
@@ -224,7 +259,7 @@ def test_deleting_a_space_stops_its_app_even_if_recreated_at_once(api: HfApi):
     repo_id = new_space(api)
     upload(api, repo_id, env_app())
     assert wait(api, repo_id).stage == "RUNNING"
-    pid = httpx.get(api.space_info(repo_id).host).json()["pid"]
+    pid = app_pids(api, repo_id)
     api.delete_repo(repo_id, repo_type="space")
     api.create_repo(repo_id, repo_type="space", space_sdk="gradio")
     assert wait_dead(pid)
@@ -268,7 +303,7 @@ def test_apps_end_with_the_hub(tmp_path: Path, how: str):
         repo_id = new_space(api)
         upload(api, repo_id, env_app())
         assert wait(api, repo_id).stage == "RUNNING"
-        pid = httpx.get(api.space_info(repo_id).host).json()["pid"]
+        pid = app_pids(api, repo_id)
         hub.kill() if how == "kill" else hub.stop()
         assert wait_dead(pid), f"the app outlived a hub {how}"
     finally:

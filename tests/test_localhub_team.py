@@ -26,7 +26,8 @@ ORGS = {"acme": {"alice": "admin", "bob": "write", "carol": "read"}}
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory) -> LocalHub:
-    h = LocalHub(tmp_path_factory.mktemp("team") / "hub", users=USERS, orgs=ORGS).start()
+    # allow_private_webhooks: its discussion webhooks go to a receiver on loopback (refused by default).
+    h = LocalHub(tmp_path_factory.mktemp("team") / "hub", users=USERS, orgs=ORGS, allow_private_webhooks=True).start()
     yield h
     h.stop()
 

@@ -63,7 +63,8 @@ class Receiver:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory) -> LocalHub:
-    h = LocalHub(tmp_path_factory.mktemp("webhooks") / "hub", users=USERS).start()
+    # Its receivers listen on loopback, which localhub refuses as a webhook target unless the operator allows it.
+    h = LocalHub(tmp_path_factory.mktemp("webhooks") / "hub", users=USERS, allow_private_webhooks=True).start()
     yield h
     h.stop()
 

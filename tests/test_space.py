@@ -111,9 +111,13 @@ def test_standalone_flow_serves_what_batch_inference_computes(deployed, model_re
     assert tags[LAST_GOOD_TAG] == deployment.sha
 
 
-def test_the_token_reaches_the_space_only_as_a_secret(deployed, alice, hf_api, tmp_path):
+def test_the_publishers_token_never_reaches_the_space(deployed, alice, hf_api, tmp_path):
+    """Least privilege: the private model is read with a read-only token localhub mints for the Space's runs; the
+    publisher's write token is in no secret, file or variable."""
     deployment, flow_run_id = deployed
-    assert set(hf_api.get_space_secrets(deployment.space_id)) == {"HF_TOKEN"}  # the model is private
+    assert set(hf_api.get_space_secrets(deployment.space_id)) == set()
+    minted = hf_api.get_space_runtime(deployment.space_id).raw["localhub"]["spaceToken"]
+    assert minted["minted"] and minted["role"] == "read" and minted["namespace"] == "alice"
     files = Path(hf_api.snapshot_download(deployment.space_id, repo_type="space", local_dir=tmp_path / "space"))
     scanned = [p for p in files.rglob("*") if p.is_file() and ".cache" not in p.parts]
     assert {p.name for p in scanned} >= {"app.py", "README.md", "requirements.txt", "hubflow.json"}

@@ -295,6 +295,21 @@ def set_space_secret(space_id: str, key: str, value: str, description: str) -> N
     _api().add_space_secret(space_id, key, value, description=description)
 
 
+def space_token_minted(space_id: str, namespace: str) -> bool:
+    """Does the hub give this Space a read-only token of its own for `namespace`'s repos (localhub does)?"""
+    raw = _api().get_space_runtime(space_id).raw or {}
+    minted = ((raw.get("localhub") or {}).get("spaceToken") or {}).get("namespace") or ""
+    return minted.lower() == namespace.lower()
+
+
+def space_secret_names(space_id: str) -> set[str]:
+    return set(_api().get_space_secrets(space_id))
+
+
+def delete_space_secret(space_id: str, key: str) -> None:
+    _api().delete_space_secret(space_id, key)
+
+
 def restart_space(space_id: str) -> None:
     _api().restart_space(space_id)
 

@@ -27,6 +27,7 @@ APP_FILES = ("app.py", "requirements.txt")
 MANIFEST = "hubflow.json"  # the deployment record: model, revision, variables (never a secret)
 LAST_GOOD_TAG = "hubflow-last-good"
 TOKEN_SECRET = "HF_TOKEN"
+SPACE_TOKEN_ENV = "HUBFLOW_SPACE_TOKEN"  # a fine-grained read token for Spaces on hubs that mint none
 GENERIC_EXAMPLES = ["I really enjoyed this, it was great.", "This was a complete waste of time.", "It arrived on Tuesday."]
 
 
@@ -85,9 +86,7 @@ def deploy(
     hub.set_space_hardware(space_id, cfg.hardware, cfg.sleep_time_seconds)
     hub.set_space_variables(space_id, variables)
     if hub.is_private(model.repo_id, "model"):
-        if not token:
-            raise SpaceDeployError(f"{model.repo_id} is private, but there is no token to give the Space")
-        hub.set_space_secret(space_id, TOKEN_SECRET, token, "reads the private model (set by hubflow)")
+        give_read_access(space_id, model.repo_id.split("/")[0])
     sha = hub.commit_exactly(space_id, "space", files, f"Serve {model.repo_id}@{model.sha[:10]}")
     try:
         host = _wait_running(space_id, sha, cfg.timeout_seconds)
@@ -99,6 +98,26 @@ def deploy(
         raise SpaceDeployError(f"Space {space_id} at {sha[:10]}: {_redact(str(err), token)}; {restored}", logs) from None
     hub.tag(space_id, "space", LAST_GOOD_TAG, sha, "RUNNING, smoke-tested", move=True)
     return SpaceDeployment(space_id=space_id, sha=sha, stage="RUNNING", url=host, model=model)
+
+
+def give_read_access(space_id: str, namespace: str) -> None:
+    """Least privilege: the Space reads the private model with a read-only token, never the publisher's.
+
+    A hub that mints one per Space (localhub) needs nothing from us: an HF_TOKEN secret would take precedence, so
+    one an earlier deploy stored is removed. Elsewhere (huggingface.co) the operator provides a fine-grained read
+    token in $HUBFLOW_SPACE_TOKEN (or the Prefect Secret block named by $HUBFLOW_SPACE_TOKEN_BLOCK)."""
+    from ..secrets import secret
+
+    if hub.space_token_minted(space_id, namespace):
+        if TOKEN_SECRET in hub.space_secret_names(space_id):
+            hub.delete_space_secret(space_id, TOKEN_SECRET)
+        return
+    read_token = secret((SPACE_TOKEN_ENV,), f"{SPACE_TOKEN_ENV}_BLOCK")
+    if not read_token:
+        raise SpaceDeployError(f"the model is private and this hub gives Spaces no token of their own: set "
+                               f"{SPACE_TOKEN_ENV} to a fine-grained read token for {namespace!r}'s repos (hubflow "
+                               "never gives a Space the publisher's token)")
+    hub.set_space_secret(space_id, TOKEN_SECRET, read_token, "reads the private model (a read token, set by hubflow)")
 
 
 def _already_serving(space_id: str, files: dict[str, bytes], cfg: SpaceConfig) -> tuple[str, str] | None:
