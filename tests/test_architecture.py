@@ -52,7 +52,8 @@ def test_the_wheel_installs_only_namespaced_packages(tmp_path):
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert top == {"hubflow", "localhub"}, top
     assert {"hubflow/flows/pipeline.py", "hubflow/tasks/pipeline.py",
-            "hubflow/kinds/text_classification/space_app/app.py"} <= set(names)
+            "hubflow/kinds/text_classification/space_app/app.py", "hubflow/kinds/causal_lm/data.py",
+            "hubflow/kinds/causal_lm/space_app/app.py", "localhub/sandbox.py"} <= set(names)
 
 
 def test_the_train_key_covers_the_code_that_picks_the_best_checkpoint(tmp_path, monkeypatch):

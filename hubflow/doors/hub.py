@@ -30,7 +30,8 @@ WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
 PICKLE_WEIGHT_FILES = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 # Everything a model needs besides its weights: config, tokenizer, generation and label files. No *.py: hubflow never
 # runs a repo's own modelling code (no trust_remote_code), so it does not download it either.
-MODEL_SIDE_FILES = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "merges.txt", "README.md")
+MODEL_SIDE_FILES = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "merges.txt", "README.md",
+                    "LICENSE*", "NOTICE*", "*TERMS*")  # licence terms travel with a fine-tune of the model
 
 
 def hf_token() -> str | None:

@@ -79,6 +79,7 @@ def push_model(result: PipelineResult, cfg: PublishConfig, repo_id: str | None =
                               decision=decision))
         _refuse_secrets(card, "the model card")
         files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+        files.update(_licence_files(result.base_model))
         files["README.md"] = card.encode()
         title = f"hubflow: model {fingerprint[:12]} ({tag})"
         description = f"Fine-tuned from {result.base_model.repo_id}@{result.base_model.sha}."
@@ -165,6 +166,15 @@ def _head_holds(repo_id: str, repo_type: str, head: str, digests: dict[str, str]
         return False
     lineage = card_cls.load(readme).data.to_dict().get("hubflow") or {}
     return all(lineage.get(k) == expected.get(k) for k in keys)
+
+
+def _licence_files(base: PinnedRepo) -> dict[str, Path]:
+    """The base model's licence and notice files (LICENSE, NOTICE, terms of use): many licences (Apache-2.0's
+    NOTICE, the Gemma and Llama terms) ask that a redistributed derivative carries them."""
+    folder = Path(hub.model_dir(base))
+    names = ("LICENSE", "LICENCE", "NOTICE", "USE_POLICY")
+    return {p.name: p for p in sorted(folder.iterdir())
+            if p.is_file() and (p.name.upper().startswith(names) or "TERMS" in p.name.upper())}
 
 
 def _license(base: PinnedRepo) -> str | None:
