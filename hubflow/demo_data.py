@@ -349,17 +349,21 @@ a fine-tuned small encoder in the low 90s of accuracy, not 100%.
 
 def write_demo_parquet(out_dir: str | Path, seed: int = 0) -> list[Path]:
     """Folder → the Hub dataset layout: `data/{split}-00000-of-00001.parquet` + `README.md`; returns the paths."""
+    dsdict = build_demo_dataset(seed)
+    return write_hub_layout(dsdict, out_dir, _card({s: (len(ds), ds.data.nbytes) for s, ds in dsdict.items()}))
+
+
+def write_hub_layout(dsdict, out_dir: str | Path, card: str) -> list[Path]:
+    """A DatasetDict as a Hub dataset folder: `data/{split}-00000-of-00001.parquet` and the card -> the paths."""
     out = Path(out_dir)
     (out / "data").mkdir(parents=True, exist_ok=True)
-    dsdict = build_demo_dataset(seed)
     written = []
     for split, ds in dsdict.items():
         path = out / "data" / f"{split}-00000-of-00001.parquet"
         ds.to_parquet(str(path))
         written.append(path)
-    card = out / "README.md"
-    card.write_text(_card({s: (len(ds), ds.data.nbytes) for s, ds in dsdict.items()}))
-    return [*written, card]
+    (out / "README.md").write_text(card)
+    return [*written, out / "README.md"]
 
 
 if __name__ == "__main__":

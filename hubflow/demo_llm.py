@@ -222,18 +222,12 @@ def build_routing_dataset(seed: int = 0):
 
 def write_routing_parquet(out_dir: str | Path, seed: int = 0) -> list[Path]:
     """Folder -> the Hub dataset layout (`data/{split}-00000-of-00001.parquet`, README.md); returns the paths."""
-    out = Path(out_dir)
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    from .demo_data import write_hub_layout
+
     dsd = build_routing_dataset(seed)
-    written = []
-    for split, ds in dsd.items():
-        path = out / "data" / f"{split}-00000-of-00001.parquet"
-        ds.to_parquet(str(path))
-        written.append(path)
     files = "\n".join(f"  - split: {s}\n    path: data/{s}-*" for s in dsd)
     sizes = ", ".join(f"{s} {len(ds)}" for s, ds in dsd.items())
-    card = out / "README.md"
-    card.write_text(f"""---
+    card = f"""---
 language:
 - en
 license: cc0-1.0
@@ -254,8 +248,8 @@ One user turn (an instruction and a customer-support ticket) and the assistant's
 are genuinely ambiguous, so a perfect score is not expected).
 
 Instruction: "{INSTRUCTION}"
-""")
-    return [*written, card]
+"""
+    return write_hub_layout(dsd, out_dir, card)
 
 
 def llm_seed(workdir: Path, notes: dict | None = None) -> list[str]:
