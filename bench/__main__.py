@@ -1,7 +1,7 @@
 """hubflow's stages against the peers a user would otherwise reach for, in one run; prints `name: ratio` lines.
 
-    python -m bench                          # everything below except rerun_vs_first (~11 min on 2 quiet cores)
-    python -m bench --quick                  # small sizes, one repetition: a smoke run (~1.5 min)
+    python -m bench                          # everything below except rerun_vs_first (~9 min on 2 quiet cores)
+    python -m bench --quick                  # small sizes, one repetition: a smoke run (~65 s)
     python -m bench --only train_vs_trainer  # one comparison (repeatable)
     python -m bench.lfs                      # localhub LFS throughput (a separate benchmark)
 

@@ -1,10 +1,11 @@
 """Causal LM: batch generation vs `pipeline("text-generation")` and vs a bare `generate` loop; LoRA fine-tuning vs TRL.
 
 Every side gets the same randomly initialised Llama-style model (one save_pretrained folder, built once per run from
-a config: hidden 512, 4 layers, 8 heads / 4 KV heads, MLP 1376, a byte-level BPE tokenizer of ~4k tokens trained
-on the fly on the rows' own text, and a Zephyr-style chat template), the same chat rows and
-`torch.set_num_threads(2)`. The rows are support tickets (bench.common.mixed_texts: a quarter are threads of 2-8
-tickets, capped at 600 characters) as the user turn, and a templated routing reply as the assistant turn.
+a config: hidden 384, 4 layers, 6 heads / 2 KV heads, MLP 1024, untied embeddings; a byte-level BPE tokenizer
+trained on the fly on the rows' own text, ~3k tokens, so 8.6M parameters at full sizes; a Zephyr-style chat
+template), the same chat rows and `torch.set_num_threads(2)`. The rows are support tickets
+(bench.common.mixed_texts: a quarter are threads of 2-8 tickets, capped at 600 characters) as the user turn, and a
+templated routing reply as the assistant turn.
 
 generate_vs_pipeline / generate_vs_bare: the same prompts (chat template + generation header), greedy, the same
 max_new_tokens. What each clock covers:
@@ -46,6 +47,7 @@ from __future__ import annotations
 import os
 import random
 import statistics
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +59,8 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-MODEL = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
-             num_key_value_heads=4, max_position_embeddings=512)
+MODEL = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=6,
+             num_key_value_heads=2, max_position_embeddings=512)
 VOCAB = 4096
 MAX_CHARS = 600  # user turns are cut (at a word) to this: prompts stay under ~200 tokens
 REPLIES = {
@@ -93,7 +95,7 @@ class Sizes:
     max_length: int
 
 
-FULL = Sizes(gen_rows=128, new_tokens=32, gen_batch=32, pipeline_batch=32, train_rows=192, val_rows=32,
+FULL = Sizes(gen_rows=256, new_tokens=32, gen_batch=32, pipeline_batch=32, train_rows=256, val_rows=32,
              train_batch=16, max_length=256)
 QUICK = Sizes(gen_rows=48, new_tokens=16, gen_batch=16, pipeline_batch=16, train_rows=64, val_rows=16,
               train_batch=16, max_length=256)
@@ -145,7 +147,7 @@ def make_model(out: Path, rows: list[dict], seed: int = 0) -> Path:
     return out
 
 
-# ---- set-up (untimed) -------------------------------------------------------------------------------------------------
+# ---- set-up (untimed) ------------------------------------------------------------------------------------------------
 
 @dataclass
 class Setup:
@@ -190,46 +192,49 @@ def setup(root: Path, sizes: Sizes) -> Setup:
 
 
 def new_tokens(tokens: list[int], eos_ids: list[int], pad_id: int) -> int:
-    """New tokens of one generated row: up to and including the first EOS, else every non-pad token (as ours counts)."""
+    """New tokens of one generated row: up to and including the first EOS, else every non-pad token (ours' count)."""
     end = next((k for k, t in enumerate(tokens) if t in eos_ids), None)
     return end + 1 if end is not None else sum(t != pad_id for t in tokens)
 
 
-# ---- generation -------------------------------------------------------------------------------------------------------
+# ---- generation ------------------------------------------------------------------------------------------------------
 
 def run_generation(root: Path, s: Setup, sizes: Sizes, wanted: set[str], reps: int, report: Report) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
+    from transformers import GenerationConfig as HFGenerationConfig
+
     from hubflow.config import GenerationConfig, InferenceConfig
-    from hubflow.kinds.causal_lm.model import _eos_ids
     from hubflow.stages.predict import predict, read_predictions
     from hubflow.tokenize import load_tokenized
 
     n, new = s.gen.splits["test"], sizes.new_tokens
     prompt_ids = list(load_tokenized(s.gen)["test"]["prompt_ids"])
     tok = AutoTokenizer.from_pretrained(s.model_dir)
-    eos_ids, pad_id = _eos_ids(AutoModelForCausalLM.from_pretrained(s.model_dir), tok), tok.pad_token_id
+    eos = HFGenerationConfig.from_pretrained(s.model_dir).eos_token_id  # what ends a row: these and the tokenizer's EOS
+    eos_ids = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []), tok.eos_token_id})
+    pad_id = tok.pad_token_id
     longest = max(len(p) for p in prompt_ids) + new
     # The token budget is set so that it never narrows a batch: ours and bare run the same batches.
     cfg = InferenceConfig(batch_size=sizes.gen_batch, max_tokens_per_batch=max(8192, sizes.gen_batch * longest),
                           generation=GenerationConfig(max_new_tokens=new))
     warm_cfg = cfg.model_copy(update={"generation": GenerationConfig(max_new_tokens=4)})
     greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-    last: dict[str, list] = {}  # side -> per-row generated token lists (input order) of its last timed run
+    last: dict[str, list] = {}  # side -> [new tokens per row, completion per row] (input order), last timed run
 
     def ours(rep, warm=False) -> float:
         out = str(root / "lm" / "pred" / f"ours-{rep}")  # fresh: a finished shard would be skipped
         ref = s.gen_small if warm else s.gen
         holder = {}
-        seconds = timed(lambda: holder.setdefault("p", predict(s.model_dir, s.fingerprint, ref, "test",
-                                                               warm_cfg if warm else cfg, out)))
+        settings = warm_cfg if warm else cfg
+        seconds = timed(lambda: holder.setdefault("p", predict(s.model_dir, s.fingerprint, ref, "test", settings, out)))
         if not warm:
             table = read_predictions(holder["p"])
             last["ours"] = [table.column("new_tokens").to_pylist(), table.column("completion").to_pylist()]
         return seconds
 
-    # bare: the same prompt ids, longest first (the same stable sort as ours), left-padded per batch, before the clock
+    # bare: the same prompt ids, longest first (ours' stable sort), left-padded per batch, built before the clock
     order = sorted(range(n), key=lambda i: -len(prompt_ids[i]))
     batches = []
     for i in range(0, n, sizes.gen_batch):
@@ -311,12 +316,21 @@ def run_generation(root: Path, s: Setup, sizes: Sizes, wanted: set[str], reps: i
                   f"{statistics.median(len(p) for p in prompt_ids):.0f}, max {max(len(p) for p in prompt_ids)}), "
                   f"greedy, max_new_tokens {new}, batch {sizes.gen_batch} (pipeline {sizes.pipeline_batch}), "
                   f"{reps} repetitions, {THREADS} threads")
+    lengths = [len(p) for p in prompt_ids]
+
+    def positions(ls: list[int], b: int) -> int:  # prompt token positions the prefill computes, pads included
+        return sum(len(ls[i:i + b]) * max(ls[i:i + b]) for i in range(0, len(ls), b))
+
+    piped = positions(lengths, sizes.pipeline_batch)
+    grouped = positions(sorted(lengths, reverse=True), sizes.gen_batch)
+    report.figure(f"  (context) padded prompt positions: {piped:,} in input order (the pipeline's batches) vs "
+                  f"{grouped:,} length-sorted (ours, bare): {piped / grouped:.2f}x; real prompt tokens "
+                  f"{sum(lengths):,}")
     for name, label in (("ours", "ours     hubflow.stages.predict.predict (incl. load, shard write):"),
                         ("pipeline", "pipeline transformers.pipeline (incl. load, template, tokenize):"),
                         ("bare", "bare     model.generate loop, pre-padded (incl. load):")):
         if name in times:
-            counts, texts = last[name]
-            report.figure(f"  {label:<66}{describe(times[name], sum(counts), 'new tokens')}")
+            report.figure(f"  {label:<66}{describe(times[name], sum(last[name][0]), 'new tokens')}")
     # The work check: every side generated the same number of new tokens for every row.
     ours_counts, ours_texts = last["ours"]
     for name in ("pipeline", "bare"):
@@ -326,14 +340,15 @@ def run_generation(root: Path, s: Setup, sizes: Sizes, wanted: set[str], reps: i
             same_text = sum(a == b for a, b in zip(texts, ours_texts))
             verdict = "equal work" if counts == ours_counts else "WORK DIFFERS: the ratio is not like for like"
             report.figure(f"  (check) {name}: {sum(counts):,} new tokens vs ours {sum(ours_counts):,} (of at most "
-                          f"{total_new:,}); same count on {same_rows}/{n} rows, same text on {same_text}/{n}: {verdict}")
+                          f"{total_new:,}); same count on {same_rows}/{n} rows, same text on {same_text}/{n}: "
+                          f"{verdict}")
     if "pipeline" in times:
         report.ratios["generate_vs_pipeline"] = paired_ratio(times["pipeline"], times["ours"])
     if "bare" in times:
         report.ratios["generate_vs_bare"] = paired_ratio(times["bare"], times["ours"])
 
 
-# ---- LoRA fine-tuning ---------------------------------------------------------------------------------------------------
+# ---- LoRA fine-tuning ------------------------------------------------------------------------------------------------
 
 LR, SEED, EVAL_BATCH = 2e-4, 42, 64
 
@@ -355,6 +370,7 @@ def run_sft(root: Path, s: Setup, sizes: Sizes, reps: int, report: Report) -> No
     train_ids = list(load_tokenized(s.sft)["train"]["input_ids"])
     n, tokens = len(train_ids), sum(len(x) for x in train_ids)  # 1 epoch: every row once, no padding counted
     trl_tokens: list[int] = []
+    checks: list[str] = []  # printed after the section's header
 
     def ours(rep, max_steps=None) -> float:
         cfg = TrainConfig(method="lora", lora=lora, epochs=1, max_steps=max_steps, batch_size=sizes.train_batch,
@@ -398,8 +414,9 @@ def run_sft(root: Path, s: Setup, sizes: Sizes, reps: int, report: Report) -> No
             made = trainer.train_dataset
             same = (list(made["input_ids"]) == list(ours_rows["input_ids"])
                     and list(made["labels"]) == list(ours_rows["labels"]))
-            report.figure(f"  (check) TRL's own tokenization of the {len(made)} rows as conversational "
-                          f"prompt/completion data: {'the same input_ids and labels as ours' if same else 'DIFFERENT ids or labels from ours'}")
+            verdict = "the same input_ids and labels as ours" if same else "DIFFERENT ids or labels from ours"
+            checks.append(f"  (check) TRL's own tokenization of the {len(made)} rows as conversational "
+                          f"prompt/completion data (the warm-up): {verdict}")
         elif not max_steps:
             trl_tokens.append(int(getattr(trainer, "_total_train_tokens", -1)))
         return seconds
@@ -407,13 +424,15 @@ def run_sft(root: Path, s: Setup, sizes: Sizes, reps: int, report: Report) -> No
     # TRL maps (truncates, filters) the splits; with caching its later repetitions would reuse the first one's files.
     caching = datasets.is_caching_enabled()
     datasets.disable_caching()
-    try:
-        ours("warmup", max_steps=2)  # imports, allocator, first backward
-        trl("warmup", max_steps=2, raw=True)
-        times = interleave({"ours": ours, "trl": trl}, reps)
-    finally:
-        if caching:
-            datasets.enable_caching()
+    with warnings.catch_warnings():  # TRL's own config trips transformers 5's renaming of gradient checkpointing
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+        try:
+            ours("warmup", max_steps=2)  # imports, allocator, first backward
+            trl("warmup", max_steps=2, raw=True)
+            times = interleave({"ours": ours, "trl": trl}, reps)
+        finally:
+            if caching:
+                datasets.enable_caching()
 
     lengths = np.array([len(x) for x in train_ids])
     sampler = list(LengthGroupedSampler(lengths, sizes.train_batch, SEED))
@@ -427,18 +446,21 @@ def run_sft(root: Path, s: Setup, sizes: Sizes, reps: int, report: Report) -> No
                   f"{lengths.max()}) x 1 epoch, batch {b}, max_length {sizes.max_length}, LoRA r {lora.r} alpha "
                   f"{lora.alpha} dropout {lora.dropout} all linear, lr {LR}, {s.sft.splits['validation']} validation "
                   f"rows, {reps} repetitions, {THREADS} threads")
-    report.figure(f"  (context) padded token positions: ours {padded(sampler):,} (length-grouped) vs ~{padded(shuffled):,} "
-                  f"for random batches (TRL's sampler): {padded(shuffled) / padded(sampler):.2f}x")
+    ours_padded, random_padded = padded(sampler), padded(shuffled)
+    report.figure(f"  (context) padded token positions: ours {ours_padded:,} (length-grouped) vs ~{random_padded:,} "
+                  f"for random batches (TRL's sampler): {random_padded / ours_padded:.2f}x")
     report.figure(f"  ours hubflow.stages.train.train_model, method lora (whole job):  "
                   f"{describe(times['ours'], tokens, 'tokens')}")
     report.figure(f"  TRL  trl.SFTTrainer + peft LoRA (whole job):                     "
                   f"{describe(times['trl'], tokens, 'tokens')}")
+    for line in checks:
+        report.figure(line)
     report.figure(f"  (check) non-pad tokens per epoch: ours {tokens:,} (the split's), TRL's own count "
                   f"{', '.join(f'{t:,}' for t in trl_tokens)}")
     report.ratios["sft_vs_trl"] = paired_ratio(times["trl"], times["ours"])
 
 
-# ---- entry -------------------------------------------------------------------------------------------------------------
+# ---- entry -----------------------------------------------------------------------------------------------------------
 
 def run(root: Path, wanted: set[str], quick: bool, reps: int, report: Report) -> None:
     import torch
@@ -456,9 +478,10 @@ def run(root: Path, wanted: set[str], quick: bool, reps: int, report: Report) ->
         torch.set_num_threads(before)
 
 
-def sweep(batch_sizes: list[int], reps: int) -> None:
-    """`python -m bench.causal_lm --sweep 8 16 32 64`: the generation comparison's full-size prompts through ours and
-    the pipeline at each batch size (rotating, `reps` times), to pick the pipeline's best batch size."""
+def sweep(pipeline_batches: list[int], ours_batches: list[int], reps: int) -> None:
+    """`python -m bench.causal_lm --pipeline-batch 8 16 32 64 --ours-batch 16 32 64`: the full-size generation
+    comparison with the pipeline at each batch size (ours at FULL's), then ours and bare at each batch size: how the
+    batch sizes of FULL were chosen (docs/benchmarks.md)."""
     import shutil
     import tempfile
     from dataclasses import replace
@@ -475,11 +498,13 @@ def sweep(batch_sizes: list[int], reps: int) -> None:
     torch.set_num_threads(THREADS)
     try:
         s = setup(root, FULL)
-        for b in batch_sizes:
+        runs = [(f"pipeline batch {b}", replace(FULL, pipeline_batch=b), "generate_vs_pipeline")
+                for b in pipeline_batches]
+        runs += [(f"ours and bare batch {b}", replace(FULL, gen_batch=b), "generate_vs_bare") for b in ours_batches]
+        for i, (what, sizes, ratio) in enumerate(runs):
             report = Report()
-            run_generation(root / f"b{b}", s, replace(FULL, gen_batch=b, pipeline_batch=b),
-                           {"generate_vs_pipeline"}, reps, report)
-            print(f"batch {b}: generate_vs_pipeline {report.ratios['generate_vs_pipeline']:.2f}", flush=True)
+            run_generation(root / f"sweep-{i}", s, sizes, {ratio}, reps, report)
+            print(f"{what}: {ratio} {report.ratios[ratio]:.2f}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -488,7 +513,8 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m bench.causal_lm", description=sweep.__doc__)
-    parser.add_argument("--sweep", type=int, nargs="+", required=True, metavar="BATCH")
+    parser.add_argument("--pipeline-batch", type=int, nargs="*", default=[], metavar="N")
+    parser.add_argument("--ours-batch", type=int, nargs="*", default=[], metavar="N")
     parser.add_argument("--reps", type=int, default=1)
     args = parser.parse_args()
-    sweep(args.sweep, args.reps)
+    sweep(args.pipeline_batch, args.ours_batch, args.reps)
