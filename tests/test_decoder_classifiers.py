@@ -79,3 +79,46 @@ def test_a_decoder_without_a_pad_token_trains_predicts_and_reloads(build, tmp_pa
     # Padded batches pool the last real token: batch inference (padded, length-sorted) equals one text at a time.
     alone = [predict_texts(folder, [r["text"]], max_length=48)[0]["label"] for r in table[:8]]
     assert alone == [r["pred_label"] for r in table[:8]]
+
+
+@pytest.mark.parametrize("build", [_gpt2, _llama], ids=["gpt2", "llama"])
+def test_a_decoder_classifier_publishes_and_reloads_from_the_hub(build, prefect_api, localhub, tmp_path, monkeypatch):
+    """The whole pipeline on localhub: a pad-less decoder base trains, predicts and publishes; the model reloads from
+    the Hub at the published sha with `pipeline(...)`, reproduces the stored predictions, and its card says how it
+    pads."""
+    import uuid
+
+    from huggingface_hub import HfApi, ModelCard
+    from transformers import pipeline as hf_pipeline
+
+    from hubflow.config import PipelineConfig
+    from hubflow.flows.pipeline import pipeline
+    from tests.tiny import push_keyword_dataset
+
+    api = HfApi(endpoint=localhub.url, token=localhub.token("alice"))
+    tag = uuid.uuid4().hex[:6]
+    base, data, target = f"alice/{build.__name__[1:]}-base-{tag}", f"alice/kw-{tag}", f"alice/clf-{tag}"
+    api.create_repo(base)
+    api.upload_folder(folder_path=str(build(tmp_path / "base")), repo_id=base)
+    push_keyword_dataset(api, data, tmp_path / "data", {"train": 160, "test": 24})
+    monkeypatch.setenv("HF_TOKEN", localhub.token("alice"))
+    config = PipelineConfig.model_validate({
+        "model": {"repo_id": base}, "data": {"source": data, "max_eval_samples": 16},
+        "preprocess": {"max_length": 48},
+        "train": {"epochs": 2, "batch_size": 16, "learning_rate": 3e-3},
+        "publish": {"enabled": True, "repo_id": target, "predictions_repo_id": f"{target}-predictions"},
+        "artifact_store": str(tmp_path / "store"),
+    })
+    result = pipeline(config)
+    assert result.tokenized.facts.pad_with_eos
+    model = result.published.model
+    assert api.model_info(target).sha == model.sha
+
+    from hubflow.stages.predict import read_predictions
+
+    stored = read_predictions(result.predictions).to_pylist()[:6]
+    clf = hf_pipeline("text-classification", model=target, revision=model.sha, token=localhub.token("alice"))
+    assert clf.tokenizer.pad_token == clf.tokenizer.eos_token and clf.model.config.pad_token_id is not None
+    assert [o["label"] for o in clf([r["text"] for r in stored], batch_size=3)] == [r["pred_label"] for r in stored]
+    card = ModelCard.load(target, token=localhub.token("alice"))
+    assert "padded with its EOS token" in card.text

@@ -133,7 +133,10 @@ class TextClassification:
     def card_summary(self, facts: ModelFacts, m: dict[str, float], rows: int) -> str:
         names = facts.label_names
         return (f"A text classifier ({len(names)} classes: {', '.join(f'`{n}`' for n in names)}). Test accuracy "
-                f"**{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}** on {rows} rows.")
+                f"**{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}** on {rows} rows."
+                + (" The base tokenizer has no pad token, so batches are padded with its EOS token and the config's "
+                   "`pad_token_id` is set to it: the classification head pools the last real token of each text."
+                   if facts.pad_with_eos else ""))
 
     def card_eval_results(self, m: dict[str, float]) -> list[dict[str, Any]]:
         return [dict(metric_type="accuracy", metric_name="Accuracy", metric_value=m["accuracy"]),

@@ -98,7 +98,8 @@ def prepare(
     store.remove(uri)  # no stale shards from an earlier run with another shard count
     out.save_to_disk(uri, storage_options=store.storage_options(uri))
     return TokenizedRef(uri=uri, fingerprint=fingerprint, splits={s: len(d) for s, d in out.items()},
-                        facts=ModelFacts(task=TaskType.text_classification, max_length=cfg.max_length, label_names=names))
+                        facts=ModelFacts(task=TaskType.text_classification, max_length=cfg.max_length, label_names=names,
+                                         pad_with_eos=tokenizer.pad_token is None))
 
 
 def prepare_inference(
