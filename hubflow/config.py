@@ -303,6 +303,11 @@ class ExecutionConfig(_Stage):
     train_deployment: str = Field("hubflow-train/gpu", description="Deployment ('flow/deployment') that trains.")
     predict_deployment: str = Field("hubflow-predict/gpu", description="Deployment that runs batch inference.")
     timeout_seconds: int = Field(6 * 3600, ge=60, description="Give up waiting for a dispatched stage after this.")
+    parallelism: int | None = Field(
+        None, ge=1, le=256,
+        description="pools: batch inference fans out into this many predict runs at once, each a contiguous part of "
+        "the shards; default: the predict pool's online workers (capped by the pool's concurrency limit).",
+    )
 
 
 class PipelineConfig(_Stage):

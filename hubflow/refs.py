@@ -48,6 +48,7 @@ class ModelFacts(Ref):
     task: TaskType
     max_length: int
     label_names: list[str] = []  # text-classification: index = class id
+    pad_with_eos: bool = False  # text-classification: the base tokenizer had no pad token (decoder-only models)
     shape: DataShape | None = None  # causal-lm: the data it was trained on
     chat: bool = False  # causal-lm: prompts are rendered with the tokenizer's chat template
     chat_template: str | None = None  # causal-lm: a template given in the recipe (the tokenizer had none)
@@ -87,6 +88,18 @@ class PredictionsRef(Ref):
     shards: int
     model_fingerprint: str
     data_fingerprint: str
+
+
+class PredictionsPart(Ref):
+    """One part of a fanned-out batch inference: its shards under `uri` (the whole job's folder) and its own manifest
+    at `manifest_uri`. `merge_parts` turns all of a job's parts into one PredictionsRef."""
+
+    uri: str
+    manifest_uri: str
+    part: int
+    parts: int
+    rows: int
+    shards: int
 
 
 class EvalRef(Ref):

@@ -15,7 +15,9 @@ from prefect.artifacts import create_markdown_artifact
 from hubflow.config import DataConfig, InferenceConfig, ModelConfig, PreprocessConfig, TaskType, TrainConfig
 from hubflow.doors import hub, store
 from hubflow.kinds import kind_for
-from hubflow.refs import CheckpointRef, EvalRef, PinnedRepo, PredictionsRef, RawDataRef, TokenizedRef
+from hubflow.refs import (
+    CheckpointRef, EvalRef, PinnedRepo, PredictionsPart, PredictionsRef, RawDataRef, TokenizedRef,
+)
 from hubflow.tasks.common import NETWORK_RETRIES, Progress, cache_key, out_uri
 
 
@@ -87,6 +89,29 @@ def predict(checkpoint: CheckpointRef, tokenized: TokenizedRef, split: str, cfg:
                                   artifact_store=artifact_store))
     progress = Progress("inference-progress", f"Batch inference over {split}", "predict")
     return run_predict(checkpoint.uri, checkpoint.fingerprint, tokenized, split, cfg, out, on_progress=progress)
+
+
+@task(name="predict-part", cache_key_fn=cache_key("predict"), persist_result=True)
+def predict_part(checkpoint: CheckpointRef, tokenized: TokenizedRef, split: str, cfg: InferenceConfig,
+                 artifact_store: str, part: int, parts: int) -> PredictionsPart:
+    """One part of a fanned-out batch inference: its block of shards, into the whole job's folder."""
+    from hubflow.stages.predict import predict_part as run_part
+
+    # The job's folder, not the part's: every part (and a later run with another fan-out) shares its shards.
+    out = out_uri("predict", dict(checkpoint=checkpoint, tokenized=tokenized, split=split, cfg=cfg,
+                                  artifact_store=artifact_store))
+    progress = Progress("inference-progress", f"Batch inference over {split}, part {part + 1} of {parts}", "predict")
+    return run_part(checkpoint.uri, checkpoint.fingerprint, tokenized, split, cfg, out, part, parts, progress)
+
+
+@task(name="merge-predictions")
+def merge_predictions(parts: list[PredictionsPart]) -> PredictionsRef:
+    """The parts' manifests -> one predictions ref, checked to hold every input row once, in order."""
+    from hubflow.stages.predict import merge_parts
+
+    merged = merge_parts(parts)
+    print(f"merged {len(parts)} prediction parts: {merged.rows} rows in {merged.shards} shards")
+    return merged
 
 
 @task(name="evaluate", cache_key_fn=cache_key("evaluate"), persist_result=True)

@@ -15,7 +15,7 @@ from hubflow.config import InferenceConfig, Precision, TrainConfig
 from hubflow.kinds.text_classification.metrics import build_report, render_figures, render_markdown
 from hubflow.stages.evaluate import evaluate_predictions
 from hubflow.kinds.text_classification.model import predict_texts
-from hubflow.stages.predict import predict, read_manifest, read_predictions
+from hubflow.stages.predict import merge_parts, predict, predict_part, read_manifest, read_predictions
 from hubflow.refs import CheckpointRef, PinnedRepo
 from hubflow.stages.train import main, train_model, weights_fingerprint
 from tests.tiny import LABELS, make_tiny_bert, make_tiny_llama, make_tiny_tokenized
@@ -218,6 +218,36 @@ def test_other_batching_gives_the_same_predictions(predicted, trained, tiny, tmp
     )
     # Batching does not change results, so it is not part of a shard's identity.
     assert [s["id"] for s in read_manifest(pref)["shards"]] == [s["id"] for s in read_manifest(other)["shards"]]
+
+
+def test_parts_merge_into_the_same_predictions_and_reuse_finished_shards(predicted, trained, tiny, tmp_path):
+    """Fan-out: 3 parts of 4 shards, predicted in any order, merge into rows equal to the one-run predictions; a part
+    whose shards another run already wrote loads no model; a set of parts with a gap or a stranger is refused."""
+    pref, cfg = predicted
+    ref, _ = trained
+    out = str(tmp_path / "fan-out")
+    parts = [predict_part(ref.uri, ref.fingerprint, tiny[1], "test", cfg, out, k, 3) for k in (2, 0, 1)]
+    assert sorted((p.part, p.shards, p.rows) for p in parts) == [(0, 1, 16), (1, 1, 16), (2, 2, 18)]
+    merged = merge_parts(parts)
+    assert merged.rows == 50 and merged.shards == 4 and read_manifest(merged)["parts"] == 3
+    a, b = read_predictions(pref), read_predictions(merged)
+    assert a.column("row_id").to_pylist() == b.column("row_id").to_pylist() == list(range(50))
+    assert a.column("pred").to_pylist() == b.column("pred").to_pylist()
+    # Same shard ids as the single run: a job re-run with another fan-out (here: one part) redoes nothing.
+    assert [s["id"] for s in read_manifest(pref)["shards"]] == [s["id"] for s in read_manifest(merged)["shards"]]
+    folder = Path(out)
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.parquet")}
+    assert predict(ref.uri, ref.fingerprint, tiny[1], "test", cfg, out) == merged
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.parquet")} == before
+
+    with pytest.raises(ValueError, match="not parts 0..2"):
+        merge_parts(parts[:2])
+    (folder / read_manifest(merged)["shards"][3]["file"]).unlink()
+    with pytest.raises(ValueError, match="shard files are missing"):
+        merge_parts(parts)
+    stranger = predict_part(ref.uri, ref.fingerprint, tiny[1], "test", cfg, str(tmp_path / "other"), 1, 3)
+    with pytest.raises(ValueError, match="of one job"):
+        merge_parts([parts[1], stranger, parts[0]])
 
 
 def test_weights_that_do_not_match_the_fingerprint_are_refused(predicted, trained, tiny, tmp_path):

@@ -4,6 +4,10 @@ model (store URI + fingerprint) + tokenized split -> `{out_uri}/shard-00000-<id>
 -> PredictionsRef. Shards cover input rows [i*shard_size, (i+1)*shard_size); each is named by a hash of what
 determines its content, written atomically, and skipped when a rerun finds it: an interrupted run resumes.
 The task kind (`tokenized.facts.task`) loads the predictor and turns a shard's rows into prediction rows.
+
+Fan-out: `predict_part(..., part=k, parts=P)` predicts the k-th of P contiguous blocks of shards and writes the
+part's manifest (`parts/part-k-of-P.json`); `merge_parts` checks the parts cover every row once, in order, and
+writes `manifest.json`. One machine is the same path with P = 1 (`predict`), so both are always exercised.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from ..config import InferenceConfig
 from ..devices import device_and_dtype
 from ..doors import store
 from ..kinds import kind_for
-from ..refs import PredictionsRef, TokenizedRef
+from ..refs import PredictionsPart, PredictionsRef, TokenizedRef
 from .train import weights_fingerprint
 
 Progress = Callable[[float, str], None]
@@ -41,17 +45,41 @@ def predict(
     on_progress: Progress | None = None,
 ) -> PredictionsRef:
     """Predict every row of `split`; rows out == rows in, in input order (see `read_predictions`)."""
+    part = predict_part(model_uri, model_fingerprint, tokenized, split, cfg, out_uri, 0, 1, on_progress)
+    return merge_parts([part])
+
+
+def part_bounds(shards: int, part: int, parts: int) -> range:
+    """The shard indexes of part `part` of `parts`: contiguous blocks whose sizes differ by at most one."""
+    return range(part * shards // parts, (part + 1) * shards // parts)
+
+
+def predict_part(
+    model_uri: str,
+    model_fingerprint: str,
+    tokenized: TokenizedRef,
+    split: str,
+    cfg: InferenceConfig,
+    out_uri: str,
+    part: int = 0,
+    parts: int = 1,
+    on_progress: Progress | None = None,
+) -> PredictionsPart:
+    """Predict the shards of one part; finished shards (from any earlier run or part) are skipped."""
     from datasets import load_from_disk
 
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} of {parts}: a part index is 0..parts-1")
     dsd = load_from_disk(tokenized.uri, storage_options=store.storage_options(tokenized.uri))
-    table = dsd[split].with_format("arrow")[:]
-    n = table.num_rows
+    n = dsd[split].num_rows
     data_fingerprint = hashlib.sha256(f"{tokenized.fingerprint}/{split}".encode()).hexdigest()[:16]
     kind = kind_for(tokenized.facts.task)
     device, dtype = device_and_dtype()
 
+    total = -(-n // cfg.shard_size)
     shards = []
-    for i, start in enumerate(range(0, n, cfg.shard_size)):
+    for i in part_bounds(total, part, parts):
+        start = i * cfg.shard_size
         # batch_size and max_tokens_per_batch are left out: with attention masks they change padding, not results;
         # the kind names the settings that do change them (a causal LM's generation settings).
         key = [FORMAT, model_fingerprint, data_fingerprint, i, cfg.shard_size, str(dtype), kind.output_settings(cfg)]
@@ -64,19 +92,21 @@ def predict(
     reused_rows = sum(s["rows"] for s in reused)
     if reused:
         log.info("reused %d of %d prediction shards (%d rows) from an earlier run", len(reused), len(shards), reused_rows)
-    started = time.perf_counter()
+    todo = [s for s in shards if s["file"] not in existing]
+    table = dsd[split].with_format("arrow")[:] if todo else None  # a finished part never reads its inputs
+    started, part_rows, rows_done = time.perf_counter(), sum(s["rows"] for s in shards), reused_rows
     predictor = None  # loaded on the first shard that needs it: a finished rerun never loads the model
     for done, shard in enumerate(shards):
         if shard["file"] not in existing:
             predictor = predictor or kind.load_predictor(_fetch(model_uri, model_fingerprint), device, dtype)
-            part = table.slice(shard["start"], shard["rows"])
-            rows = kind.predict_shard(predictor, part, cfg, shard["index"])
+            rows = kind.predict_shard(predictor, table.slice(shard["start"], shard["rows"]), cfg, shard["index"])
             store.write_parquet(store.join(out_uri, shard["file"]), rows)  # absent or complete, never half
+            rows_done += shard["rows"]
         if on_progress:
-            rows_done = shard["start"] + shard["rows"]
             seconds = time.perf_counter() - started
             rate = f", {(rows_done - reused_rows) / seconds:.1f} rows/s" if rows_done > reused_rows and seconds else ""
-            on_progress((done + 1) / len(shards), f"shard {done + 1}/{len(shards)} ({rows_done}/{n} rows{rate})")
+            on_progress((done + 1) / len(shards),
+                        f"shard {done + 1}/{len(shards)} ({rows_done}/{part_rows} rows{rate})")
 
     manifest = {
         "format": FORMAT,
@@ -89,13 +119,49 @@ def predict(
         "shard_size": cfg.shard_size,
         "dtype": str(dtype),
         "label_names": list(tokenized.facts.label_names),
+        "part": part,
+        "parts": parts,
         "shards": shards,
     }
-    store.write_json(store.join(out_uri, "manifest.json"), manifest)
-    return PredictionsRef(
-        uri=store.join(out_uri), rows=n, shards=len(shards), model_fingerprint=model_fingerprint,
-        data_fingerprint=data_fingerprint,
-    )
+    manifest_uri = store.join(out_uri, "parts", f"part-{part:03d}-of-{parts:03d}.json")
+    store.write_json(manifest_uri, manifest)
+    return PredictionsPart(uri=store.join(out_uri), manifest_uri=manifest_uri, part=part, parts=parts,
+                           rows=part_rows, shards=len(shards))
+
+
+def merge_parts(parts: list[PredictionsPart]) -> PredictionsRef:
+    """The parts' manifests -> one `manifest.json` and its ref, after checking that the parts are all of one job and
+    cover every input row exactly once, in order, with every shard file present."""
+    if not parts:
+        raise ValueError("no prediction parts to merge")
+    uri, count = parts[0].uri, parts[0].parts
+    if {p.uri for p in parts} != {uri} or sorted(p.part for p in parts) != list(range(count)) or any(
+            p.parts != count for p in parts):
+        raise ValueError(f"prediction parts {[(p.uri, p.part, p.parts) for p in parts]} are not parts 0..{count - 1} "
+                         f"of one job")
+    manifests = [store.read_json(p.manifest_uri) for p in sorted(parts, key=lambda p: p.part)]
+    same = ("format", "model_fingerprint", "data_fingerprint", "split", "rows", "shard_size", "dtype")
+    first = manifests[0]
+    for m in manifests[1:]:
+        if (diff := [k for k in same if m[k] != first[k]]):
+            raise ValueError(f"prediction parts of {uri} disagree on {', '.join(diff)} (part {m['part']} vs part 0)")
+    shards = [s for m in manifests for s in m["shards"]]
+    expected_start = 0
+    for i, shard in enumerate(shards):  # contiguous and complete: rows out == rows in, in order, no duplicates
+        if shard["index"] != i or shard["start"] != expected_start:
+            raise ValueError(f"{uri}: shard {shard['index']} (row {shard['start']}) where shard {i} (row "
+                             f"{expected_start}) belongs")
+        expected_start += shard["rows"]
+    if expected_start != first["rows"]:
+        raise ValueError(f"{uri}: the parts cover {expected_start} of {first['rows']} rows")
+    present = store.ls(uri)
+    if (missing := [s["file"] for s in shards if s["file"] not in present]):
+        raise ValueError(f"{uri}: {len(missing)} shard files are missing, e.g. {missing[0]}")
+    manifest = {k: v for k, v in first.items() if k not in ("part", "parts")}
+    manifest.update(shards=shards, parts=len(manifests))
+    store.write_json(store.join(uri, "manifest.json"), manifest)
+    return PredictionsRef(uri=uri, rows=first["rows"], shards=len(shards),
+                          model_fingerprint=first["model_fingerprint"], data_fingerprint=first["data_fingerprint"])
 
 
 def read_manifest(ref: PredictionsRef) -> dict[str, Any]:
