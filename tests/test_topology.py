@@ -2,7 +2,8 @@
 
     prefect server start (SQLite)   ← API, UI, automations
     ├── cpu pool: 1 process worker  → hubflow-pipeline (pin, pull, preprocess, evaluate, publish)
-    └── gpu pool: 2 process workers → hubflow-train, hubflow-predict (dispatched with run_deployment)
+    └── gpu pool: 2 process workers → hubflow-train, hubflow-predict (dispatched with run_deployment; batch
+                                      inference fans out into one predict run per worker)
     moto S3 server                  ← the only shared storage: artifact store + Prefect results
     localhub                        ← the Hub; its webhook → hubflow webhooks serve → Prefect event → retrain
 
@@ -127,8 +128,10 @@ RemoteFileSystem(basepath="s3://{BUCKET}/prefect-results", settings={{"key": "te
             home = tmp / name
             home.mkdir()
             env = {**base, "HF_HOME": str(home / "hf_home"), "HUBFLOW_MODEL_CACHE": str(home / "models")}
+            # One run at a time per gpu host, as the README deploys them: a second part goes to the other worker.
+            limit = ["--limit", "1"] if pool == "gpu" else []
             procs.start(name, [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", name,
-                               "--type", "process"], env, cwd=home)
+                               "--type", "process", *limit], env, cwd=home)
         yield {"env": base, "procs": procs, "api_url": api_url, "s3_url": s3_url, "secret": secret,
                "hook_port": hook_port, "tmp": tmp}
     finally:
@@ -223,6 +226,44 @@ def test_stages_run_on_the_right_pools(topology, pipeline_run):
         assert uri.startswith("s3://") and s3.exists(uri), uri
 
 
+def _worker_of(client, flow_run_id) -> str:
+    """The worker that started a flow run, from its `prefect.worker.submitted-flow-run` event."""
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    page = client.read_events(EventFilter(event=EventNameFilter(name=["prefect.worker.submitted-flow-run"])),
+                              limit=50)
+    events = list(page.events)
+    while page.next_page:
+        page = client.read_events_page(page.next_page)
+        events += page.events
+    names = {e.resource["prefect.resource.name"] for e in events
+             if any(r.id == f"prefect.flow-run.{flow_run_id}" for r in e.related)}
+    assert len(names) == 1, names
+    return names.pop()
+
+
+def test_batch_inference_fans_out_over_both_gpu_workers(topology, pipeline_run):
+    """60 test rows in 3 shards, 2 gpu workers online: two predict runs of this pipeline run, one part each, on two
+    different workers; the merged predictions hold every row once, in input order."""
+    import pyarrow.parquet as pq
+
+    client = _client(topology)
+    parent = uuid.UUID(pipeline_run["id"])
+    parts = [r for r in _runs_of(client, "hubflow-predict")
+             if r.parent_task_run_id and client.read_task_run(r.parent_task_run_id).flow_run_id == parent]
+    assert sorted((r.parameters["part"], r.parameters["parts"]) for r in parts) == [(0, 2), (1, 2)]
+    assert all(r.state.is_completed() and r.work_pool_name == "gpu" for r in parts)
+    assert {_worker_of(client, r.id) for r in parts} == {"gpu-1", "gpu-2"}
+
+    predictions = _result(topology, pipeline_run["id"]).predictions
+    s3 = _s3(topology)
+    manifest = json.loads(s3.cat_file(f"{predictions.uri}/manifest.json"))
+    assert manifest["parts"] == 2 and [s["index"] for s in manifest["shards"]] == [0, 1, 2]
+    row_ids = [i for s in manifest["shards"]
+               for i in pq.read_table(s3.open(f"{predictions.uri}/{s['file']}")).column("row_id").to_pylist()]
+    assert row_ids == list(range(60)) and predictions.rows == 60
+
+
 def test_the_model_is_published_on_the_hub(topology, pipeline_run, localhub):
     from huggingface_hub import HfApi
 
@@ -269,7 +310,9 @@ print(json.dumps({"id": str(run.id), "state": run.state.name}))
     client = _client(topology)
     children = [r for name in ("hubflow-train", "hubflow-predict") for r in _runs_of(client, name)
                 if r.parent_task_run_id and client.read_task_run(r.parent_task_run_id).flow_run_id == uuid.UUID(run["id"])]
-    assert len(children) == 2  # one train run, one predict run, both of this pipeline run
+    # one train run; generation over 2 shards fans out into one predict run per gpu worker
+    train, predict = [r for r in children if "part" not in r.parameters], [r for r in children if "part" in r.parameters]
+    assert len(train) == 1 and sorted(r.parameters["part"] for r in predict) == [0, 1]
     assert all(r.work_pool_name == "gpu" and r.state.is_completed() for r in children)
     result = _result(topology, run["id"])
     assert result.checkpoint.facts.task == "causal-lm" and result.checkpoint.adapter_uri.startswith("s3://")
