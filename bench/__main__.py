@@ -1,15 +1,19 @@
 """hubflow's stages against the peers a user would otherwise reach for, in one run; prints `name: ratio` lines.
 
-    python -m bench                          # everything below except rerun_vs_first (~9 min on 2 quiet cores)
-    python -m bench --quick                  # small sizes, one repetition: a smoke run (~65 s)
+    python -m bench                          # everything below except rerun_vs_first (~13 min on 2 quiet cores)
+    python -m bench --quick                  # small sizes, one repetition: a smoke run (~100 s)
     python -m bench --only train_vs_trainer  # one comparison (repeatable)
     python -m bench.lfs                      # localhub LFS throughput (a separate benchmark)
 
 Ratios (higher is better, except rerun_vs_first):
     inference_vs_pipeline      hubflow.stages.predict.predict vs transformers.pipeline          target >= 3
     inference_vs_bare          ... vs a bare inference_mode loop over pre-padded batches   target >= 0.9
+    inference_int8_vs_bare     ... with inference.precision int8 vs the same bare fp32 loop  target >= 1.5
+                               (and the demo's test accuracy in fp32 and int8: within 0.5 points; it trains the demo)
     train_vs_trainer           hubflow.stages.train.train_model vs transformers.Trainer       target >= 1.3
+    train_vs_trainer_grouped   ... vs Trainer with train_sampling_strategy="group_by_length"   target >= 1.1
     preprocess_vs_per_example  the kind's prepare (hubflow.kinds.text_classification.data) vs per-example Dataset.map      target >= 5
+    preprocess_vs_tokenizer    ... vs one batched call of the fast tokenizer on texts in memory (the limit)  target >= 0.85
     generate_vs_pipeline       causal LM: predict's batch generation vs pipeline("text-generation")   target >= 2
     generate_vs_bare           ... vs a bare length-sorted, left-padded model.generate loop           target >= 0.9
     sft_vs_trl                 causal LM: train_model(method lora) tokens/s vs trl.SFTTrainer + peft  target >= 1.0
@@ -31,13 +35,18 @@ import time
 import warnings
 from pathlib import Path
 
-RATIOS = ["inference_vs_pipeline", "inference_vs_bare", "train_vs_trainer", "preprocess_vs_per_example",
+RATIOS = ["inference_vs_pipeline", "inference_vs_bare", "inference_int8_vs_bare", "train_vs_trainer",
+          "train_vs_trainer_grouped", "preprocess_vs_per_example", "preprocess_vs_tokenizer",
           "generate_vs_pipeline", "generate_vs_bare", "sft_vs_trl", "rerun_vs_first"]
 CAUSAL_LM = {"generate_vs_pipeline", "generate_vs_bare", "sft_vs_trl"}  # bench/causal_lm.py: its own model and sizes
 DEFAULT = RATIOS[:-1]  # rerun_vs_first starts localhub and Prefect and runs the pipeline twice: only on request
-TARGETS = {"inference_vs_pipeline": ">= 3", "inference_vs_bare": ">= 0.9", "train_vs_trainer": ">= 1.3",
-           "preprocess_vs_per_example": ">= 5", "generate_vs_pipeline": ">= 2", "generate_vs_bare": ">= 0.9",
+TARGETS = {"inference_vs_pipeline": ">= 3", "inference_vs_bare": ">= 0.9", "inference_int8_vs_bare": ">= 1.5",
+           "train_vs_trainer": ">= 1.3", "train_vs_trainer_grouped": ">= 1.1", "preprocess_vs_per_example": ">= 5",
+           "preprocess_vs_tokenizer": ">= 0.85", "generate_vs_pipeline": ">= 2", "generate_vs_bare": ">= 0.9",
            "sft_vs_trl": ">= 1.0", "rerun_vs_first": "<= 0.10"}
+INFERENCE = {"inference_vs_pipeline", "inference_vs_bare", "inference_int8_vs_bare"}
+TRAINING = {"train_vs_trainer", "train_vs_trainer_grouped"}
+PREPROCESS = {"preprocess_vs_per_example", "preprocess_vs_tokenizer"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,22 +95,26 @@ def run(root: Path, wanted: set[str], quick: bool, reps: int | None, max_length:
           f"max_length {plan.max_length}", flush=True)
     report = Report()
 
-    if wanted & {"inference_vs_pipeline", "inference_vs_bare", "train_vs_trainer"}:
+    if wanted & (INFERENCE | TRAINING):
         split_sizes = {"train": plan.train_rows, "validation": plan.val_rows, "test": plan.infer_rows}
         tokenized = tokenized_splits(root, "main", split_sizes, plan.max_length)
-    if wanted & {"inference_vs_pipeline", "inference_vs_bare"}:
+    if wanted & INFERENCE:
         from bench import inference
 
         clf_dir, clf_fp = classifier_dir(root)
         inference.run(root, clf_dir, clf_fp, tokenized, wanted, plan, report)
-    if "train_vs_trainer" in wanted:
+    if "inference_int8_vs_bare" in wanted:
+        from bench import int8_accuracy
+
+        int8_accuracy.run(root, quick, report)
+    if wanted & TRAINING:
         from bench import training
 
-        training.run(root, tokenized, plan, report)
-    if "preprocess_vs_per_example" in wanted:
+        training.run(root, tokenized, wanted, plan, report)
+    if wanted & PREPROCESS:
         from bench import preprocessing
 
-        preprocessing.run(root, plan, report)
+        preprocessing.run(root, wanted, plan, report)
     if wanted & CAUSAL_LM:
         from bench import causal_lm
 
@@ -116,6 +129,8 @@ def run(root: Path, wanted: set[str], quick: bool, reps: int | None, max_length:
     for name in RATIOS:  # exactly `name: ratio`, one per line, for whoever parses this
         if name in report.ratios:
             print(f"{name}: {report.ratios[name]:.2f}")
+    for note in report.notes:
+        print(f"# {note}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ class Report:
     """Raw figures (printed as they come) and ratios (printed together at the end)."""
 
     ratios: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # printed after the ratios (what a ratio cannot say)
 
     def figure(self, line: str) -> None:
         print(line, flush=True)
@@ -129,6 +130,12 @@ def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def timed_result(fn: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
 
 
 def interleave(contenders: dict[str, Callable[[int], float]], reps: int) -> dict[str, list[float]]:

@@ -12,6 +12,9 @@ Same classifier folder, same test split, batch size 32 on every side. What each 
 * bare      model load (`from_pretrained` + eval) + an `inference_mode` loop over batches built before the clock
             starts: the same token ids, sorted by length, padded per batch, as tensors. Softmax, then one numpy copy.
             The ideal a hand-written script reaches; its model load is also shown on its own.
+* ours int8 the same `predict(...)` call with `InferenceConfig(precision="int8")`: the model loads in fp32 and its
+            linear layers are quantized to int8 (part of the clock), then the same batches and writes. Compared with
+            bare (fp32): `inference_int8_vs_bare`. Its accuracy cost is measured on the demo (bench/int8_accuracy.py).
 """
 
 from __future__ import annotations
@@ -55,20 +58,26 @@ def run(root: Path, clf_dir: str, clf_fp: str, tokenized, wanted: set[str], plan
 
     from hubflow.config import InferenceConfig
     from hubflow.tokenize import load_tokenized
-    from hubflow.stages.predict import predict
+    from hubflow.stages.predict import predict, read_predictions
 
     test = load_tokenized(tokenized)["test"]
     texts, ids = list(test["text"]), list(test["input_ids"])
     n = len(texts)
     cfg = InferenceConfig(batch_size=BATCH_SIZE)  # shard_size 1000, max_tokens_per_batch 8192 = 32 x 256: no effect
+    int8_cfg = cfg.model_copy(update={"precision": "int8"})
     pad_id = AutoTokenizer.from_pretrained(clf_dir).pad_token_id
     batches = bare_batches(ids, pad_id, BATCH_SIZE)
     load_seconds: list[float] = []
 
     # Warm-ups run on a small part (the validation split, the first 64 texts, two batches): same code paths.
-    def ours(rep, split="test") -> float:
-        out = str(root / "predictions" / f"ours-{rep}")  # fresh: a finished shard would be skipped
-        return timed(lambda: predict(clf_dir, clf_fp, tokenized, split, cfg, out))
+    refs: dict[str, list] = {"ours": [], "ours_int8": []}  # each repetition's PredictionsRef, for the work check
+
+    def ours(rep, split="test", config=cfg, name="ours") -> float:
+        out = str(root / "predictions" / f"{name}-{rep}")  # fresh: a finished shard would be skipped
+        return timed(lambda: refs[name].append(predict(clf_dir, clf_fp, tokenized, split, config, out)))
+
+    def ours_int8(rep, split="test") -> float:
+        return ours(rep, split, int8_cfg, "ours_int8")
 
     def peer_pipeline(rep, k=None) -> float:
         def go():
@@ -101,13 +110,17 @@ def run(root: Path, clf_dir: str, clf_fp: str, tokenized, wanted: set[str], plan
         load_seconds.append(t_load)
         return t_load + timed(lambda: forward_all(holder["m"], k))
 
-    contenders = {"ours": ours}
+    contenders = {}
+    if wanted & {"inference_vs_pipeline", "inference_vs_bare"}:
+        contenders["ours"] = ours
+    if "inference_int8_vs_bare" in wanted:
+        contenders["ours_int8"] = ours_int8
     if "inference_vs_pipeline" in wanted:
         contenders["pipeline"] = peer_pipeline
-    if "inference_vs_bare" in wanted:
+    if wanted & {"inference_vs_bare", "inference_int8_vs_bare"}:
         contenders["bare"] = bare
     warmups = {"ours": lambda: ours("warmup", split="validation"), "pipeline": lambda: peer_pipeline("warmup", k=64),
-               "bare": lambda: bare("warmup", k=2)}
+               "bare": lambda: bare("warmup", k=2), "ours_int8": lambda: ours_int8("warmup", split="validation")}
     for name in contenders:  # imports, allocator, first-call paths
         warmups[name]()
     load_seconds.clear()
@@ -121,7 +134,12 @@ def run(root: Path, clf_dir: str, clf_fp: str, tokenized, wanted: set[str], plan
     in_order, by_length = padded_tokens([len(i) for i in ids], BATCH_SIZE)
     report.figure(f"  (context) padded tokens: {in_order:,} in input order (the pipeline's batches) vs {by_length:,} "
                   f"length-sorted (ours, bare): {in_order / by_length:.2f}x")
-    line("ours     hubflow.stages.predict.predict (incl. model load, shard writes):", "ours")
+    if "ours" in times:
+        line("ours     hubflow.stages.predict.predict (incl. model load, shard writes):", "ours")
+    if "ours_int8" in times:
+        line("ours     ... precision int8 (incl. fp32 load + quantizing):", "ours_int8")
+        written = {read_predictions(ref).num_rows for ref in refs["ours_int8"][1:]}  # [0] is the warm-up
+        report.figure(f"           work check: each int8 repetition wrote {n} rows of probabilities: {written == {n}}")
     if "pipeline" in times:
         line("pipeline transformers.pipeline (incl. load + tokenize):", "pipeline")
         report.ratios["inference_vs_pipeline"] = paired_ratio(times["pipeline"], times["ours"])
@@ -130,5 +148,8 @@ def run(root: Path, clf_dir: str, clf_fp: str, tokenized, wanted: set[str], plan
         times["bare_forward"] = [t - lo for t, lo in zip(times["bare"], load_seconds)]
         report.figure(f"           of which model load: median {statistics.median(load_seconds):.2f} s")
         line("bare     forward only:", "bare_forward")
-        report.figure(f"           ours vs bare forward only: {paired_ratio(times['bare_forward'], times['ours']):.2f}")
-        report.ratios["inference_vs_bare"] = paired_ratio(times["bare"], times["ours"])
+        if "ours" in times:
+            report.figure(f"           ours vs bare forward only: {paired_ratio(times['bare_forward'], times['ours']):.2f}")
+            report.ratios["inference_vs_bare"] = paired_ratio(times["bare"], times["ours"])
+        if "ours_int8" in times:
+            report.ratios["inference_int8_vs_bare"] = paired_ratio(times["bare"], times["ours_int8"])

@@ -34,6 +34,14 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class InferencePrecision(str, Enum):
+    """The numbers batch inference computes with; part of every prediction shard's id."""
+
+    auto = "auto"  # a GPU: bf16 (fp16 where bf16 is unsupported); a CPU: fp32
+    fp32 = "fp32"  # full precision anywhere
+    int8 = "int8"  # text-classification on CPU workers: the body's linear layers in int8 (dynamic quantization)
+
+
 class DataFormat(str, Enum):
     """How the files of a folder source are read; by default each file's extension says."""
 
@@ -195,6 +203,11 @@ class InferenceConfig(_Stage):
         8192, ge=64, description="Token budget per batch: short texts batch wider, long ones narrower."
     )
     shard_size: int = Field(1000, ge=1, description="Rows per parquet shard; a rerun skips finished shards.")
+    precision: InferencePrecision = Field(
+        InferencePrecision.auto, description="auto: bf16 on a GPU, fp32 on CPU. fp32: full precision anywhere. int8 "
+        "(text-classification on CPU workers): linear layers quantized to int8, ~2x faster on CPU, predictions "
+        "differ slightly (docs/benchmarks.md: the demo's test accuracy in fp32 and int8).",
+    )
     generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(),
                                          description="(causal-lm) How completions are generated.")
 
@@ -344,6 +357,16 @@ class PipelineConfig(_Stage):
         return self
 
     @model_validator(mode="after")
+    def _inference_precision_fits(self) -> "PipelineConfig":
+        if self.inference.precision is InferencePrecision.int8:
+            import torch
+
+            # local mode predicts on this machine; a pools worker checks its own device (hubflow.devices)
+            local_gpu = self.execution.mode is ExecutionMode.local and torch.cuda.is_available()
+            check_inference_precision(self.inference.precision, self.task, local_gpu)
+        return self
+
+    @model_validator(mode="after")
     def _settings_fit_the_task(self) -> "PipelineConfig":
         lm = self.task is TaskType.causal_lm
         metric = self.publish.gate.metric
@@ -361,6 +384,18 @@ def check_shared_store(execution: ExecutionConfig, artifact_store: str) -> None:
     """A gpu worker on another machine cannot read this machine's disk: fail before anything is dispatched."""
     if execution.mode is ExecutionMode.pools and "://" not in artifact_store:
         raise ValueError(f"execution.mode=pools needs a shared artifact_store (s3://...), not {artifact_store!r}")
+
+
+def check_inference_precision(precision: InferencePrecision, task: TaskType | str, cuda: bool) -> None:
+    """int8 is a CPU path for classifiers: refuse it, in one line, for a causal LM or on a machine with a GPU."""
+    if InferencePrecision(precision) is not InferencePrecision.int8:
+        return
+    if TaskType(task) is not TaskType.text_classification:
+        raise ValueError(f"inference.precision=int8 is for text-classification; {TaskType(task).value} predicts in "
+                         "auto or fp32")
+    if cuda:
+        raise ValueError("inference.precision=int8 is for CPU workers (int8 linear layers have no CUDA kernels "
+                         "here); on a GPU use auto (bf16)")
 
 
 def _check_repo_id(v: str, field: str) -> str:

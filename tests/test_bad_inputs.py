@@ -57,6 +57,9 @@ RECIPES = [
     ("override into a value", DEMO, ["model.repo_id.x=1"], "'repo_id' is a value, not a section"),
     ("max_new_tokens 0", CHAT, ["inference.generation.max_new_tokens=0"], "inference.generation.max_new_tokens"),
     ("negative margin", DEMO, ["publish.gate.min_improvement=-0.1"], "publish.gate.min_improvement"),
+    ("int8 inference for a causal LM", CHAT, ["inference.precision=int8"],
+     "inference.precision=int8 is for text-classification; causal-lm predicts in auto or fp32"),
+    ("unknown inference precision", DEMO, ["inference.precision=int4"], "inference.precision: Input should be"),
 ]
 
 

@@ -74,7 +74,7 @@ def predict_part(
     n = dsd[split].num_rows
     data_fingerprint = hashlib.sha256(f"{tokenized.fingerprint}/{split}".encode()).hexdigest()[:16]
     kind = kind_for(tokenized.facts.task)
-    device, dtype = device_and_dtype()
+    device, dtype = device_and_dtype(cfg.precision, kind.task)  # int8 is torch.qint8: its own shard ids
 
     total = -(-n // cfg.shard_size)
     shards = []

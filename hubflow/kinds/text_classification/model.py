@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from ...devices import device_and_dtype
+from ...devices import device_and_dtype, quantize_int8
 from ...refs import ModelFacts
 from .metrics import confusion_matrix, scores_from_confusion
 
@@ -119,11 +119,15 @@ class Classifier:
 
     @classmethod
     def load(cls, local: str | Path, device: torch.device, dtype: torch.dtype) -> "Classifier":
-        """A local save_pretrained folder (safetensors: hubflow's own checkpoints and published models)."""
+        """A local save_pretrained folder (safetensors: hubflow's own checkpoints and published models).
+        dtype torch.qint8: loaded in fp32, then its linear layers quantized to int8 (CPU)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        model = AutoModelForSequenceClassification.from_pretrained(local, dtype=dtype, use_safetensors=True)
-        return cls(model.to(device).eval(), AutoTokenizer.from_pretrained(local), device)
+        int8 = dtype == torch.qint8
+        model = AutoModelForSequenceClassification.from_pretrained(
+            local, dtype=torch.float32 if int8 else dtype, use_safetensors=True)
+        model = model.to(device).eval()
+        return cls(quantize_int8(model) if int8 else model, AutoTokenizer.from_pretrained(local), device)
 
     @torch.inference_mode()
     def probs(self, input_ids: pa.Array | pa.ChunkedArray, batch_size: int, max_tokens: int) -> np.ndarray:
