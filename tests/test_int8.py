@@ -15,6 +15,8 @@ from hubflow.stages.predict import predict, read_manifest, read_predictions
 from hubflow.stages.train import train_model
 from tests.tiny import make_tiny_bert, make_tiny_tokenized
 
+# int8 is a CPU workers' precision: a machine with a GPU refuses it (the last test), so these run where there is none.
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="int8 inference is refused on a machine with a GPU")
 BASE = PinnedRepo(repo_id="tiny/bert", repo_type="model", revision="main", sha="0" * 40)
 CFG = TrainConfig(epochs=4, batch_size=16, learning_rate=5e-3, warmup_ratio=0.1, seed=0)
 
@@ -40,6 +42,7 @@ def cfg(precision: str) -> InferenceConfig:
     return InferenceConfig(batch_size=16, shard_size=64, precision=precision)
 
 
+@cpu_only
 def test_int8_predictions_mostly_agree_with_fp32(trained, tmp_path):
     ref, tokenized = trained
     fp32 = predict(ref.uri, ref.fingerprint, tokenized, "test", cfg("fp32"), str(tmp_path / "fp32"))
@@ -57,6 +60,7 @@ def test_int8_predictions_mostly_agree_with_fp32(trained, tmp_path):
     assert read_manifest(fp32)["dtype"] == "torch.float32" and read_manifest(int8)["dtype"] == "torch.qint8"
 
 
+@cpu_only
 def test_shards_are_not_shared_between_precisions(trained, tmp_path, caplog):
     ref, tokenized = trained
     out = str(tmp_path / "shared")  # one folder for every precision: only the shard ids keep them apart
@@ -77,11 +81,12 @@ def test_shards_are_not_shared_between_precisions(trained, tmp_path, caplog):
 
 
 def test_int8_is_refused_for_a_causal_lm_and_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # what a CPU worker answers
     with pytest.raises(ValueError, match="inference.precision=int8 is for text-classification; causal-lm"):
         device_and_dtype(InferencePrecision.int8, "causal-lm")
     assert device_and_dtype("int8") == (torch.device("cpu"), torch.qint8)
     recipe = {"model": {"repo_id": "a/b"}, "data": {"source": "c/d"}, "inference": {"precision": "int8"}}
-    PipelineConfig.model_validate(recipe)  # a classifier on this CPU machine: fine
+    PipelineConfig.model_validate(recipe)  # a classifier on a CPU machine: fine
     with pytest.raises(ValueError, match="int8 is for text-classification"):
         PipelineConfig.model_validate({**recipe, "task": "causal-lm"})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what a GPU machine answers
