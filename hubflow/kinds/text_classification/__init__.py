@@ -118,8 +118,9 @@ class TextClassification:
         from .model import predict_texts
 
         names = list(facts.label_names)
+        # At the challenger's precision: an int8 challenger is compared with an int8 champion, like for like.
         preds = predict_texts(model_dir, table.column("text").to_pylist(), batch_size=cfg.batch_size,
-                              max_length=facts.max_length)
+                              max_length=facts.max_length, precision=cfg.precision)
         y_pred = np.array([names.index(p["label"]) if p["label"] in names else len(names) for p in preds], np.int64)
         return {"label": table.column("label").to_numpy(), "pred": y_pred}
 

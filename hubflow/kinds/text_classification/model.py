@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from ...config import InferencePrecision
 from ...devices import device_and_dtype, quantize_int8
 from ...refs import ModelFacts
 from .metrics import confusion_matrix, scores_from_confusion
@@ -94,9 +95,11 @@ def rank(metrics: dict[str, float]) -> tuple[float, float]:
     return metrics["eval_macro_f1"], -metrics["eval_loss"]
 
 
-def predict_texts(model_dir: str | Path, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> list[dict]:
+def predict_texts(model_dir: str | Path, texts: list[str], batch_size: int = 32, max_length: int | None = None,
+                  precision: InferencePrecision = InferencePrecision.auto) -> list[dict]:
     """Classify a few raw texts (the gate's champion, the Space's reference): [{pred, label, score, probs}] in order."""
-    clf = _cached_classifier(str(Path(model_dir).resolve()), os.stat(Path(model_dir, "config.json")).st_mtime_ns)
+    clf = _cached_classifier(str(Path(model_dir).resolve()), os.stat(Path(model_dir, "config.json")).st_mtime_ns,
+                             InferencePrecision(precision))
     limit = max_length or min(clf.tokenizer.model_max_length, clf.max_positions)
     ids = clf.tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"]
     probs = clf.probs(pa.array(ids, type=pa.list_(pa.int64())), batch_size, max_tokens=1 << 62)
@@ -166,9 +169,9 @@ class Classifier:
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_classifier(model_dir: str, _mtime_ns: int) -> Classifier:
+def _cached_classifier(model_dir: str, _mtime_ns: int, precision: InferencePrecision) -> Classifier:
     # Keyed on the folder and its config's mtime, so a model rewritten in place is reloaded.
-    return Classifier.load(model_dir, *device_and_dtype())
+    return Classifier.load(model_dir, *device_and_dtype(precision))
 
 
 def shard_rows(part: pa.Table, probs: np.ndarray, label_names: list[str]) -> pa.Table:
