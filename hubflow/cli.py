@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="worker type (default process)")
     up.add_argument("--gpu-limit", type=int, metavar="N",
                     help="at most N concurrent runs in the whole gpu pool (default: no pool-wide limit)")
+    up.add_argument("--multinode", action="store_true",
+                    help="(kubernetes) the gpu pool runs indexed jobs of `nodes` pods training together "
+                         "(docs/multinode.md)")
     up.set_defaults(func=_pools_up)
 
     args = parser.parse_args(argv)
@@ -231,7 +234,7 @@ def _pools_up(args: argparse.Namespace) -> None:
     from .pools import PoolError, pools_up
 
     try:
-        done = pools_up(args.pool_type, args.gpu_limit)
+        done = pools_up(args.pool_type, args.gpu_limit, args.multinode)
     except PoolError as e:
         sys.exit(f"hubflow: {e}")
     for pool, what in done.items():

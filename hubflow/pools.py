@@ -3,6 +3,8 @@
     hubflow pools up                          # process pools (a worker is a host running `prefect worker start`)
     hubflow pools up --type docker            # containers; the gpu template requests every GPU (--gpus all)
     hubflow pools up --type kubernetes        # jobs; the gpu template sets resources.limits["nvidia.com/gpu"]
+    hubflow pools up --type kubernetes --multinode   # the gpu pool's jobs are indexed jobs of `nodes` pods that
+                                              # train together (kubernetes-gpu-multinode.json, docs/multinode.md)
 
 Talks to the Prefect API in the environment (PREFECT_API_URL). Idempotent: an existing pool of the same type gets
 the file's base job template again (so editing a template and rerunning is how it is rolled out); a pool of another
@@ -28,16 +30,21 @@ class PoolError(RuntimeError):
     """A pool exists with another type, or a template file is missing."""
 
 
-def template(pool_type: str, pool: str) -> dict:
-    """The base job template for `pool` ('cpu' or 'gpu') on workers of `pool_type`."""
-    path = TEMPLATE_DIR / f"{pool_type}-{pool}.json"
+def template(pool_type: str, pool: str, multinode: bool = False) -> dict:
+    """The base job template for `pool` ('cpu' or 'gpu') on workers of `pool_type` (the gpu pool's multi-node
+    variant with `multinode`)."""
+    if multinode and (pool_type, pool) != ("kubernetes", "gpu"):
+        raise PoolError(f"multi-node training is a kubernetes gpu pool template; not for {pool_type} {pool} pools")
+    path = TEMPLATE_DIR / f"{pool_type}-{pool}{'-multinode' if multinode else ''}.json"
     if not path.exists():
         raise PoolError(f"no base job template {path}; pool types with templates: {', '.join(TYPES)}")
     return json.loads(path.read_text())
 
 
-def pools_up(pool_type: str = "process", gpu_limit: int | None = None) -> dict[str, str]:
+def pools_up(pool_type: str = "process", gpu_limit: int | None = None, multinode: bool = False) -> dict[str, str]:
     """Create or update the cpu and gpu pools; returns {pool: 'created' | 'updated'}."""
+    if multinode and pool_type != "kubernetes":
+        raise PoolError(f"--multinode needs --type kubernetes (indexed jobs), not {pool_type}")
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectAlreadyExists
@@ -45,7 +52,7 @@ def pools_up(pool_type: str = "process", gpu_limit: int | None = None) -> dict[s
     done: dict[str, str] = {}
     with get_client(sync_client=True) as client:
         for pool in POOLS:
-            base = template(pool_type, pool)
+            base = template(pool_type, pool, multinode and pool == "gpu")
             limit = gpu_limit if pool == "gpu" else None
             try:
                 client.create_work_pool(WorkPoolCreate(

@@ -5,8 +5,10 @@ tokenizer, `hubflow.json` with the model's facts), `{out_uri}/history.json`, `{o
 -> CheckpointRef. The task kind (`tokenized.facts.task`) loads the model, collates batches, validates and ranks.
 
 In process (what the flow's task does):   train_model(tokenized, model_dir, base_model, cfg, out_uri)
-On N GPUs:   accelerate launch -m hubflow.stages.train --tokenized-ref '<json>' --model-dir DIR \
-                 --base-model '<json>' --config '<json>' --out-uri s3://bucket/runs/x
+On N GPUs:   torchrun --standalone --nproc-per-node N -m hubflow.stages.train --tokenized-ref '<json>' \
+                 --model-dir DIR --base-model '<json>' --config '<json>' --out-uri s3://bucket/runs/x
+On N nodes:  the same on node 0 with a c10d rendezvous; the other nodes run `... -m hubflow.stages.train --join`
+             and take the arguments from node 0 (launch.py, docs/multinode.md)
 
 Resume: every `checkpoint_every_steps` optimizer steps and at each epoch end the loop writes an explicit
 checkpoint to `{out_uri}/resume/step-*/` and then points `{out_uri}/resume/latest.json` at it. A rerun with the
@@ -16,7 +18,9 @@ The checkpoint layout and the same-run check are in resume.py.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +33,7 @@ from ..config import Precision, TrainConfig
 from ..doors import store
 from ..kinds import kind_for
 from ..refs import CheckpointRef, ModelFacts, PinnedRepo, TokenizedRef
-from . import resume
+from . import launch, resume
 from .facts import write_facts
 from .memory import check_memory
 from .resume import LoopState
@@ -80,7 +84,20 @@ def train_model(
     on_progress: Progress | None = None,
     allow_pickle: bool = False,
 ) -> CheckpointRef:
-    """Fine-tune `model_dir` on `tokenized` (train split; validation each epoch); keep the best evaluation's weights."""
+    """Fine-tune `model_dir` on `tokenized` (train split; validation each epoch); keep the best evaluation's weights.
+
+    On node 0 of a multi-node job (HUBFLOW_WORLD, see launch.py) this call launches the training's ranks with
+    torchrun instead, and returns the ref they wrote."""
+    world = launch.World.from_env()
+    if world and world.multinode and not launch.under_launcher():
+        log = logging.getLogger(__name__).info  # the run log: the gpu pool lists hubflow in the extra loggers
+        if on_progress:
+            on_progress(0.0, f"training on {world.nodes} nodes x {world.procs_per_node} processes (torchrun)")
+        ref = launch.launch(tokenized, model_dir, base_model, cfg, out_uri, world.procs_per_node, allow_pickle, log,
+                            world)
+        if on_progress:
+            on_progress(1.0, f"model written to {ref.uri}")
+        return ref
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
@@ -302,21 +319,55 @@ def _finalize(run: resume.Run, st: LoopState, tokenizer, facts: ModelFacts, base
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Fine-tune a model (run under `accelerate launch`).")
-    parser.add_argument("--tokenized-ref", required=True, type=TokenizedRef.model_validate_json, help="ref JSON")
-    parser.add_argument("--model-dir", required=True, help="local folder of the base model snapshot")
-    parser.add_argument("--base-model", required=True, type=PinnedRepo.model_validate_json, help="PinnedRepo JSON")
-    parser.add_argument("--config", required=True, type=TrainConfig.model_validate_json, help="TrainConfig JSON")
-    parser.add_argument("--out-uri", required=True, help="store URI the run writes under")
-    parser.add_argument("--allow-pickle", action="store_true", help="the base model may be pytorch_model.bin")
-    args = parser.parse_args(argv)
-    ref = train_model(args.tokenized_ref, args.model_dir, args.base_model, args.config, args.out_uri,
-                      allow_pickle=args.allow_pickle)
-
     from accelerate import PartialState
 
-    if PartialState().is_main_process:
+    parser = argparse.ArgumentParser(description="Fine-tune a model (run under torchrun; see launch.py).")
+    parser.add_argument("--tokenized-ref", type=TokenizedRef.model_validate_json, help="ref JSON")
+    parser.add_argument("--model-dir", help="local folder of the base model snapshot")
+    parser.add_argument("--base-model", type=PinnedRepo.model_validate_json, help="PinnedRepo JSON")
+    parser.add_argument("--config", type=TrainConfig.model_validate_json, help="TrainConfig JSON")
+    parser.add_argument("--out-uri", help="store URI the run writes under")
+    parser.add_argument("--allow-pickle", action="store_true", help="the base model may be pytorch_model.bin")
+    parser.add_argument("--join", action="store_true",
+                        help="a joining node of a multi-node run: every other argument comes from node 0's ranks")
+    args = parser.parse_args(argv)
+    if not args.join and None in (args.tokenized_ref, args.model_dir, args.base_model, args.config, args.out_uri):
+        parser.error("--tokenized-ref, --model-dir, --base-model, --config and --out-uri are required (or --join)")
+
+    # Joins the process group torchrun set up. Without CUDA accelerate only forms a (gloo) group when told cpu=True;
+    # told nothing, each rank would train alone as a world of one.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    run = _run_arguments(args, state)
+    model_dir = args.model_dir
+    if args.join:
+        from ..doors import hub
+
+        # Each rank asks: the Hub cache's file locks make a node's ranks download each file once. (Not
+        # local_main_process_first: its barrier is global, and node 0's ranks never enter it.)
+        model_dir = hub.model_dir(run["base_model"], run["allow_pickle"])
+    print(f"rank {state.process_index} of {state.num_processes} (node {os.environ.get('GROUP_RANK', 0)}, "
+          f"local rank {state.local_process_index}): training into {run['out_uri']}", flush=True)
+    ref = train_model(run["tokenized"], model_dir, run["base_model"], run["config"], run["out_uri"],
+                      allow_pickle=run["allow_pickle"])
+    if state.is_main_process:
         print(ref.model_dump_json())
+
+
+def _run_arguments(args, state) -> dict[str, Any]:
+    """The run's arguments: this process's own, or (joining ranks) node 0's, gathered over the process group."""
+    own = None if args.join else {
+        "tokenized": args.tokenized_ref, "base_model": args.base_model, "config": args.config,
+        "out_uri": args.out_uri, "allow_pickle": args.allow_pickle,
+    }
+    if state.num_processes == 1:
+        if own is None:
+            raise SystemExit("--join needs a multi-node torchrun: there is no node 0 to take the arguments from")
+        return own
+    # Gathered from everyone rather than broadcast from rank 0: c10d hands out ranks by the order nodes sort in,
+    # so global rank 0 need not be on node 0.
+    everyone: list[dict | None] = [None] * state.num_processes
+    torch.distributed.all_gather_object(everyone, own)
+    return next(a for a in everyone if a is not None)
 
 
 if __name__ == "__main__":
