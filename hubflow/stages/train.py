@@ -106,7 +106,7 @@ def train_model(
     started = time.perf_counter()
     # accelerate keeps its settings in process-wide singletons and refuses a second Accelerator with another mixed
     # precision. A Prefect worker runs many trainings in one process, so each starts from clean state; the process
-    # group (PartialState) is kept, so this is a no-op under `accelerate launch`.
+    # group (PartialState) is kept, so this is a no-op under torchrun.
     AcceleratorState._reset_state()
     GradientState._reset_state()
     accelerator = Accelerator(
