@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: install browser sandbox demo test test-all bench
+.PHONY: install browser sandbox demo test test-all bench gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,3 +35,8 @@ test-all: install sandbox
 
 bench: install
 	$(PY) -m bench
+
+# On a GPU machine: the CUDA build of torch and the project in .venv-gpu, `pytest -m gpu`, then the GPU figures as
+# `name: value` lines (bench/gpu_check.py, docs/benchmarks.md). Without a GPU it stops at once, installing nothing.
+gpu-check:
+	python3 -m bench.gpu_check $(GPU_CHECK_ARGS)

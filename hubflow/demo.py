@@ -4,7 +4,8 @@
     DIR/hf_home       the HF clients' cache
     DIR/prefect       Prefect's home: the embedded server's database, results, cache records
     DIR/store         the artifact store: raw and tokenized data, checkpoints, predictions, reports
-    DIR/summary.json  metrics, every stage's output URI, every pinned or produced sha
+    DIR/summary.json  metrics, every stage's output URI, every pinned or produced sha, the run's phases in seconds
+    DIR/hub.port      localhub's port, reused by a rerun (the published files name the repos' URLs)
 
 `hubflow demo --task causal-lm` is the LLM demo (hubflow/demo_llm.py); it shares `demo_hub` and the summary here.
 """
@@ -58,49 +59,192 @@ def demo_seed(workdir: Path) -> list[str]:
 
 
 @contextmanager
-def demo_hub(workdir: Path, seed: Callable[[Path], list[str]]) -> Iterator[object]:
-    """A localhub under DIR/hub, seeded with the folders `seed(workdir)` names, and this process's environment
-    pointed at it (HF clients, Prefect's embedded server under DIR/prefect); stopped on the way out."""
+def demo_hub(workdir: Path, seed: Callable[[Path], list[str]], wait_for_prefect: bool = True) -> Iterator[PrefectServer]:
+    """A localhub under DIR/hub, seeded with the folders `seed(workdir)` names, Prefect's server on DIR/prefect, and
+    this process's environment pointed at both; stopped on the way out. Yields the Prefect server: with
+    `wait_for_prefect=False` the caller calls its `wait()` before the first flow (and may import meanwhile)."""
     from localhub import LocalHub
 
     token = secrets.token_hex(16)  # lives only as long as this demo's localhub
-    hub = LocalHub(workdir / "hub", users={"demo": (token, "write")})
-    os.environ.pop("PREFECT_API_URL", None)  # the demo runs on Prefect's embedded server, under DIR/prefect
-    # Before anything imports huggingface_hub (the seed data is written with `datasets`): it reads HF_ENDPOINT once.
+    hub = LocalHub(workdir / "hub", users={"demo": (token, "write")}, port=_same_port_as_last_time(workdir))
+    # Before anything imports huggingface_hub (the seed data is written with `datasets`) or prefect: both read their
+    # settings once.
+    os.environ.pop("PREFECT_API_URL", None)
     os.environ.update(demo_env(workdir, hub.url, token))
-    hub.seed = seed(workdir)
-    hub.start(timeout=120)
+    prefect = PrefectServer()  # starts now, alongside localhub
     try:
-        yield hub
+        hub.seed = seed(workdir)
+        hub.start(timeout=120)
+        os.environ["PREFECT_API_URL"] = prefect.api_url
+        os.environ.setdefault("PREFECT_UI_URL", "")  # its UI is off, as in embedded mode: no "View at" dead links
+        if wait_for_prefect:
+            prefect.wait()
+        yield prefect
     finally:
         hub.stop()
+        _send_pending_run_records()
+        prefect.stop()
+
+
+def _send_pending_run_records() -> None:
+    """The flow's last logs and events go to the server in batches: send them while it still runs (Prefect does
+    this at exit, but our server stops before that)."""
+    import sys
+
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
+        EventsWorker.drain_all(timeout=5)
+
+
+def _same_port_as_last_time(workdir: Path) -> int:
+    """The port this work dir's localhub had last time, when it is free, else a new one (kept in DIR/hub.port).
+    The repos' URLs are in the files hubflow publishes (the Space's README links the model), so a rerun on another
+    port would find the Space changed and redeploy it."""
+    import socket
+
+    from localhub import free_port
+
+    record = workdir / "hub.port"
+    try:
+        port = int(record.read_text())
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+            s.bind(("127.0.0.1", port))
+    except (OSError, ValueError):
+        port = free_port()
+    record.write_text(f"{port}\n")
+    return port
+
+
+class PrefectServer:
+    """Prefect's server for one demo run, under $PREFECT_HOME: what Prefect's embedded mode starts (the same command
+    and settings), but started by us, first thing. Its start-up (a subprocess that imports the server and opens the
+    database, seconds) then overlaps localhub's and this process's imports, and with PREFECT_API_URL pointing at it
+    this process never imports the server itself, as an embedded-mode flow does (~4 s of imports on 2 cores)."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        from localhub import free_port
+
+        self.port = free_port()
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host",
+             "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+            env=env, start_new_session=True)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def wait(self) -> None:
+        """Until the server answers (a fresh database migrates first: up to the start-up timeout)."""
+        import httpx
+
+        deadline = time.monotonic() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120))
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Prefect's server exited with status {self.proc.returncode} before answering")
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"Prefect's server did not answer on {self.api_url} within the start-up timeout "
+                           "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+
+    def stop(self, timeout: float = 10) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def run_demo(workdir: str | Path, overrides: list[str] | None = None) -> dict:
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    with demo_hub(workdir, demo_seed):
+    clock = Phases()
+    with demo_hub(workdir, demo_seed, wait_for_prefect=False) as prefect:
+        clock.mark("localhub start (Prefect's server starting meanwhile)")
         from .config import load_recipe
 
         config = load_recipe(RECIPE, [f"artifact_store={workdir / 'store'}", *(overrides or [])])
         from .flows.pipeline import pipeline
 
+        clock.mark("imports (prefect, the pipeline)")
+        prefect.wait()
+        clock.mark("waiting for Prefect's server (the rest of its start)")
         result = pipeline(config)
-        stages = stage_states(result.flow_run_id)
-    summary = write_summary(workdir, result, stages, time.monotonic() - started)
+        clock.mark("pipeline call")
+        stages, tasks, flow_seconds = run_timings(result.flow_run_id)
+        clock.mark("reading the task states")
+    clock.mark("stopping localhub and Prefect's server")
+    summary = write_summary(workdir, result, stages, clock.total(), {"phases": clock.split(flow_seconds, tasks)})
     print_report(workdir, summary)
     return summary
 
 
+class Phases:
+    """Wall-clock marks of one demo run (from run_demo's start: Python's start and the CLI's imports are not in it)."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.seconds[name] = round(now - self.last, 2)
+        self.last = now
+
+    def total(self) -> float:
+        return self.last - self.started
+
+    def split(self, flow_seconds: float | None, tasks: dict[str, float]) -> dict:
+        """The marks, with the pipeline call split into the flow run itself (Prefect's start and end times) and
+        what surrounds it in this process (creating the run, the engine's set-up and teardown), plus each task."""
+        out: dict[str, float] = {}
+        for name, seconds in self.seconds.items():
+            if name == "pipeline call" and flow_seconds is not None:
+                out["flow run set-up and teardown (Prefect client)"] = round(seconds - flow_seconds, 2)
+                out["flow run (Prefect's start to end)"] = round(flow_seconds, 2)
+            else:
+                out[name] = seconds
+        return {"wall": out, "tasks": tasks}
+
+
 def stage_states(flow_run_id: str | None) -> dict[str, str]:
     """Each task's final state name in this run (`Cached` when a rerun skipped it), read back from Prefect."""
+    return run_timings(flow_run_id)[0]
+
+
+def run_timings(flow_run_id: str | None) -> tuple[dict[str, str], dict[str, float], float | None]:
+    """(each task's final state name, each task's wall seconds, the flow run's wall seconds), read back from Prefect;
+    a task's state is `Cached` when a rerun skipped it."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs if r.state}
+        flow = client.read_flow_run(flow_run_id) if flow_run_id else None
+    runs = sorted((r for r in runs if r.state), key=lambda r: r.expected_start_time or r.created)
+    states = {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+    seconds = {r.name.rsplit("-", 1)[0]: round(_span(r.start_time, r.end_time) or 0.0, 2) for r in runs}
+    return states, seconds, (_span(flow.start_time, flow.end_time) if flow else None)
+
+
+def _span(start, end) -> float | None:
+    return (end - start).total_seconds() if start and end else None
 
 
 def write_summary(workdir: Path, result, stages: dict[str, str], seconds: float, extra: dict | None = None) -> dict:
@@ -169,7 +313,8 @@ def print_outputs(workdir: Path, summary: dict) -> None:
         print(f"  not published: {pub['reason']}")
     if summary["space"]:
         sp = summary["space"]
-        print(f"  space        {sp['id']} {sp['stage']} at {sp['url']} (stops with this demo's localhub)")
+        where = f"at {sp['url']}" if sp["url"] else "(unchanged; localhub is starting it again)"
+        print(f"  space        {sp['id']} {sp['stage']} {where} (stops with this demo's localhub)")
     print(f"  summary      {workdir / 'summary.json'}")
     print(f"\nTry the model in the browser: hubflow space preview {summary['outputs']['run_summary']}")
     print("\nTo browse the runs, artifacts and logs in the Prefect UI:")

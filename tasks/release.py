@@ -147,7 +147,11 @@ def deploy_space(model: PublishedRepo, cfg: SpaceConfig, facts: ModelFacts, exam
     page = f"{hub.endpoint()}/spaces/{result.space_id}"
     create_markdown_artifact(key="space-deployment", description=f"Demo Space of {model.repo_id}", markdown=(
         "| Space | app | stage | commit | model |\n|---|---|---|---|---|\n"
-        f"| [{result.space_id}]({page}) | {result.url} | {result.stage} | `{result.sha[:10]}` | "
+        f"| [{result.space_id}]({page}) | {result.url or '(starting)'} | {result.stage} | `{result.sha[:10]}` | "
         f"{model.repo_id}@`{model.sha[:10]}` |"))
-    get_run_logger().info("Space %s RUNNING at %s (commit %s)", result.space_id, result.url, result.sha[:10])
+    if result.url:
+        get_run_logger().info("Space %s %s at %s (commit %s)", result.space_id, result.stage, result.url, result.sha[:10])
+    else:  # unchanged, and the hub is (re)starting it by itself: nothing to wait for
+        get_run_logger().info("Space %s %s (commit %s, unchanged: the hub is starting it)", result.space_id,
+                              result.stage, result.sha[:10])
     return result

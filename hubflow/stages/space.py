@@ -79,9 +79,9 @@ def deploy(
     variables = space_variables(model, examples, facts, cfg)
     files = app_files(model, space_id, facts, variables)
     serving = _already_serving(space_id, files, cfg)
-    if serving is not None:  # a rerun with nothing changed: no restart, no smoke test, no new commit
-        host, sha = serving
-        return SpaceDeployment(space_id=space_id, sha=sha, stage="RUNNING", url=host, model=model)
+    if serving is not None:  # a rerun with nothing changed: no restart, no smoke test, no new commit, no waiting
+        sha, stage, host = serving
+        return SpaceDeployment(space_id=space_id, sha=sha, stage=stage, url=host, model=model)
     hub.ensure_repo(space_id, "space", cfg.private, space_sdk="gradio")
     hub.set_space_hardware(space_id, cfg.hardware, cfg.sleep_time_seconds)
     hub.set_space_variables(space_id, variables)
@@ -120,14 +120,19 @@ def give_read_access(space_id: str, namespace: str) -> None:
     hub.set_space_secret(space_id, TOKEN_SECRET, read_token, "reads the private model (a read token, set by hubflow)")
 
 
-def _already_serving(space_id: str, files: dict[str, bytes], cfg: SpaceConfig) -> tuple[str, str] | None:
-    """(host, sha) when the Space already runs exactly these files at its last good commit, with the hardware and
-    sleep time asked for; None when anything must change (or the Space does not exist yet)."""
+# The Hub is bringing the Space up by itself (after a restart of the hub, say): nothing for a deploy to do.
+COMING_UP = ("BUILDING", "APP_STARTING", "RUNNING_BUILDING", "RUNNING_APP_STARTING")
+
+
+def _already_serving(space_id: str, files: dict[str, bytes], cfg: SpaceConfig) -> tuple[str, str, str | None] | None:
+    """(sha, stage, host) when the Space already serves, or is coming up with, exactly these files at its last good
+    commit (smoke-tested when it was tagged), with the hardware and sleep time asked for; None when anything must
+    change (or the Space does not exist yet). A Space still starting is not waited for: it was not restarted."""
     head = hub.head(space_id, "space")
     if head is None or hub.tags(space_id, "space").get(LAST_GOOD_TAG) != head:
         return None
     runtime = hub.space_runtime(space_id)
-    if runtime["stage"] != "RUNNING" or runtime["sha"] not in (None, head):
+    if runtime["stage"] not in ("RUNNING", *COMING_UP) or runtime["sha"] not in (None, head):
         return None
     if (cfg.hardware and cfg.hardware != runtime["hardware"]) or (
             cfg.sleep_time_seconds and cfg.sleep_time_seconds != runtime["sleep_time"]):
@@ -138,8 +143,10 @@ def _already_serving(space_id: str, files: dict[str, bytes], cfg: SpaceConfig) -
         held = hub.download(space_id, path, "space", head)
         if held is None or held.read_bytes() != data:
             return None
+    if runtime["stage"] != "RUNNING":
+        return head, getattr(runtime["stage"], "value", str(runtime["stage"])), None  # the client's SpaceStage enum
     host = hub.space_host(space_id)
-    return (host, head) if host else None
+    return (head, "RUNNING", host) if host else None
 
 
 def roll_back(space_id: str, failed_sha: str, timeout: float) -> str:
