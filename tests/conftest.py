@@ -101,6 +101,18 @@ def _fresh_hf_filesystem():
         HfFileSystem.clear_instance_cache()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one intra-op thread for a module of tiny-model tests: the test machine's cores are shared, and two
+    threads fighting over them make tiny ops ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def datasets_lib():
     """`datasets`, with the parquet-export lookup off: at `main` it would resolve datasets-server.<host> via DNS."""

@@ -17,17 +17,10 @@ from tests.tiny import make_tiny_bert, make_tiny_tokenized
 
 # int8 is a CPU workers' precision: a machine with a GPU refuses it (the last test), so these run where there is none.
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="int8 inference is refused on a machine with a GPU")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 BASE = PinnedRepo(repo_id="tiny/bert", repo_type="model", revision="main", sha="0" * 40)
 CFG = TrainConfig(epochs=4, batch_size=16, learning_rate=5e-3, warmup_ratio=0.1, seed=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test machine's cores are shared: two intra-op threads fighting over them make tiny ops ~10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from hubflow.refs import CheckpointRef, PinnedRepo
 from hubflow.stages.train import main, train_model, weights_fingerprint
 from tests.tiny import LABELS, make_tiny_bert, make_tiny_llama, make_tiny_tokenized
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 BASE = PinnedRepo(repo_id="tiny/bert", repo_type="model", revision="main", sha="0" * 40)
 # 240 train rows in micro-batches of 8, two per optimizer step: 15 steps per epoch, 90 in all. Checkpoints every
 # 7 steps land mid-epoch (7, 14, 21, ...) as well as at each epoch end.
@@ -29,15 +31,6 @@ CFG = TrainConfig(
 )
 TOTAL_STEPS = 90
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test machine's cores are shared: two intra-op threads fighting over them make tiny ops ~10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
