@@ -29,6 +29,10 @@ class DispatchError(RuntimeError):
     """A dispatched stage run failed, crashed, was cancelled or timed out."""
 
 
+class DispatchCancelled(DispatchError):
+    """A dispatched stage run was cancelled: somebody meant it, so it is not retried."""
+
+
 def train(tokenized: TokenizedRef, base_model: PinnedRepo, cfg: TrainConfig, artifact_store: str,
           execution: ExecutionConfig, allow_pickle: bool = False) -> CheckpointRef:
     if execution.mode is ExecutionMode.local:
@@ -57,8 +61,20 @@ def predict(checkpoint: CheckpointRef, tokenized: TokenizedRef, split: str, cfg:
     return stages.merge_predictions([f.result() for f in futures])
 
 
-# A part that fails (a worker lost, a preempted GPU host) is started again on its own; its finished shards stay.
-@task(name="predict-part-run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def _not_cancelled(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except DispatchCancelled:
+        return False
+    except BaseException:  # noqa: BLE001 - a crash, a failure, a timeout: worth another worker
+        return True
+    return False
+
+
+# A part that fails or crashes (a worker lost, a preempted GPU host) is started again on its own; its finished shards
+# stay. One that was cancelled is not: the cancellation is passed on to the run that dispatched it.
+@task(name="predict-part-run", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_cancelled,
+      cache_policy=NO_CACHE)
 def predict_part(deployment: str, parameters: dict[str, Any], timeout: int) -> PredictionsPart:
     """Run one part of a batch inference as a run of the predict deployment and wait for it."""
     return _run(deployment, parameters, PredictionsPart, timeout)
@@ -89,6 +105,7 @@ def _run(deployment: str, parameters: dict[str, Any], result_type: type[R], time
     state = run.state
     if state is None or not state.is_completed():
         name = state.name if state else "no state"
-        raise DispatchError(f"{deployment} run {run.name} ({run.id}) ended {name}: {state.message if state else ''}")
+        error = DispatchCancelled if state is not None and state.is_cancelled() else DispatchError
+        raise error(f"{deployment} run {run.name} ({run.id}) ended {name}: {state.message if state else ''}")
     result = state.result()
     return result if isinstance(result, result_type) else result_type.model_validate(result)

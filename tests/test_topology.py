@@ -242,26 +242,100 @@ def _worker_of(client, flow_run_id) -> str:
     return names.pop()
 
 
-def test_batch_inference_fans_out_over_both_gpu_workers(topology, pipeline_run):
-    """60 test rows in 3 shards, 2 gpu workers online: two predict runs of this pipeline run, one part each, on two
-    different workers; the merged predictions hold every row once, in input order."""
+def _parts_of(client, flow_run_id: uuid.UUID):
+    """The predict runs a flow run dispatched (one per part)."""
+    return [r for r in _runs_of(client, "hubflow-predict")
+            if r.parent_task_run_id and client.read_task_run(r.parent_task_run_id).flow_run_id == flow_run_id]
+
+
+def _merged_row_ids(topology, predictions) -> tuple[dict, list[int]]:
+    """The merged manifest and the row ids of its shards, in order."""
     import pyarrow.parquet as pq
 
-    client = _client(topology)
-    parent = uuid.UUID(pipeline_run["id"])
-    parts = [r for r in _runs_of(client, "hubflow-predict")
-             if r.parent_task_run_id and client.read_task_run(r.parent_task_run_id).flow_run_id == parent]
-    assert sorted((r.parameters["part"], r.parameters["parts"]) for r in parts) == [(0, 2), (1, 2)]
-    assert all(r.state.is_completed() and r.work_pool_name == "gpu" for r in parts)
-    assert {_worker_of(client, r.id) for r in parts} == {"gpu-1", "gpu-2"}
-
-    predictions = _result(topology, pipeline_run["id"]).predictions
     s3 = _s3(topology)
     manifest = json.loads(s3.cat_file(f"{predictions.uri}/manifest.json"))
+    return manifest, [i for s in manifest["shards"]
+                      for i in pq.read_table(s3.open(f"{predictions.uri}/{s['file']}")).column("row_id").to_pylist()]
+
+
+def _start_batch(topology, pipeline_run, rows: int, shard_size: int) -> uuid.UUID:
+    """A run of hubflow-batch-inference/nightly with the published model over `rows` test rows (not waited for)."""
+    params = {
+        "model_repo_id": pipeline_run["published_repo"],
+        "data": {"source": "hubflow/support-tickets", "test_split": "test", "max_test_samples": rows},
+        "inference": {"batch_size": 16, "shard_size": shard_size},
+        "execution": {"mode": "pools", "timeout_seconds": 600},
+        "artifact_store": topology["env"]["HUBFLOW_STORE"],
+    }
+    script = """
+import json, sys
+from prefect.deployments import run_deployment
+print(run_deployment("hubflow-batch-inference/nightly", parameters=json.loads(sys.argv[1]), timeout=0).id)
+"""
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(params)], env=topology["env"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return uuid.UUID(proc.stdout.strip().splitlines()[-1])
+
+
+def _batch_result(topology, client, batch_id: uuid.UUID):
+    """Wait for the batch run to end; its BatchResult (from the summary in the shared store)."""
+    from hubflow.refs import BatchResult
+
+    wait_for(lambda: client.read_flow_run(batch_id).state.is_final(), 600, "the batch run", interval=2)
+    state = client.read_flow_run(batch_id).state
+    assert state.is_completed(), (state.name, state.message, topology["procs"].tail("cpu-1"))
+    store = topology["env"]["HUBFLOW_STORE"]
+    return BatchResult.model_validate_json(_s3(topology).cat_file(f"{store}/batch/{batch_id}/summary.json"))
+
+
+def test_the_pipelines_batch_inference_fans_out(topology, pipeline_run):
+    """60 test rows in 3 shards, 2 gpu workers online: two predict runs of this pipeline run, one part each; the
+    merged predictions hold every row once, in input order."""
+    client = _client(topology)
+    parts = _parts_of(client, uuid.UUID(pipeline_run["id"]))
+    assert sorted((r.parameters["part"], r.parameters["parts"]) for r in parts) == [(0, 2), (1, 2)]
+    assert all(r.state.is_completed() and r.work_pool_name == "gpu" for r in parts)
+    predictions = _result(topology, pipeline_run["id"]).predictions
+    manifest, row_ids = _merged_row_ids(topology, predictions)
     assert manifest["parts"] == 2 and [s["index"] for s in manifest["shards"]] == [0, 1, 2]
-    row_ids = [i for s in manifest["shards"]
-               for i in pq.read_table(s3.open(f"{predictions.uri}/{s['file']}")).column("row_id").to_pylist()]
     assert row_ids == list(range(60)) and predictions.rows == 60
+
+
+def test_a_batch_job_runs_its_parts_on_both_gpu_workers(topology, pipeline_run):
+    """Nightly batch inference, 40 rows in 4 shards, with both gpu workers idle: its two parts are completed by two
+    different workers (from each worker's submitted-flow-run event), and rows out = rows in, in order.
+    (Right after a training the worker that trained may still be busy: its flow process lingers on exit.)"""
+    client = _client(topology)
+    batch_id = _start_batch(topology, pipeline_run, rows=40, shard_size=10)
+    result = _batch_result(topology, client, batch_id)
+    parts = _parts_of(client, batch_id)
+    assert sorted(r.parameters["part"] for r in parts) == [0, 1] and all(r.state.is_completed() for r in parts)
+    assert {_worker_of(client, r.id) for r in parts} == {"gpu-1", "gpu-2"}
+    manifest, row_ids = _merged_row_ids(topology, result.predictions)
+    assert manifest["parts"] == 2 and row_ids == list(range(40)) and result.predictions.rows == 40
+
+
+def test_a_crashed_part_is_retried_alone(topology, pipeline_run):
+    """Nightly batch inference, 48 rows in 4 shards in 2 parts: part 0's process is killed (SIGKILL) as soon as a
+    worker has started it. That part alone runs again (on whichever worker is free), part 1 runs once, and the
+    merged predictions still hold every row once, in order."""
+    client = _client(topology)
+    batch_id = _start_batch(topology, pipeline_run, rows=48, shard_size=12)
+
+    def part_0_started():
+        started = [r for r in _parts_of(client, batch_id) if r.parameters["part"] == 0 and r.infrastructure_pid]
+        return started[0] if started else None
+
+    victim = wait_for(part_0_started, 300, "part 0 to start on a gpu worker", interval=0.2)
+    os.kill(int(victim.infrastructure_pid.rsplit(":", 1)[-1]), signal.SIGKILL)  # our own worker's child, by pid
+    result = _batch_result(topology, client, batch_id)
+    runs = _parts_of(client, batch_id)
+    assert {k: sorted(r.state.type.value for r in runs if r.parameters["part"] == k) for k in (0, 1)} == {
+        0: ["COMPLETED", "CRASHED"], 1: ["COMPLETED"]}
+    manifest, row_ids = _merged_row_ids(topology, result.predictions)
+    assert manifest["parts"] == 2 and [s["rows"] for s in manifest["shards"]] == [12, 12, 12, 12]
+    assert row_ids == list(range(48)) and result.predictions.rows == 48
 
 
 def test_the_model_is_published_on_the_hub(topology, pipeline_run, localhub):
