@@ -37,7 +37,7 @@ LORA = TrainConfig(method="lora", epochs=2, batch_size=16, learning_rate=3e-2, c
                    lora={"r": 4, "alpha": 8})
 
 
-from tests.test_train_infer import one_thread  # noqa: E402,F401 - the same thread setting as the classifier tests
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the same thread setting as the classifier tests
 
 
 @pytest.fixture(scope="module")
