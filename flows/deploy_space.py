@@ -22,5 +22,5 @@ def deploy_model_space(model_repo_id: str, revision: str = "main",
     """Serve `model_repo_id@revision` (pinned to a sha) in a gradio Space that answers like batch inference."""
     model = pin_model(model_repo_id, revision)
     facts, examples = describe_model(model)
-    expected = reference_predictions(model, facts, examples, space)
-    return deploy_space(model, space, facts, examples, expected)
+    expected, software = reference_predictions(model, facts, examples, space)
+    return deploy_space(model, space, facts, examples, expected, software)

@@ -14,6 +14,7 @@ from hubflow.config import PublishConfig, SpaceConfig
 from hubflow.doors import hub
 from hubflow.kinds import kind_for
 from hubflow.refs import GateDecision, ModelFacts, PinnedRepo, PipelineResult, PublishedRepo, SpaceDeployment
+from hubflow import software
 from hubflow.stages import gate as gate_lib
 from hubflow.stages import publish as publish_lib
 from hubflow.stages import space as space_lib
@@ -28,14 +29,10 @@ def load_run(summary_uri: str) -> PipelineResult:
 
 @task(name="check-release-targets", **NETWORK_RETRIES)
 def check_release_targets(base_model: str, data_source: str, publish: PublishConfig, space: SpaceConfig) -> None:
-    """Before any stage that costs: the token can write every repo this run will publish to (model, predictions,
-    Space), so a run never trains for an hour and then fails to publish, or publishes half a release."""
-    from hubflow.stages.publish import target_repos_for
-
-    model, predictions = target_repos_for(base_model, data_source, publish)
-    targets = {"publish.repo_id": model, "publish.predictions_repo_id": predictions}
-    if space.enabled:
-        targets["space.space_id"] = space_lib.default_space_id(model, space)
+    """Before any stage that costs: every repo this run will publish to (model, predictions, Space) has an id the
+    Hub accepts and the token can write it, so a run never trains for an hour and then fails to publish, or
+    publishes half a release."""
+    targets = publish_lib.release_targets(base_model, data_source, publish, space)  # ids the Hub accepts
     hub.check_can_write(targets)
     get_run_logger().info("release targets writable: %s", ", ".join(targets.values()))
 
@@ -98,18 +95,21 @@ def review_summary(result: PipelineResult, publish: PublishConfig, decision: Gat
 
 @task(name="space-inputs")
 def space_inputs(result: PipelineResult, model: PublishedRepo, space: SpaceConfig,
-                 n: int = 3) -> tuple[ModelFacts, list[str], list[tuple[str, str]]]:
-    """From a training run: the published folder's facts, example inputs, and (input, answer) pairs the live app
-    must give (a classifier's batch predictions; a chat model's greedy answers, computed as the app computes them)."""
+                 n: int = 3) -> tuple[ModelFacts, list[str], list[tuple[str, str]], dict[str, str]]:
+    """From a training run: the published folder's facts, example inputs, (input, answer) pairs the live app
+    must give (a classifier's batch predictions; a chat model's greedy answers, computed as the app computes them),
+    and the library versions that made the batch predictions (the Space is pinned to them)."""
     from hubflow.stages.facts import read_facts
-    from hubflow.stages.predict import read_predictions
+    from hubflow.stages.predict import read_manifest, read_predictions
 
     local = hub.model_dir(PinnedRepo(repo_id=model.repo_id, repo_type="model", revision=model.sha, sha=model.sha))
     facts = read_facts(local)
     kind = kind_for(facts.task)
     rows = read_predictions(result.predictions).slice(0, n).to_pylist()
     expected = kind.reference_answers(rows, local, facts, space)
-    return facts, [text for text, _ in expected], expected
+    # A manifest from before versions were recorded: its rows were made by this install's kind of environment.
+    made_by = read_manifest(result.predictions).get("software") or software.installed()
+    return facts, [text for text, _ in expected], expected, made_by
 
 
 @task(name="pin-model", **NETWORK_RETRIES)
@@ -128,18 +128,19 @@ def describe_model(model: PublishedRepo) -> tuple[ModelFacts, list[str]]:
 
 @task(name="reference-predictions", **NETWORK_RETRIES)
 def reference_predictions(model: PublishedRepo, facts: ModelFacts, texts: list[str],
-                          space: SpaceConfig) -> list[tuple[str, str]]:
-    """(input, answer) as hubflow's own inference answers them: what the live app must answer."""
+                          space: SpaceConfig) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(input, answer) as hubflow's own inference answers them: what the live app must answer; and the library
+    versions that answered (this process's), which the Space is pinned to."""
     local = hub.model_dir(PinnedRepo(repo_id=model.repo_id, repo_type="model", revision=model.sha, sha=model.sha))
-    return list(zip(texts, kind_for(facts.task).answer_texts(local, texts, facts, space)))
+    return list(zip(texts, kind_for(facts.task).answer_texts(local, texts, facts, space))), software.installed()
 
 
 @task(name="deploy-space", **NETWORK_RETRIES)
 def deploy_space(model: PublishedRepo, cfg: SpaceConfig, facts: ModelFacts, examples: list[str],
-                 expected: list[tuple[str, str]] | None = None) -> SpaceDeployment:
+                 expected: list[tuple[str, str]] | None, software: dict[str, str]) -> SpaceDeployment:
     """Deploy the model's demo Space; the outcome and, on failure, the Space's logs become artifacts."""
     try:
-        result = space_lib.deploy(model, cfg, facts, examples, expected)
+        result = space_lib.deploy(model, cfg, facts, examples, expected, software)
     except space_lib.SpaceDeployError as err:
         create_markdown_artifact(key="space-deploy-failure", description=f"Space deploy of {model.repo_id} failed",
                                  markdown=f"## Space deploy failed\n\n{err}\n\n{err.logs}")

@@ -119,6 +119,23 @@ def test_the_space_serves_the_better_model_and_answers_like_batch_inference(runs
     assert answer["label"] == row["pred_label"]
 
 
+def test_the_space_is_pinned_to_the_versions_that_made_the_predictions(runs, inputs):
+    """requirements.txt and sdk_version come from the predictions' manifest, written by the run that made them."""
+    import yaml
+
+    from hubflow.stages.predict import read_manifest
+
+    better = runs["better"]
+    recorded = read_manifest(better.predictions)["software"]
+    assert {"torch", "transformers", "gradio"} <= set(recorded)
+    sha = better.space.sha
+    api = inputs["api"]
+    read = lambda path: open(api.hf_hub_download(inputs["space"], path, repo_type="space", revision=sha)).read()  # noqa: E731
+    pins = dict(line.split("==") for line in read("requirements.txt").splitlines() if "==" in line)
+    assert pins == {"transformers": recorded["transformers"], "torch": recorded["torch"]}
+    assert yaml.safe_load(read("README.md").split("---")[1])["sdk_version"] == recorded["gradio"]
+
+
 def test_a_worse_challenger_is_not_published_and_the_space_stays(runs, inputs):
     worse = runs["worse"]
     assert not worse.published.decision.promoted and worse.published.model is None and worse.space is None

@@ -16,6 +16,7 @@ import yaml
 
 from hubflow.config import SpaceConfig
 from hubflow.refs import ModelFacts, PublishedRepo
+from hubflow.software import installed
 from tests.tiny import LABELS, make_tiny_bert
 
 pytest.importorskip("gradio")
@@ -129,20 +130,37 @@ def test_the_publishers_token_never_reaches_the_space(deployed, alice, hf_api, t
     assert alice not in recorded
 
 
-def test_space_files_pin_what_hubflow_runs(model_repo):
+def test_space_files_pin_what_made_the_predictions(model_repo):
+    """The Space runs the versions recorded with the run's predictions, not whatever the template or PyPI says:
+    here a run recorded by an older install, which need not be what is installed today."""
+    from hubflow.software import UnpinnedRequirement
     from hubflow.stages.space import app_files, space_variables
 
     repo_id, sha, _ = model_repo
     model = PublishedRepo(repo_id=repo_id, repo_type="model", sha=sha, url=f"http://hub/{repo_id}", created=False)
-    files = app_files(model, f"{repo_id}-demo", FACTS_64, space_variables(model, WIDGET, FACTS_64))
+    recorded = {"transformers": "5.24.0", "torch": "2.13.0", "gradio": "6.31.0", "peft": "0.21.2"}
+    files = app_files(model, f"{repo_id}-demo", FACTS_64, space_variables(model, WIDGET, FACTS_64), recorded)
     front = yaml.safe_load(files["README.md"].decode().split("---")[1])
     assert front["sdk"] == "gradio" and front["app_file"] == "app.py" and front["pinned"] is False
-    assert front["sdk_version"] == importlib.metadata.version("gradio") and front["models"] == [repo_id]
+    assert front["sdk_version"] == "6.31.0" and front["models"] == [repo_id]
     pins = dict(line.split("==") for line in files["requirements.txt"].decode().splitlines() if "==" in line)
-    assert pins == {name: importlib.metadata.version(name).split("+")[0] for name in ("transformers", "torch")}
+    assert pins == {"transformers": "5.24.0", "torch": "2.13.0"}  # the classifier's app needs no peft
     assert b"import hubflow" not in files["app.py"] and b"from tasks" not in files["app.py"]  # self-contained
     record = json.loads(files["hubflow.json"])
     assert record["variables"]["MAX_LENGTH"] == "64" and record["facts"] == FACTS_64.model_dump(mode="json")
+    assert record["software"] == recorded
+    with pytest.raises(UnpinnedRequirement, match="'torch'"):  # never an unpinned line
+        app_files(model, f"{repo_id}-demo", FACTS_64, {}, {"transformers": "5.24.0", "gradio": "6.31.0"})
+
+
+def test_space_templates_pin_nothing_by_hand():
+    """A release of any dependency cannot break a Space template: the templates name packages, never versions."""
+    from hubflow.config import TaskType
+    from hubflow.kinds import kind_for
+
+    for kind in map(kind_for, TaskType):
+        text = (kind.space_app / "requirements.txt").read_text() + (kind.space_app / "README.md").read_text()
+        assert "==" not in text and "sdk_version: $sdk_version" in text, kind.task
 
 
 def test_a_version_that_crashes_is_rolled_back(deployed, model_repo, alice, hf_api):
@@ -161,7 +179,7 @@ def test_a_version_that_crashes_is_rolled_back(deployed, model_repo, alice, hf_a
 
     @flow(name="deploy-broken-space")
     def deploy_broken():
-        return deploy_space(broken, cfg, FACTS, WIDGET, [(TEXTS[0], LABELS[0])])
+        return deploy_space(broken, cfg, FACTS, WIDGET, [(TEXTS[0], LABELS[0])], installed())
 
     state = deploy_broken(return_state=True)
     assert state.is_failed()
@@ -207,7 +225,7 @@ def test_a_wrong_answer_is_rolled_back(deployed, hf_api):
     deployment, _ = deployed
     cfg = SpaceConfig(enabled=True, space_id=deployment.space_id, timeout_seconds=TIMEOUT)
     with pytest.raises(SpaceDeployError) as err:  # max_length 64: new variables and files, so a new commit
-        deploy(deployment.model, cfg, FACTS_64, WIDGET, [(TEXTS[0], "no-such-label")])
+        deploy(deployment.model, cfg, FACTS_64, WIDGET, [(TEXTS[0], "no-such-label")], installed())
     message = str(err.value)
     assert "smoke test" in message and "'no-such-label'" in message and "rolled back" in message
     variables = {k: v.value for k, v in hf_api.get_space_variables(deployment.space_id).items()}
@@ -221,7 +239,7 @@ def test_a_first_deploy_that_crashes_has_nothing_to_roll_back_to(model_repo, ali
     broken = PublishedRepo(repo_id=repo_id, repo_type="model", sha="f" * 40, url="", created=False)
     cfg = SpaceConfig(enabled=True, space_id=f"{repo_id}-fresh", timeout_seconds=TIMEOUT)
     with pytest.raises(SpaceDeployError) as err:
-        deploy(broken, cfg, FACTS, WIDGET)
+        deploy(broken, cfg, FACTS, WIDGET, None, installed())
     assert "cannot load model" in str(err.value) and "nothing to roll back to" in str(err.value)
     assert "ffffffffff" in err.value.logs and alice not in err.value.logs
     assert hf_api.get_space_runtime(cfg.space_id).stage == "RUNTIME_ERROR"

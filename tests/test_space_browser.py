@@ -30,6 +30,7 @@ def running_space(localhub, tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 
     from hubflow.refs import ModelFacts
+    from hubflow.software import installed
     from hubflow.stages.space import deploy
     from hubflow.tasks.release import pin_model
 
@@ -39,7 +40,7 @@ def running_space(localhub, tmp_path, monkeypatch):
     publish_tiny_model(HfApi(endpoint=localhub.url, token=localhub.token("alice")), repo_id, folder)
     model = pin_model.fn(repo_id, "main")  # the plain function under the Prefect task
     facts = ModelFacts(task="text-classification", max_length=128, label_names=LABELS)
-    deployment = deploy(model, SpaceConfig(enabled=True, timeout_seconds=TIMEOUT), facts, WIDGET)
+    deployment = deploy(model, SpaceConfig(enabled=True, timeout_seconds=TIMEOUT), facts, WIDGET, None, installed())
     return deployment.url, folder
 
 

@@ -28,6 +28,7 @@ from ..devices import device_and_dtype
 from ..doors import store
 from ..kinds import kind_for
 from ..refs import PredictionsPart, PredictionsRef, TokenizedRef
+from .. import software
 from .train import weights_fingerprint
 
 Progress = Callable[[float, str], None]
@@ -119,6 +120,7 @@ def predict_part(
         "shard_size": cfg.shard_size,
         "dtype": str(dtype),
         "label_names": list(tokenized.facts.label_names),
+        "software": software.installed(),  # what made these rows: the Space is pinned to it (stages/space.py)
         "part": part,
         "parts": parts,
         "shards": shards,

@@ -3,7 +3,8 @@
 PublishedRepo (model at a sha) + its facts + SpaceConfig -> SpaceDeployment. Side effects, in order: create the Space;
 set its hardware and sleep time; set its variables (MODEL_ID, MODEL_REVISION, MAX_LENGTH, EXAMPLES) and, for a
 private model, the HF_TOKEN *secret* (through the secrets API only: never in a file or a variable); one commit of the
-app files (the task kind's space_app/ + `hubflow.json`, the deployment record); wait for RUNNING; smoke-test the live
+app files (the task kind's space_app/, its requirements pinned to the versions that made the reference answers, +
+`hubflow.json`, the deployment record); wait for RUNNING; smoke-test the live
 app with gradio_client against the batch predictions. A Space that reached RUNNING and passed gets the git tag
 `hubflow-last-good`. On BUILD_ERROR / RUNTIME_ERROR / timeout / a wrong answer: fetch the Space's logs, restore the
 files and variables of `hubflow-last-good` in a new commit, wait for RUNNING, and raise `SpaceDeployError` with the
@@ -21,9 +22,9 @@ from ..config import SpaceConfig
 from ..doors import hub
 from ..kinds import kind_for
 from ..refs import ModelFacts, PinnedRepo, PublishedRepo, SpaceDeployment
+from ..software import pin
 from .facts import read_facts
 
-APP_FILES = ("app.py", "requirements.txt")
 MANIFEST = "hubflow.json"  # the deployment record: model, revision, variables (never a secret)
 LAST_GOOD_TAG = "hubflow-last-good"
 TOKEN_SECRET = "HF_TOKEN"
@@ -52,32 +53,39 @@ def space_variables(model: PublishedRepo, examples: list[str], facts: ModelFacts
             "EXAMPLES": json.dumps(examples[:10])}
 
 
-def app_files(model: PublishedRepo, space_id: str, facts: ModelFacts, variables: dict[str, str]) -> dict[str, bytes]:
-    """The Space's files: the template app, its pinned requirements, the rendered README, the deployment record."""
+def app_files(model: PublishedRepo, space_id: str, facts: ModelFacts, variables: dict[str, str],
+              software: dict[str, str]) -> dict[str, bytes]:
+    """The Space's files: the template app, its requirements pinned to `software` (the versions that made the
+    answers the app is smoke-tested against), the rendered README (gradio's sdk_version, also from `software`), and
+    the deployment record."""
     kind = kind_for(facts.task)
-    files = {name: (kind.space_app / name).read_bytes() for name in APP_FILES}
+    files = {"app.py": (kind.space_app / "app.py").read_bytes(),
+             "requirements.txt": pin((kind.space_app / "requirements.txt").read_text(), software).encode()}
     name = model.repo_id.split("/")[-1]
     files["README.md"] = Template((kind.space_app / "README.md").read_text()).substitute(
-        title=f"{name} demo", model_id=model.repo_id, model_url=model.url, revision=model.sha[:10],
+        sdk_version=pin("gradio", software).split("==")[1].strip(), title=f"{name} demo", model_id=model.repo_id, model_url=model.url, revision=model.sha[:10],
         short_description=f"{kind.title} with {name}"[:60], labels=", ".join(facts.label_names),
         max_length=facts.max_length, space_id=space_id, max_new_tokens=variables.get("MAX_NEW_TOKENS", ""),
         base_model=facts.adapter_base.repo_id if facts.adapter_base else "",
     ).encode()
     record = {"deployed_by": "hubflow", "model": model.repo_id, "revision": model.sha,
-              "facts": facts.model_dump(mode="json"), "variables": variables}
+              "facts": facts.model_dump(mode="json"), "variables": variables, "software": software}
     files[MANIFEST] = (json.dumps(record, indent=2) + "\n").encode()
     return files
 
 
 def deploy(
     model: PublishedRepo, cfg: SpaceConfig, facts: ModelFacts, examples: list[str],
-    expected: list[tuple[str, str]] | None = None,
+    expected: list[tuple[str, str]] | None, software: dict[str, str],
 ) -> SpaceDeployment:
-    """Create or update the Space, wait for RUNNING and smoke-test it; on failure roll back and raise."""
+    """Create or update the Space, wait for RUNNING and smoke-test it; on failure roll back and raise.
+
+    `software`: the library versions that made `expected` (the run's predictions manifest, or this process when the
+    reference is computed here); the Space's requirements and sdk_version are pinned to them."""
     token = hub.hf_token()
     space_id = default_space_id(model.repo_id, cfg)
     variables = space_variables(model, examples, facts, cfg)
-    files = app_files(model, space_id, facts, variables)
+    files = app_files(model, space_id, facts, variables, software)
     serving = _already_serving(space_id, files, cfg)
     if serving is not None:  # a rerun with nothing changed: no restart, no smoke test, no new commit, no waiting
         sha, stage, host = serving
