@@ -7,7 +7,9 @@ bounds, defaults) and the server rejects invalid values before a run starts. YAM
 
 from __future__ import annotations
 
+import re
 from enum import Enum
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,7 +97,7 @@ class ModelConfig(_Stage):
     @field_validator("repo_id")
     @classmethod
     def _repo_id_shape(cls, v: str) -> str:
-        return _check_repo_id(v, "model.repo_id")
+        return check_repo_id(v, "model.repo_id")
 
 
 class DataConfig(_Stage):
@@ -271,7 +273,7 @@ class PublishConfig(_Stage):
     @field_validator("repo_id", "predictions_repo_id")
     @classmethod
     def _repo_ids(cls, v: str | None, info) -> str | None:
-        return None if v is None else _check_repo_id(v, f"publish.{info.field_name}")
+        return None if v is None else check_repo_id(v, f"publish.{info.field_name}")
 
 
 class SpaceConfig(_Stage):
@@ -286,7 +288,7 @@ class SpaceConfig(_Stage):
     @field_validator("space_id")
     @classmethod
     def _space_id(cls, v: str | None) -> str | None:
-        return None if v is None else _check_repo_id(v, "space.space_id")
+        return None if v is None else check_repo_id(v, "space.space_id")
 
     @field_validator("hardware")
     @classmethod
@@ -381,9 +383,17 @@ class PipelineConfig(_Stage):
 
 
 def check_shared_store(execution: ExecutionConfig, artifact_store: str) -> None:
-    """A gpu worker on another machine cannot read this machine's disk: fail before anything is dispatched."""
-    if execution.mode is ExecutionMode.pools and "://" not in artifact_store:
-        raise ValueError(f"execution.mode=pools needs a shared artifact_store (s3://...), not {artifact_store!r}")
+    """Every worker of the pools must reach the store: a remote URI (s3://...) or an absolute path (one host, or a
+    mount every worker shares). A relative path means something else in each worker's directory: fail before
+    anything is dispatched."""
+    if execution.mode is ExecutionMode.pools and not _reachable_by_every_worker(artifact_store):
+        raise ValueError(f"execution.mode=pools needs a shared artifact_store (s3://..., or an absolute path every "
+                         f"worker sees), not {artifact_store!r}")
+
+
+def _reachable_by_every_worker(uri: str) -> bool:
+    path = uri.removeprefix("file://")
+    return path.startswith("/") or ("://" in path and not uri.startswith("file://"))
 
 
 def check_inference_precision(precision: InferencePrecision, task: TaskType | str, cuda: bool) -> None:
@@ -398,11 +408,20 @@ def check_inference_precision(precision: InferencePrecision, task: TaskType | st
                          "here); on a GPU use auto (bf16)")
 
 
-def _check_repo_id(v: str, field: str) -> str:
-    parts = v.split("/")
-    if not v or len(parts) > 2 or any(not p or p.startswith((".", "-")) for p in parts):
-        raise ValueError(f"{field}={v!r} is not a Hub repo id ('name' or 'namespace/name')")
-    return v
+def check_repo_id(repo_id: str, field: str) -> str:
+    """`repo_id` if the Hub client would accept it, else ValueError naming the field and the value in one line.
+
+    huggingface_hub's own rule (`validate_repo_id`), so an id is refused here, before anything trains, exactly when
+    the client would refuse it at publish time (`demo/a..b`, a name ending in `-`, more than 96 characters)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        # The client's message repeats the value after a colon; keep the rule, name the field once.
+        reason = " ".join(str(e).split()).split(f": '{repo_id}'")[0].rstrip(".")
+        raise ValueError(f"{field}={repo_id!r} is not a Hub repo id ({reason})") from None
+    return repo_id
 
 
 class RecipeError(ValueError):
@@ -417,7 +436,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     import yaml
 
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = _read_yaml(Path(path).read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -437,10 +456,35 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Pipelin
             if not isinstance(node, dict):
                 raise RecipeError(f"--set {item!r}: {p!r} is a value, not a section")
         try:
-            node[leaf] = yaml.safe_load(value)
+            node[leaf] = _read_yaml(value)
         except yaml.YAMLError:
             raise RecipeError(f"--set {item!r}: the value is not valid YAML (quote it)") from None
     return PipelineConfig.model_validate(raw)
+
+
+def _read_yaml(text: str) -> Any:
+    """YAML with YAML 1.2's booleans (true/false only): PyYAML follows YAML 1.1, where off/no/yes/on are booleans,
+    so `publish.gate.mode: off` or `train.precision: no` would reach the enum as False. Read as strings, they match
+    the enums' values; a bool setting still takes yes/no/on/off, since pydantic reads those strings as booleans."""
+    import yaml
+
+    return yaml.load(text, Loader=_recipe_loader())  # a SafeLoader subclass: plain values only
+
+
+@lru_cache(maxsize=1)
+def _recipe_loader():
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        pass
+
+    bool_tag = "tag:yaml.org,2002:bool"
+    RecipeLoader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    RecipeLoader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    return RecipeLoader
 
 
 def one_line(error: Exception) -> str:

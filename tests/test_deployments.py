@@ -392,12 +392,13 @@ def _task_states(flow_run_id) -> dict[str, str]:
     return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}  # "predict-3f1" -> "predict"
 
 
-def test_batch_inference_refuses_a_local_store_in_pools_mode(tmp_path):
+def test_batch_inference_refuses_a_relative_store_in_pools_mode():
     from hubflow.flows.batch import batch_inference
     from hubflow.config import DataConfig, ExecutionConfig
 
+    # Relative: a different folder in each worker's directory (an absolute path is a store every worker may see).
     with pytest.raises(ValueError, match="shared artifact_store"):
-        batch_inference("alice/m", DataConfig(source="alice/d"), artifact_store=str(tmp_path),
+        batch_inference("alice/m", DataConfig(source="alice/d"), artifact_store="./.hubflow/store",
                         execution=ExecutionConfig(mode="pools"))
 
 

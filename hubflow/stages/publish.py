@@ -16,7 +16,7 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, ModelCard
 
-from ..config import PublishConfig, PublishFormat, ReviewMode
+from ..config import PublishConfig, PublishFormat, ReviewMode, SpaceConfig, check_repo_id
 from ..errors import PreflightError
 from ..doors import hub, store
 from ..kinds import kind_for
@@ -25,6 +25,7 @@ from .facts import read_facts
 from .card import MODEL_LINEAGE, PREDICTIONS_LINEAGE, model_card, model_lineage, predictions_card, predictions_lineage
 
 ROWS_PER_FILE = 100_000
+_DEFAULT_NAME_MAX = 96 - len("-predictions")  # the Hub's name limit, less the suffix of the predictions repo
 
 
 def load_result(summary_uri: str) -> PipelineResult:
@@ -43,15 +44,35 @@ def target_repos_for(base_model: str, data_source: str, cfg: PublishConfig) -> t
     user = hub.check_token()
     if user is None:
         raise PreflightError("publish.enabled: publishing needs a Hub token; set HF_TOKEN or $HUBFLOW_HF_TOKEN_BLOCK")
-    data = data_source.rstrip("/")
-    default = re.sub(r"[^\w.-]+", "-", f"{_name(base_model)}-{_name(data)}")[:96]
-    model = _qualified(cfg.repo_id or default, user)
+    model = _qualified(cfg.repo_id or _default_name(base_model, data_source), user)
     return model, _qualified(cfg.predictions_repo_id or f"{model}-predictions", user)
+
+
+def release_targets(base_model: str, data_source: str, cfg: PublishConfig, space: SpaceConfig) -> dict[str, str]:
+    """{setting: repo id} of every repo the release will write (model, predictions, and the Space when enabled),
+    each checked against the Hub client's own rule: a derived id the client would refuse (a configured model repo
+    whose `-predictions` or `-demo` name passes 96 characters) stops the run here, before anything trains."""
+    from .space import default_space_id
+
+    model, predictions = target_repos_for(base_model, data_source, cfg)
+    targets = {"publish.repo_id": model, "publish.predictions_repo_id": predictions}
+    if space.enabled:
+        targets["space.space_id"] = default_space_id(model, space)
+    for setting, repo_id in targets.items():
+        try:
+            check_repo_id(repo_id, setting)
+        except ValueError as e:
+            raise PreflightError(str(e)) from None
+    return targets
 
 
 def run_tag(result: PipelineResult) -> str:
     """The tag a publish puts on its commit: the training run's id, else the weights' fingerprint."""
-    return f"run-{result.flow_run_id[:8]}" if result.flow_run_id else f"model-{result.checkpoint.fingerprint[:12]}"
+    return _tag(result.flow_run_id, result.checkpoint.fingerprint)
+
+
+def _tag(flow_run_id: str | None, fingerprint: str) -> str:
+    return f"run-{flow_run_id[:8]}" if flow_run_id else f"model-{fingerprint[:12]}"
 
 
 # ---- the model --------------------------------------------------------------------------------------------------
@@ -62,15 +83,19 @@ def push_model(result: PipelineResult, cfg: PublishConfig, repo_id: str | None =
     repo_id = repo_id or target_repos(result, cfg)[0]
     url = hub.ensure_repo(repo_id, "model", cfg.private)
     head = hub.head(repo_id, "model")
-    tag = run_tag(result)
     single = store.exists(store.join(uri, weights_file))
     weights = {weights_file: fingerprint} if single else {}  # sharded: the card's fingerprint vouches
     lineage = model_lineage(result, fingerprint)
-    if _head_holds(repo_id, "model", head, weights, ModelCard, lineage, MODEL_LINEAGE):
-        # Only names a commit the tag step of an interrupted publish may have missed; an existing tag is left as is.
+    held = _head_holds(repo_id, "model", head, weights, ModelCard, lineage, MODEL_LINEAGE)
+    if held is not None:
+        # The head is this model, committed by an earlier flow run (a release cut short after the model commit, or
+        # a cached rerun): its card names that run, so the tag and this run's record name it too, not this rerun.
+        # Tagging only fills in a tag an interrupted publish missed; an existing tag is left as is.
+        tag = _tag(held.get("flow_run_id"), result.checkpoint.fingerprint)
         hub.tag(repo_id, "model", tag, head)
         return PublishedRepo(repo_id=repo_id, repo_type="model", sha=head, url=url, created=False, tag=tag)
 
+    tag = run_tag(result)  # this run makes the commit: its card, tag and record name it
     with tempfile.TemporaryDirectory() as tmp:
         folder = store.get_dir(uri, tmp)
         _check_weights(folder, fingerprint)
@@ -117,7 +142,8 @@ def push_predictions(result: PipelineResult, model: PublishedRepo, cfg: PublishC
         head = hub.head(repo_id, "dataset")
         digests = {path: store.sha256_file(p) for path, p in files.items()}
         lineage = predictions_lineage(result, model)
-        if _head_holds(repo_id, "dataset", head, digests, DatasetCard, lineage, PREDICTIONS_LINEAGE, "data/"):
+        held = _head_holds(repo_id, "dataset", head, digests, DatasetCard, lineage, PREDICTIONS_LINEAGE, "data/")
+        if held is not None:
             return PublishedRepo(repo_id=repo_id, repo_type="dataset", sha=head, url=url, created=False)
         title = f"hubflow: predictions of {model.repo_id}@{model.sha[:10]}"
         if cfg.review is ReviewMode.pr:
@@ -150,22 +176,23 @@ def write_prediction_files(result: PipelineResult, out: Path) -> dict[str, Path]
 
 # ---- shared helpers ---------------------------------------------------------------------------------------------
 def _head_holds(repo_id: str, repo_type: str, head: str, digests: dict[str, str], card_cls,
-                expected: dict[str, Any], keys: tuple[str, ...], data_prefix: str | None = None) -> bool:
-    """Does the head hold these LFS files (by sha256) and a card whose `hubflow:` lineage keys match `expected`?
-    With `data_prefix`, the files under it must be exactly `digests`' (no leftovers of another layout)."""
+                expected: dict[str, Any], keys: tuple[str, ...], data_prefix: str | None = None) -> dict | None:
+    """The head card's `hubflow:` lineage when the head holds these LFS files (by sha256) and that lineage matches
+    `expected` on `keys`; None when it does not. With `data_prefix`, the files under it must be exactly `digests`'
+    (no leftovers of another layout)."""
     if data_prefix is not None:
         listed = hub.list_files(repo_id, repo_type, head)
         if {f for f in listed if f.startswith(data_prefix)} != set(digests):
-            return False
+            return None
     if digests:
         found = hub.lfs_digests(repo_id, repo_type, head, list(digests))
         if any(found.get(p) != d for p, d in digests.items()):
-            return False
+            return None
     readme = hub.download(repo_id, "README.md", repo_type, head)
     if readme is None:
-        return False
+        return None
     lineage = card_cls.load(readme).data.to_dict().get("hubflow") or {}
-    return all(lineage.get(k) == expected.get(k) for k in keys)
+    return lineage if all(lineage.get(k) == expected.get(k) for k in keys) else None
 
 
 def _licence_files(base: PinnedRepo) -> dict[str, Path]:
@@ -197,6 +224,14 @@ def _refuse_secrets(text: str, what: str) -> None:
 
 def _name(repo_id: str) -> str:
     return repo_id.rstrip("/").split("/")[-1]
+
+
+def _default_name(base_model: str, data_source: str) -> str:
+    """`<base model name>-<dataset name>`, made a name the Hub accepts whatever the folder or repo is called: other
+    characters become `-`, no `--` or `..`, no `-` or `.` at either end, short enough that `-predictions` fits."""
+    name = re.sub(r"[^\w.-]+", "-", f"{_name(base_model)}-{_name(data_source.rstrip('/'))}")
+    name = re.sub(r"([-.])[-.]+", r"\1", name)
+    return name[:_DEFAULT_NAME_MAX].strip("-.") or "model"
 
 
 def _qualified(repo_id: str, user: str) -> str:

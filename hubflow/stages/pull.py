@@ -16,6 +16,7 @@ import posixpath
 
 from ..config import DataConfig, DataFormat
 from ..doors import store
+from ..errors import PreflightError
 from ..refs import RawDataRef
 from ..tokenize import sha, sha256_bytes
 
@@ -39,8 +40,8 @@ def load_raw_files(source: str, cfg: DataConfig, kind, out_uri: str) -> RawDataR
     if cfg.train_split not in files:
         raise ValueError(_nothing_found(source, cfg.train_split, files, cfg.format))
     loaded = DatasetDict()
-    for split, (fmt, paths) in files.items():
-        loaded[split] = _load(source, split, fmt, paths)
+    for split in (s for s in _wanted_splits(cfg) if s in files):  # train first, as the data line lists them
+        loaded[split] = _load(source, split, *files[split], _setting(cfg, split))
     return write_raw_splits(loaded, cfg, kind, out_uri, source=source, source_sha=None)
 
 
@@ -69,7 +70,7 @@ def write_raw_splits(dsdict, cfg: DataConfig, kind, out_uri: str, source: str, s
                     f"{role} column {col!r} not found in split {name!r}; available columns: {ds.column_names}"
                 )
         if len(ds) == 0:
-            raise ValueError(f"split {name!r} of {source} is empty")
+            raise PreflightError(f"split {name!r} ({_setting(cfg, name)}) of {source} is empty")
         if limits.get(name):
             ds = ds.select(range(min(limits[name], len(ds))))  # the first N rows: deterministic, cheap, contiguous
         splits[name] = ds.select_columns(list(dict.fromkeys(roles.values())))
@@ -87,19 +88,24 @@ def write_raw_splits(dsdict, cfg: DataConfig, kind, out_uri: str, source: str, s
                       columns=roles, source=source, source_sha=source_sha)
 
 
-def load_files_split(source: str, split: str, fmt: DataFormat | None = None):
-    """One split of an s3:// or local folder of files (found as `load_raw_files` finds them) → a Dataset."""
+def load_files_split(source: str, split: str, fmt: DataFormat | None = None, setting: str = "data.test_split"):
+    """One split of an s3:// or local folder of files (found as `load_raw_files` finds them) → a Dataset;
+    `setting` is the config key that named the split, for the error a missing or empty split gets."""
     found = _discover(source, [split], fmt)
     if split not in found:
         raise ValueError(_nothing_found(source, split, found, fmt))
-    return _load(source, split, *found[split])
+    return _load(source, split, *found[split], setting)
 
 
 def describe(dsdict) -> str:
-    """`train: 2000 rows, validation: 200 rows; columns text (string), label (ClassLabel)` for the preflight log."""
-    splits = ", ".join(f"{name}: {len(ds)} rows" for name, ds in dsdict.items())
-    first = next(iter(dsdict.values()))
-    return f"{splits}; columns {', '.join(f'{name} ({_kind(f)})' for name, f in first.features.items())}"
+    """`train: 2000 rows, validation: 200 rows; columns text (string), label (ClassLabel)` for the preflight log;
+    when the splits' columns differ, each split with its own: `train: 20 rows, columns sentence (string), ...;
+    dev: 5 rows, columns content (string), ...` (so the line shows why a column check that follows fails)."""
+    columns = {name: ", ".join(f"{col} ({_kind(f)})" for col, f in ds.features.items()) for name, ds in dsdict.items()}
+    if len(set(columns.values())) <= 1:
+        splits = ", ".join(f"{name}: {len(ds)} rows" for name, ds in dsdict.items())
+        return f"{splits}; columns {next(iter(columns.values()), '')}"
+    return "; ".join(f"{name}: {len(ds)} rows, columns {columns[name]}" for name, ds in dsdict.items())
 
 
 def _kind(feature) -> str:
@@ -116,12 +122,57 @@ def _wanted_splits(cfg: DataConfig) -> list[str]:
     return list(dict.fromkeys(s for s in (cfg.train_split, cfg.validation_split, cfg.test_split) if s))
 
 
-def _load(source: str, split: str, fmt: DataFormat, paths: list[str]):
+def _setting(cfg: DataConfig, split: str) -> str:
+    """The config key that names `split` (`data.test_split`, ...), for messages."""
+    keys = {cfg.train_split: "data.train_split", cfg.validation_split: "data.validation_split",
+            cfg.test_split: "data.test_split"}
+    return keys.get(split, "data.test_split")
+
+
+def _load(source: str, split: str, fmt: DataFormat, paths: list[str], setting: str):
     from datasets import load_dataset
+    from datasets.exceptions import DatasetGenerationError
 
     builder, options = _BUILDERS[fmt]
-    return load_dataset(builder, data_files={split: [store.join(source, p) for p in paths]}, split=split,
-                        storage_options=store.storage_options(source), **options)
+    uris = [store.join(source, p) for p in paths]
+    try:
+        return load_dataset(builder, data_files={split: uris}, split=split,
+                            storage_options=store.storage_options(source), **options)
+    except (ValueError, StopIteration, DatasetGenerationError):
+        # datasets cannot build a split from files without rows, and says so in its own terms ("Instruction 'test'
+        # corresponds to no data!", "An error occurred while generating the dataset", a bare StopIteration for
+        # json): when that is the cause, name the split, the setting and the files instead.
+        if any(_holds_rows(uri, fmt) for uri in uris):
+            raise
+        raise PreflightError(f"split {split!r} ({setting}) is empty: {', '.join(uris)} "
+                             f"{'holds' if len(uris) == 1 else 'hold'} no rows") from None
+
+
+def _holds_rows(uri: str, fmt: DataFormat) -> bool:
+    """Does this file hold at least one row? True when it cannot tell (then datasets' own error stands). Read only
+    after datasets failed, so a healthy run pays nothing for it."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = store.read_bytes(uri)
+    try:
+        if fmt is DataFormat.parquet:
+            return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows > 0
+        if fmt is DataFormat.arrow:
+            return pa.ipc.open_stream(data).read_all().num_rows > 0
+    except (pa.ArrowException, OSError):
+        return True
+    text = data.decode("utf-8", errors="replace").strip()
+    if fmt in (DataFormat.csv, DataFormat.tsv):  # a header line and nothing else is no row
+        return len([line for line in text.splitlines() if line.strip()]) > 1
+    if text.startswith("["):  # a JSON array; anything else non-blank is JSON lines
+        try:
+            return bool(json.loads(text))
+        except ValueError:
+            return True
+    return bool(text)
 
 
 def _nothing_found(source: str, split: str, found: dict, fmt: DataFormat | None) -> str:
