@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 
+from .ports import listen
 from .sandbox import UNSAFE_ENV
+from .seed import parse_seed
 from .server import ORGS_ENV, PRIVATE_WEBHOOKS_ENV, TOKENS_ENV, env_flag, parse_tokens, read_token_file, serve
 from .teams import parse_orgs
 
@@ -19,7 +22,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "(and HF_HUB_DISABLE_XET=1 for uploads).",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; keep it on loopback)")
-    p.add_argument("--port", type=int, default=8900, help="port to bind (default 8900)")
+    p.add_argument("--port", type=int, default=8900, help="port to bind (default 8900; 0: any free port, which the "
+                   "log's `serving http://HOST:PORT` line names)")
+    p.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a listening socket inherited from LocalHub
     p.add_argument("--data", required=True, help="data directory: blobs + SQLite metadata; survives restarts")
     p.add_argument(
         "--token-file", action="append", default=[], metavar="PATH",
@@ -64,8 +69,17 @@ def _serve(args: argparse.Namespace) -> None:
               file=sys.stderr)
     specs += list(args.token) + from_env
     orgs = list(args.org) + [s for s in os.environ.get(ORGS_ENV, "").split(";") if s]
-    serve(args.host, args.port, args.data, parse_tokens(specs), seed=args.seed, orgs=parse_orgs(orgs),
-          unsafe_spaces=args.unsafe_spaces, allow_private_webhooks=args.allow_private_webhooks)
+    try:  # everything the user gave is checked, and the port bound, before anything is created
+        users, org_roles = parse_tokens(specs), parse_orgs(orgs)
+        for spec in args.seed:
+            parse_seed(spec)
+        sock = socket.socket(fileno=args.fd) if args.fd is not None else listen(args.host, args.port)
+    except ValueError as err:
+        raise SystemExit(f"localhub: {err}") from None
+    except OSError as err:
+        raise SystemExit(f"localhub: cannot serve on {args.host}:{args.port}: {err.strerror or err}") from None
+    serve(args.host, args.port, args.data, users, seed=args.seed, orgs=org_roles, unsafe_spaces=args.unsafe_spaces,
+          allow_private_webhooks=args.allow_private_webhooks, sock=sock)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -86,11 +86,13 @@ class Sandbox:
         for path in ETC_FILES:
             cmd += ["--ro-bind-try", path, path]
         cmd += ["--ro-bind", str(etc / "passwd"), "/etc/passwd", "--ro-bind", str(etc / "group"), "/etc/group"]
-        made: set[str] = {"/", "/usr", "/etc"}
-        for d in self.python_dirs:
-            cmd += _parents(d, made) + ["--ro-bind", d, d]
+        made: set[str] = {"/", "/usr", "/etc", "/tmp"}
         cmd += ["--proc", "/proc", "--dev", "/dev", "--bind", str(tmp / ".shm"), "/dev/shm"]  # POSIX semaphores
         cmd += _parents(HOME, made) + ["--bind", str(home), HOME, "--bind", str(app), APP, "--bind", str(tmp), "/tmp"]
+        # The Python last: bwrap mounts in order, so a venv or prefix under /tmp (a clone in /tmp/x/.venv) lands on
+        # top of the run's private /tmp instead of being hidden by it. Its mount points are made in the run's tmp.
+        for d in self.python_dirs:
+            cmd += _parents(d, made) + ["--ro-bind", d, d]
         cmd += ["--chdir", APP, "--"]
         if self.setpriv:
             cmd += [self.setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}", "--clear-groups",
@@ -153,33 +155,38 @@ def probe(work: Path, unsafe: bool, timeout: float = 30) -> Sandbox:
     why = _try_bwrap(work, timeout)
     if isinstance(why, Sandbox):
         return why
+    cause, remedy = why
     if unsafe:
         log.warning("Spaces run UNSANDBOXED (--unsafe-spaces / $%s): %s. Every Space's app can read the data dir "
-                    "and the server's environment; use this on a single-user machine only.", UNSAFE_ENV, why)
-        return Sandbox("unsafe", f"unsandboxed by the operator's choice (--unsafe-spaces); no sandbox: {why}")
-    log.error("Spaces are disabled: %s", why)
-    return Sandbox("refused", f"localhub runs every Space in a sandbox, and it cannot build one on this host: {why}. "
-                              f"Install bubblewrap (Debian: apt-get install bubblewrap), or, on a single-user machine "
-                              f"only, start localhub with --unsafe-spaces (or {UNSAFE_ENV}=1) to run apps unsandboxed")
+                    "and the server's environment; use this on a single-user machine only.", UNSAFE_ENV, cause)
+        return Sandbox("unsafe", f"unsandboxed by the operator's choice (--unsafe-spaces); no sandbox: {cause}")
+    log.error("Spaces are disabled: %s", cause)
+    return Sandbox("refused", f"localhub runs every Space in a sandbox, and it cannot build one on this host: {cause}. "
+                              f"{remedy}, or, on a single-user machine only, start localhub with --unsafe-spaces (or "
+                              f"{UNSAFE_ENV}=1) to run apps unsandboxed")
 
 
-def _try_bwrap(work: Path, timeout: float) -> Sandbox | str:
+def _try_bwrap(work: Path, timeout: float) -> Sandbox | tuple[str, str]:
+    """The sandbox, or (what is wrong, what to do about it): only a missing bwrap asks for bubblewrap."""
     if os.environ.get(BWRAP_ENV):
         bwrap = os.environ[BWRAP_ENV] if os.access(os.environ[BWRAP_ENV], os.X_OK) else ""
     else:
         bwrap = shutil.which("bwrap") or ("/usr/bin/bwrap" if os.access("/usr/bin/bwrap", os.X_OK) else "")
     if not bwrap:
-        return f"bwrap (bubblewrap) is not installed (or ${BWRAP_ENV} names no executable)"
+        return (f"bwrap (bubblewrap) is not installed (or ${BWRAP_ENV} names no executable)",
+                "Install bubblewrap (Debian: apt-get install bubblewrap)")
     setpriv = ""
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv") or ("/usr/bin/setpriv" if os.access("/usr/bin/setpriv", os.X_OK) else "")
         if not setpriv:
-            return "setpriv (util-linux) is not installed: a root server needs it to drop the app to uid 65534"
+            return ("setpriv (util-linux) is not installed: a root server needs it to drop the app to uid 65534",
+                    "Install util-linux's setpriv")
     box = Sandbox("bwrap", "bubblewrap", bwrap, setpriv, _python_dirs())
     data_dir = work.resolve().parent.parent  # work is <data dir>/spaces/.probe
     for shared in (*SYSTEM_DIRS, *box.python_dirs):
         if data_dir.is_relative_to(os.path.realpath(shared)):
-            return f"the data dir {data_dir} is inside {shared}, which every sandbox shares: move it"
+            return (f"the data dir {data_dir} is inside {shared}, which every sandbox shares (read-only)",
+                    "Move the data dir out of it")
     work.mkdir(parents=True, exist_ok=True)
     run = Path(tempfile.mkdtemp(prefix="probe-", dir=work))
     try:
@@ -188,17 +195,40 @@ def _try_bwrap(work: Path, timeout: float) -> Sandbox | str:
         tmp, etc = box.prepare(run, app, home)
         check = ("import os, sys; sys.exit(0 if (os.getuid(), os.getgid(), os.getgroups()) == "
                  f"({SANDBOX_UID}, {SANDBOX_GID}, []) and os.getpid() < 10 and os.getcwd() == {APP!r} else 3)")
-        cmd = box.command([sys.executable, "-I", "-S", "-c", check], app, home, tmp, etc)
-        try:
-            done = subprocess.run(cmd, env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=timeout)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            return f"bwrap could not run a trivial command ({type(err).__name__}: {err})"
-        if done.returncode != 0:
-            said = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
-            return (f"bwrap could not run a trivial command (exit {done.returncode}"
-                    + (f": {said[-1][:300]}" if said else ": it did not run as uid 65534 in its own PID namespace")
-                    + ")")
+        done = _run(box.command([sys.executable, "-I", "-S", "-c", check], app, home, tmp, etc), timeout)
+        if isinstance(done, str) or done.returncode != 0:
+            return _diagnose(box, done, (app, home, tmp, etc), timeout)
         return box
     finally:
         shutil.rmtree(run, ignore_errors=True)
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess | str:
+    try:
+        return subprocess.run(cmd, env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"{type(err).__name__}: {err}"
+
+
+def _diagnose(box: Sandbox, done: subprocess.CompletedProcess | str, dirs: tuple, timeout: float) -> tuple[str, str]:
+    """Why the trivial command failed. A path of the server's Python that the sandbox cannot see is named (a shell
+    of /usr looks for each one inside the same sandbox); otherwise bwrap's own last words."""
+    if isinstance(done, str):
+        said = done
+    else:
+        lines = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+        said = (f"exit {done.returncode}: {lines[-1][:300]}" if lines else
+                f"exit {done.returncode}: it did not run as uid {SANDBOX_UID} in its own PID namespace")
+    needed = [sys.executable, os.path.realpath(sys.executable), *box.python_dirs]
+    look = 'for p in "$@"; do [ -e "$p" ] || echo "$p"; done'
+    found = _run(box.command(["/bin/sh", "-c", look, "sh", *needed], *dirs), timeout)
+    missing = found.stdout.decode(errors="replace").split() if not isinstance(found, str) and not found.returncode else []
+    if missing:
+        return (f"the Python that runs localhub ({sys.executable}) is not visible inside the sandbox: {missing[0]} is "
+                f"missing there (bwrap could not run a trivial command: {said})",
+                f"Run localhub with a Python whose installation the sandbox can mount read-only at its real path "
+                f"(its folders: {', '.join(box.python_dirs) or 'none outside /usr'})")
+    return (f"bwrap could not run a trivial command ({said})",
+            "Check that this kernel or container allows unprivileged user and PID namespaces "
+            "(sysctl kernel.unprivileged_userns_clone, user.max_user_namespaces)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from .http import ROLES, User
-from .ports import free_port
+from .ports import listen
 from .sandbox import UNSAFE_ENV
 
 log = logging.getLogger("localhub")
@@ -115,25 +116,47 @@ def _default_extensions(hub) -> list:
     return exts
 
 
-def serve(host: str, port: int, data_dir: str | Path, users: dict[str, User], seed: list[str] | None = None,
-          orgs: dict[str, dict[str, str]] | None = None, unsafe_spaces: bool = False,
-          allow_private_webhooks: bool = False) -> None:
-    """Serve until SIGINT/SIGTERM. Access lines carry no query strings and no headers, so no token is logged."""
+def server_for(app, **options):
+    """uvicorn serving `app` with the guards of localhub/guard.py (deadlines, connection cap); it adopts a socket
+    bound beforehand (`server.run(sockets=[sock])`), never binds a port of its own choosing."""
     import uvicorn
 
+    from .guard import GuardedH11Protocol
+    from .ports import BACKLOG
+
+    # log_config=None: uvicorn's records go to the root logger's handlers, and so through the rate limit.
+    config = uvicorn.Config(app, http=GuardedH11Protocol, access_log=False, log_level="warning", log_config=None,
+                            interface="asgi3", backlog=BACKLOG, timeout_keep_alive=5, **options)
+    return uvicorn.Server(config)
+
+
+def serve(host: str, port: int, data_dir: str | Path, users: dict[str, User], seed: list[str] | None = None,
+          orgs: dict[str, dict[str, str]] | None = None, unsafe_spaces: bool = False,
+          allow_private_webhooks: bool = False, sock: socket.socket | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, on `sock` (a listening socket: the CLI's, or one LocalHub handed over) or on
+    host:port (0: any free port; the log says which). Access lines carry no query strings and no headers, so no
+    token is logged. Seeds and the port are checked before the data dir is touched: ValueError / OSError leave
+    nothing behind."""
+    from .guard import quiet_logs, raise_open_files
+    from .seed import parse_seed
+
+    for spec in seed or []:
+        parse_seed(spec)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s localhub %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs full URLs, and a webhook URL may carry credentials
+    quiet_logs()
+    raise_open_files()
+    sock = sock or listen(host, port)
+    host, port = sock.getsockname()[:2]
     hub = build_hub(data_dir, users, orgs, unsafe_spaces, allow_private_webhooks)
     hub.base_url = f"http://{host}:{port}"
     if seed:
         from .seed import seed_hub
 
         seed_hub(hub.storage, seed)
-    config = uvicorn.Config(hub.asgi, host=host, port=port, access_log=False, log_level="warning", lifespan="on",
-                            interface="asgi3", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    server = server_for(hub.asgi, lifespan="on", timeout_graceful_shutdown=5)
     log.info("serving %s (data in %s, %d users)", hub.base_url, data_dir, len({u.name for u in users.values()}))
-    server.run()
+    server.run(sockets=[sock])
 
 
 class LocalHub:
@@ -141,7 +164,11 @@ class LocalHub:
     roles read, write or admin (localhub/teams.py); `seed` lists folders to publish at start as public repos,
     `TYPE:NAMESPACE/NAME=FOLDER` (see localhub/seed.py). `unsafe_spaces` (default: $LOCALHUB_UNSAFE_SPACES) runs
     Space apps unsandboxed where no sandbox can be built; `allow_private_webhooks` lets webhooks target loopback and
-    private addresses (a test's local receiver)."""
+    private addresses (a test's local receiver).
+
+    The port is bound when the LocalHub is made (`port`, or any free one; or `sock`, a listening socket of the
+    caller's), so `url` holds from then on and nobody can take the port before the server runs: the socket is
+    handed to the server (its fd to the subprocess), which never binds one itself."""
 
     def __init__(
         self,
@@ -154,13 +181,15 @@ class LocalHub:
         orgs: dict[str, dict[str, str]] | None = None,
         unsafe_spaces: bool | None = None,
         allow_private_webhooks: bool = False,
+        sock: socket.socket | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.unsafe_spaces = unsafe_spaces
         self.allow_private_webhooks = allow_private_webhooks
         self.users = users or {}
         self.orgs = orgs or {}
-        self.host, self.port = host, port or free_port(host)
+        self._sock: socket.socket | None = sock or listen(host, port or 0)
+        self.host, self.port = host, self._sock.getsockname()[1]
         self.seed = seed
         self.log_file = Path(log_file) if log_file else self.data_dir.parent / f"{self.data_dir.name}.log"
         self.proc: subprocess.Popen | None = None
@@ -191,8 +220,9 @@ class LocalHub:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
         write_token_file(self.token_file, self._token_specs())
+        sock = self._listening()
         cmd = [sys.executable, "-m", "localhub", "serve", "--host", self.host, "--port", str(self.port),
-               "--data", str(self.data_dir), "--token-file", str(self.token_file)]
+               "--fd", str(sock.fileno()), "--data", str(self.data_dir), "--token-file", str(self.token_file)]
         for spec in self.seed or []:
             cmd += ["--seed", spec]
         if self.unsafe_spaces:
@@ -202,15 +232,24 @@ class LocalHub:
         env = {k: v for k, v in os.environ.items() if k != TOKENS_ENV}
         env[ORGS_ENV] = ";".join(org_specs(self.orgs))
         out = open(self.log_file, "ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        out.close()
+        try:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         pass_fds=(sock.fileno(),))
+        finally:
+            out.close()
+            self._sock = None
+            sock.close()  # the server holds it now: a restart after a kill can bind the port again
         self._wait(timeout)
         return self
 
+    def _listening(self) -> socket.socket:
+        """The socket to serve on: the one bound at construction, or the same port again after a stop."""
+        if self._sock is None:
+            self._sock = listen(self.host, self.port)
+        return self._sock
+
     def start_thread(self, timeout: float = 30) -> "LocalHub":
         """Serve from a thread of this process: fastest start, for tests that need no crash isolation."""
-        import uvicorn
-
         unsafe = env_flag(UNSAFE_ENV) if self.unsafe_spaces is None else self.unsafe_spaces
         hub = build_hub(self.data_dir, parse_tokens(self._token_specs()), self.orgs, unsafe,
                         self.allow_private_webhooks or env_flag(PRIVATE_WEBHOOKS_ENV))
@@ -219,11 +258,10 @@ class LocalHub:
             from .seed import seed_hub
 
             seed_hub(hub.storage, self.seed)
-        config = uvicorn.Config(hub.asgi, host=self.host, port=self.port, access_log=False, log_level="warning",
-                                interface="asgi3")
-        self._server = uvicorn.Server(config)
+        sock, self._sock = self._listening(), None  # uvicorn closes it when it stops
+        self._server = server_for(hub.asgi)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._thread = threading.Thread(target=self._server.run, name="localhub", daemon=True)
+        self._thread = threading.Thread(target=self._server.run, args=([sock],), name="localhub", daemon=True)
         self._thread.start()
         self._wait(timeout)
         return self
@@ -256,6 +294,9 @@ class LocalHub:
             if self._thread:
                 self._thread.join(timeout)
             self._server = None
+        if self._sock is not None:  # made, never started: give the port back
+            self._sock.close()
+            self._sock = None
 
     def kill(self) -> None:
         """`kill -9` the server process: for crash-safety tests."""
