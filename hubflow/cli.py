@@ -15,52 +15,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-
-# Quiet and offline by default, unless the user set them: Prefect's telemetry (an error on every offline start),
-# the Hub client's telemetry, hubflow's own log lines in the run log, and time for a fresh embedded database to
-# migrate on a slow machine (Prefect's 20 s default is too tight on 2 cores).
-QUIET_ENV = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "hubflow",
-    # The embedded server's SQLite is shared by the API and its services; on a busy laptop the 10 s default gives
-    # up with "database is locked" (a traceback that reaches the terminal) where a longer wait succeeds.
-    "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
-}
-
-
-def quiet_environment() -> None:
-    """Apply QUIET_ENV where the user has not chosen; before prefect or huggingface_hub is imported."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-
-
-def console_logging() -> None:
-    """hubflow's own lines ("data …: 2000 rows; columns …", "reused 3 of 4 shards") in the terminal, formatted like
-    Prefect's; Prefect sends them to the run's log in the UI as well (PREFECT_LOGGING_EXTRA_LOGGERS)."""
-    import logging
-
-    logger = logging.getLogger("hubflow")
-    if not any(getattr(h, "_hubflow_console", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | hubflow - %(message)s",
-                                               "%H:%M:%S"))
-        handler._hubflow_console = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # the root logger's own console handler would print every line twice
+from .console import RunFailed, console_logging, prefect_console, quiet_environment, run_failure
 
 
 def main(argv: list[str] | None = None) -> None:
-    quiet_environment()
+    args = parser().parse_args(argv)
+    quiet_environment(args.verbose)  # before prefect or the HF libraries are imported: they read it once
     console_logging()
-    parser = argparse.ArgumentParser(prog="hubflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(required=True, dest="command")
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        sys.exit(f"hubflow {args.command}: interrupted")
+    except Exception as err:  # noqa: BLE001 - the terminal gets the cause in one line; --verbose the traceback
+        if args.verbose:
+            raise
+        from .config import one_line
+
+        sys.exit(f"hubflow {args.command}: {one_line(err)}"
+                 + ("" if isinstance(err, RunFailed) else " (--verbose shows the traceback)"))
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="the libraries' progress bars and load reports, Prefect's engine lines, tracebacks")
+    parser = argparse.ArgumentParser(prog="hubflow", description=__doc__, parents=[common],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(verbose=False)
+    sub = Subcommands(parser.add_subparsers(required=True, dest="command"), common)
 
     demo = sub.add_parser("demo", help="run the whole pipeline offline on a local Hub with a real pretrained model")
     demo.add_argument("--workdir", default="./hubflow-demo", help="everything is written here (default ./hubflow-demo)")
@@ -122,19 +106,42 @@ def main(argv: list[str] | None = None) -> None:
                          "(docs/multinode.md)")
     up.set_defaults(func=_pools_up)
 
-    args = parser.parse_args(argv)
-    args.func(args)
+    return parser
+
+
+class Subcommands:
+    """add_parser with the common options (--verbose) on every command and sub-command, as `hubflow run -v` reads."""
+
+    def __init__(self, action, common: argparse.ArgumentParser):
+        self.action, self.common = action, common
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        made = self.action.add_parser(name, parents=[self.common], **kwargs)
+        return _WithCommon(made, self.common)
+
+
+class _WithCommon:
+    """A sub-command parser whose own sub-commands get the common options too."""
+
+    def __init__(self, parser: argparse.ArgumentParser, common: argparse.ArgumentParser):
+        self.parser, self.common = parser, common
+
+    def add_subparsers(self, **kwargs) -> Subcommands:
+        return Subcommands(self.parser.add_subparsers(**kwargs), self.common)
+
+    def __getattr__(self, name):
+        return getattr(self.parser, name)
 
 
 def _demo(args: argparse.Namespace) -> None:
     if args.task == "causal-lm":
         from .demo_llm import run_llm_demo
 
-        run_llm_demo(args.workdir, args.set)
+        run_llm_demo(args.workdir, args.set, args.verbose)
         return
     from .demo import run_demo
 
-    run_demo(args.workdir, args.set)
+    run_demo(args.workdir, args.set, args.verbose)
 
 
 def _space_preview(args: argparse.Namespace) -> None:
@@ -144,9 +151,7 @@ def _space_preview(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .config import load_recipe
-
-    from .config import one_line
+    from .config import load_recipe, one_line
 
     try:
         config = load_recipe(args.recipe, args.set)
@@ -155,59 +160,15 @@ def _run(args: argparse.Namespace) -> None:
         sys.exit(2)
     from .flows.pipeline import pipeline
 
-    tracebacks_to_the_log_only()
+    prefect_console(args.verbose)
     state = pipeline(config, return_state=True)
     if not state.is_completed():
         # The run's log (and the UI) hold the traceback; the terminal gets the cause once, with the stage.
-        print(f"hubflow: the run {state.name.lower()}: {failed_stage(state)}{state.message or ''}", file=sys.stderr)
+        print(f"hubflow: the run {state.name.lower()}: {run_failure(state)}", file=sys.stderr)
         sys.exit(1)
     result = state.result()
     print(json.dumps(result.model_dump(mode="json")["evaluation"]["metrics"], indent=2))
     print(f"summary: {result.summary_uri}")
-
-
-def tracebacks_to_the_log_only() -> None:
-    """Prefect's console handler prints a failure's traceback at every level that sees it (task, flow); the run's
-    log in the UI keeps them, the terminal shows each message line without it, and `_run` prints the cause once."""
-    import logging
-
-    from prefect.logging.configuration import PROCESS_LOGGING_CONFIG, setup_logging
-
-    if not PROCESS_LOGGING_CONFIG:  # Prefect configures its handlers on first use; do it now, then adjust them
-        setup_logging()
-
-    class NoTraceback(logging.Formatter):
-        def __init__(self, inner: logging.Formatter):
-            super().__init__()
-            self.inner = inner
-
-        def format(self, record: logging.LogRecord) -> str:
-            saved = record.exc_info, record.exc_text
-            record.exc_info = record.exc_text = None
-            try:
-                return self.inner.format(record)
-            finally:
-                record.exc_info, record.exc_text = saved
-
-    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):  # "": the root, where Prefect prints
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler.formatter, NoTraceback):
-                handler.setFormatter(NoTraceback(handler.formatter or logging.Formatter()))
-
-
-def failed_stage(state) -> str:
-    """`in <task>: ` for the first failed task run of a flow run, when there is one."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    try:
-        with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    except Exception:  # noqa: BLE001 - naming the stage is a courtesy; the cause below is what matters
-        return ""
-    failed = [r for r in runs if r.state and r.state.is_failed()]
-    return f"in {failed[0].name.rsplit('-', 1)[0]}: " if failed else ""
 
 
 def _webhooks_serve(args: argparse.Namespace) -> None:

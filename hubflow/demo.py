@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .console import RunFailed, prefect_console, run_failure
 from .demo_servers import PrefectServer, same_port_as_last_time, send_pending_run_records
 
 RECIPE = Path(__file__).resolve().parent.parent / "deployments" / "configs" / "demo.yaml"
@@ -88,7 +89,8 @@ def demo_hub(workdir: Path, seed: Callable[[Path], list[str]], wait_for_prefect:
         prefect.stop()
 
 
-def run_demo(workdir: str | Path, overrides: list[str] | None = None) -> dict:
+def run_demo(workdir: str | Path, overrides: list[str] | None = None, verbose: bool = False) -> dict:
+    """The demo; a run that does not complete raises RunFailed with its cause and stage (the log keeps the rest)."""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     clock = Phases()
@@ -99,10 +101,14 @@ def run_demo(workdir: str | Path, overrides: list[str] | None = None) -> dict:
         config = load_recipe(RECIPE, [f"artifact_store={workdir / 'store'}", *(overrides or [])])
         from .flows.pipeline import pipeline
 
+        prefect_console(verbose)
         clock.mark("imports (prefect, the pipeline)")
         prefect.wait()
         clock.mark("waiting for Prefect's server (the rest of its start)")
-        result = pipeline(config)
+        state = pipeline(config, return_state=True)
+        if not state.is_completed():
+            raise RunFailed(f"the run {state.name.lower()}: {run_failure(state)}")
+        result = state.result()
         clock.mark("pipeline call")
         stages, tasks, flow_seconds = run_timings(result.flow_run_id)
         clock.mark("reading the task states")

@@ -25,6 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
+from .console import RunFailed, prefect_console, run_failure
 from .demo import demo_hub, print_outputs, stage_states, write_summary
 
 LLM_RECIPE = Path(__file__).resolve().parent.parent / "deployments" / "configs" / "gemma-chat.yaml"
@@ -304,7 +305,8 @@ def measure_base(config):
     return baseline(config)
 
 
-def run_llm_demo(workdir: str | Path, overrides: list[str] | None = None) -> dict:
+def run_llm_demo(workdir: str | Path, overrides: list[str] | None = None, verbose: bool = False) -> dict:
+    """The LLM demo; a run that does not complete raises RunFailed with its cause and stage."""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -313,10 +315,14 @@ def run_llm_demo(workdir: str | Path, overrides: list[str] | None = None) -> dic
         from .config import load_recipe
 
         config = load_recipe(LLM_RECIPE, [f"artifact_store={workdir / 'store'}", *(overrides or [])])
+        prefect_console(verbose)
         base = measure_base(config)
         from .flows.pipeline import pipeline
 
-        result = pipeline(config)
+        state = pipeline(config, return_state=True)
+        if not state.is_completed():
+            raise RunFailed(f"the run {state.name.lower()}: {run_failure(state)}")
+        result = state.result()
         stages = stage_states(result.flow_run_id)
         baseline_stages = stage_states(base["flow_run_id"])
     examples = _examples(base["predictions"], result.predictions)
