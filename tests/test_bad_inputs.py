@@ -49,6 +49,14 @@ RECIPES = [
     ("unknown gate mode", DEMO, ["publish.gate.mode=strict"], "publish.gate.mode: Input should be"),
     ("Space id with a dot-dot", DEMO, ["space.space_id=../x"], "space.space_id='../x' is not a Hub repo id"),
     ("three-part publish repo", DEMO, ["publish.repo_id=a/b/c"], "publish.repo_id='a/b/c' is not a Hub repo id"),
+    # The Hub client's own rule (validate_repo_id): each of these would fail at publish time, after training.
+    ("dot-dot in the publish repo", DEMO, ["publish.repo_id=demo/a..b"],
+     "publish.repo_id='demo/a..b' is not a Hub repo id (Cannot have -- or .. in repo_id)"),
+    ("predictions repo ending in a dash", DEMO, ["publish.predictions_repo_id=demo/preds-"],
+     "publish.predictions_repo_id='demo/preds-' is not a Hub repo id"),
+    ("double dash in the Space id", DEMO, ["space.space_id=demo/x--y"],
+     "space.space_id='demo/x--y' is not a Hub repo id"),
+    ("a 97-character model name", DEMO, [f"publish.repo_id=demo/{'m' * 97}"], "is not a Hub repo id"),
     ("batch size 0", DEMO, ["train.batch_size=0"], "train.batch_size"),
     ("no samples", DEMO, ["data.max_train_samples=0"], "data.max_train_samples"),
     ("override without =", DEMO, ["train"], "--set 'train': expected key.sub=value"),
@@ -247,3 +255,38 @@ def test_release_targets_are_checked_before_anything_runs(localhub, monkeypatch,
     with pytest.raises(ValueError) as err:
         hub.check_can_write(targets)
     assert message in str(err.value)
+
+
+LONG = "m" * 92  # a valid name; with "-predictions" or "-demo" after it, past the Hub's 96 characters
+
+
+@pytest.mark.parametrize("publish, space, message", [
+    ({"repo_id": LONG}, {}, f"publish.predictions_repo_id='alice/{LONG}-predictions' is not a Hub repo id"),
+    ({"repo_id": LONG, "predictions_repo_id": "alice/preds"}, {"enabled": True},
+     f"space.space_id='alice/{LONG}-demo' is not a Hub repo id"),
+], ids=["derived predictions repo", "derived Space"])
+def test_a_derived_release_target_the_hub_would_refuse_is_named(localhub, monkeypatch, publish, space, message):
+    from hubflow.config import PublishConfig, SpaceConfig
+    from hubflow.stages.publish import release_targets
+
+    monkeypatch.setenv("HF_TOKEN", localhub.token("alice"))
+    with pytest.raises(ValueError) as err:
+        release_targets("alice/base", "alice/data", PublishConfig(**publish), SpaceConfig(**space))
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("base, source", [
+    ("org/bert-base-", "./data/tickets--v2./"), ("org/Model", "/srv/my data (2024)"), ("org/" + "b" * 90, "org/d"),
+], ids=["dashes and dots", "spaces and brackets", "long names"])
+def test_default_release_targets_are_names_the_hub_accepts(localhub, monkeypatch, base, source):
+    from huggingface_hub.utils import validate_repo_id
+
+    from hubflow.config import PublishConfig, SpaceConfig
+    from hubflow.stages.publish import release_targets
+
+    monkeypatch.setenv("HF_TOKEN", localhub.token("alice"))
+    targets = release_targets(base, source, PublishConfig(), SpaceConfig(enabled=True))
+    assert list(targets) == ["publish.repo_id", "publish.predictions_repo_id", "space.space_id"]
+    for repo_id in targets.values():
+        validate_repo_id(repo_id)  # raises for an id the client would refuse
+        assert repo_id.startswith("alice/")

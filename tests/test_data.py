@@ -243,3 +243,70 @@ def test_preprocess_fingerprint_is_stable_and_tracks_config(tmp_path, tokenizer_
     assert fingerprint("a", max_length=32) == fingerprint("b", max_length=32)
     assert fingerprint("c", max_length=64) != fingerprint("a", max_length=32)
     assert fingerprint("d", max_length=32, split_seed=1) != fingerprint("a", max_length=32)
+
+
+# ----- empty splits and the data line ---------------------------------------------------------------------------------
+
+def _write_split(path, fmt: str, rows: int) -> None:
+    """`rows` tickets as a file of `fmt`; 0 rows is what an export of an empty split leaves (a header, an empty
+    parquet, an empty file)."""
+    ds = _tickets(rows)
+    if fmt == "parquet":
+        ds.to_parquet(str(path))
+    elif fmt in ("csv", "tsv"):
+        ds.to_csv(str(path), index=False, sep="," if fmt == "csv" else "\t")
+    elif fmt == "empty-csv":
+        path.write_text("")
+    else:
+        ds.to_json(str(path), lines=True)
+
+
+@pytest.mark.parametrize("fmt, ext", [("parquet", "parquet"), ("csv", "csv"), ("empty-csv", "csv"), ("tsv", "tsv"),
+                                      ("jsonl", "jsonl")])
+def test_an_empty_split_file_names_the_split_the_setting_and_the_file(tmp_path, fmt, ext):
+    src = tmp_path / "src"
+    src.mkdir()
+    _write_split(src / f"train.{ext}", "csv" if fmt == "empty-csv" else fmt, 12)
+    _write_split(src / f"test.{ext}", fmt, 0)
+    with pytest.raises(ValueError) as err:
+        pull.load_raw_files(str(src), _cfg(str(src)), KIND, str(tmp_path / "raw"))
+    message = str(err.value)
+    assert message == f"split 'test' (data.test_split) is empty: {src / f'test.{ext}'} holds no rows", message
+    assert not (tmp_path / "raw").exists()  # stopped at the pull, before anything was written
+
+
+def test_an_empty_renamed_validation_split_names_its_setting(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    _write_split(src / "train.csv", "csv", 12)
+    _write_split(src / "dev.csv", "csv", 0)
+    with pytest.raises(ValueError, match=r"split 'dev' \(data.validation_split\) is empty: .*dev.csv holds no rows"):
+        pull.load_raw_files(str(src), _cfg(str(src), validation_split="dev"), KIND, str(tmp_path / "raw"))
+
+
+def test_an_empty_split_for_batch_inference_names_data_test_split(tmp_path):
+    _write_split(tmp_path / "today.parquet", "parquet", 0)
+    with pytest.raises(ValueError, match=r"split 'today' \(data.test_split\) is empty: .*today.parquet holds no rows"):
+        pull.load_files_split(str(tmp_path), "today")
+
+
+def test_the_data_line_lists_each_splits_columns_where_they_differ(tmp_path, caplog):
+    # A GLUE SST-2 folder: train.tsv has `sentence`, dev.tsv calls it `content`.
+    src = tmp_path / "sst2"
+    src.mkdir()
+    (src / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"a fine film {i}\t{i % 2}\n" for i in range(20)))
+    (src / "dev.tsv").write_text("content\tlabel\n" + "".join(f"a dull film {i}\t{i % 2}\n" for i in range(6)))
+    cfg = _cfg(str(src), validation_split="dev", text_column="sentence")
+    refused = pytest.raises(ValueError, match="'sentence' not found in split 'dev'")  # the clear error that follows
+    with caplog.at_level("INFO", logger="hubflow"), refused:
+        pull.load_raw_files(str(src), cfg, KIND, str(tmp_path / "raw"))
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data ")]
+    assert "train: 20 rows, columns sentence (" in line and "dev: 6 rows, columns content (" in line, line
+
+
+def test_the_data_line_lists_shared_columns_once(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="hubflow"):
+        pull.write_raw_splits(DatasetDict(train=_tickets(9), test=_tickets(3)), _cfg(), KIND, str(tmp_path / "raw"),
+                              source="src", source_sha=None)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data ")]
+    assert line == "data src: train: 9 rows, test: 3 rows; columns text (string), label (string)", line
