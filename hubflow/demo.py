@@ -69,7 +69,7 @@ def demo_hub(workdir: Path, seed: Callable[[Path], list[str]], wait_for_prefect:
     from localhub import LocalHub
 
     token = secrets.token_hex(16)  # lives only as long as this demo's localhub
-    hub = LocalHub(workdir / "hub", users={"demo": (token, "write")}, port=same_port_as_last_time(workdir))
+    hub = LocalHub(workdir / "hub", users={"demo": (token, "write")}, sock=same_port_as_last_time(workdir))
     # Before anything imports huggingface_hub (the seed data is written with `datasets`) or prefect: both read their
     # settings once.
     os.environ.pop("PREFECT_API_URL", None)

@@ -4,6 +4,7 @@ on the port it had last time (so a rerun publishes byte-identical files). Used b
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -21,24 +22,33 @@ def send_pending_run_records() -> None:
         EventsWorker.drain_all(timeout=5)
 
 
-def same_port_as_last_time(workdir: Path) -> int:
-    """The port this work dir's localhub had last time, when it is free, else a new one (kept in DIR/hub.port).
-    The repos' URLs are in the files hubflow publishes (the Space's README links the model), so a rerun on another
-    port would find the Space changed and redeploy it."""
-    import socket
-
-    from localhub import free_port
+def same_port_as_last_time(workdir: Path) -> socket.socket:
+    """A listening socket for this work dir's localhub: on the port it had last time when that is free, else on a
+    new one (kept in DIR/hub.port). The repos' URLs are in the files hubflow publishes (the Space's README links the
+    model), so a rerun on another port would find the Space changed and redeploy it. Bound now and handed to
+    localhub as it is (`LocalHub(sock=...)`): a port only chosen here could be taken during the seconds of seeding
+    before the server starts."""
+    from localhub.ports import listen
 
     record = workdir / "hub.port"
     try:
         port = int(record.read_text())
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
-            s.bind(("127.0.0.1", port))
     except (OSError, ValueError):
-        port = free_port()
-    record.write_text(f"{port}\n")
-    return port
+        port = 0
+    sock = listen("127.0.0.1", port, fallback=True)
+    record.write_text(f"{sock.getsockname()[1]}\n")
+    return sock
+
+
+def serve_prefect(fd: int) -> None:
+    """Prefect's API on an inherited listening socket (`python -c` of PrefectServer): what `uvicorn --factory
+    prefect.server.api.server:create_app --lifespan on` does, but on a socket bound by the parent, never a port
+    chosen and bound later (uvicorn's own --fd takes a Unix socket)."""
+    import uvicorn
+
+    sock = socket.socket(fileno=fd)
+    config = uvicorn.Config("prefect.server.api.server:create_app", factory=True, log_level="error", lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 class PrefectServer:
@@ -51,14 +61,15 @@ class PrefectServer:
         import subprocess
         import sys
 
-        from localhub import free_port
+        from localhub.ports import listen
 
-        self.port = free_port()
+        sock = listen("127.0.0.1")  # bound here, served there: the port cannot be taken in between
+        self.port = sock.getsockname()[1]
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host",
-             "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-            env=env, start_new_session=True)
+        code = f"from hubflow.demo_servers import serve_prefect; serve_prefect({sock.fileno()})"
+        with sock:
+            self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
+                                         pass_fds=(sock.fileno(),))
 
     @property
     def api_url(self) -> str:

@@ -42,7 +42,7 @@ from pathlib import Path
 import yaml
 
 from .http import iso
-from .ports import free_port
+from .ports import reserve
 from .sandbox import HOME, Sandbox, probe
 from .storage import FileEntry, Repo
 
@@ -118,6 +118,8 @@ class SpaceState:
     run_log: LogBuffer | None = None
     reader: threading.Thread | None = None
     token: str | None = None  # the run's minted read token (revoked when the run ends)
+    hold: socket.socket | None = None  # keeps the app's port from anyone else until the app listens on it
+    port_tries: int = 0  # starts again on a new port after an app said its port was in use
 
 
 class Supervisor:
@@ -150,7 +152,7 @@ class Supervisor:
         with self.lock:
             st = self.states.setdefault(repo.id, SpaceState())
             st.gen += 1
-            st.stage, st.error = stage, None
+            st.stage, st.error, st.port_tries = stage, None, 0
             self.commands.put((action, repo.id, st.gen, stage))
 
     # ---- the supervisor thread ------------------------------------------------------------------------------------
@@ -255,7 +257,8 @@ class Supervisor:
         tmp, etc = box.prepare(run_dir, app_dir, home)
         build.write(("Sandbox: bubblewrap, uid 65534, own PID namespace; app in /home/user/app\n" if box.isolated
                      else f"WARNING: {box.reason}\n"))
-        port = free_port()
+        hold = reserve()  # held until the app answers: no other process's bind or connect can be given the port
+        port = hold.getsockname()[1]
         argv = [a.replace("{port}", str(port)) for a in argv]
         token = self._token_for(repo, build)
         env = self._env(repo, port, box, home, tmp, token)
@@ -269,6 +272,7 @@ class Supervisor:
             )
         except BaseException:
             self._revoke(token)
+            hold.close()
             raise
         reader = threading.Thread(target=_pump, args=(proc, run), name=f"space-log-{sid}", daemon=True)
         reader.start()
@@ -276,11 +280,12 @@ class Supervisor:
         with self.lock:
             current = self._current(sid, gen) is not None
             if current:
-                st.proc, st.reader, st.run_log, st.port, st.token = proc, reader, run, port, token
+                st.proc, st.reader, st.run_log, st.port, st.token, st.hold = proc, reader, run, port, token, hold
                 st.stage, st.deadline = "APP_STARTING", time.monotonic() + self.start_timeout
         if not current:
             _terminate(proc)
             self._revoke(token)
+            hold.close()
         log.info("space %s: started pid %d on port %d (commit %s)", sid, proc.pid, port, oid[:8])
 
     def _card(self, files: dict[str, FileEntry]) -> tuple[dict, str | None]:
@@ -385,9 +390,16 @@ class Supervisor:
                 st.proc = None
                 self._revoke(st.token)
                 st.token = None
+                _release(st)
+                if st.stage == "APP_STARTING" and _port_taken(tail) and st.port_tries < PORT_TRIES:
+                    st.port_tries += 1  # an app that binds without SO_REUSEADDR, or a port taken anyway
+                    log.warning("space %s: port %s was in use; starting again on another", sid, st.port)
+                    self.commands.put(("deploy", sid, gen, "BUILDING"))
+                    continue
                 self._set(sid, gen, "RUNTIME_ERROR", f"Exit code: {rc}. Reason: {tail}")
                 log.info("space %s: app exited with %s", sid, rc)
             elif st.stage == "APP_STARTING" and _answers(st.port):
+                _release(st)
                 self._set(sid, gen, "RUNNING")
                 log.info("space %s: running on port %s", sid, st.port)
             elif st.stage == "APP_STARTING" and time.monotonic() > st.deadline:
@@ -397,6 +409,7 @@ class Supervisor:
                                                      f"{self.start_timeout:g} s. Last logs: {tail}")
 
     def _stop(self, st: SpaceState) -> None:
+        _release(st)
         proc, st.proc = st.proc, None
         token, st.token = st.token, None
         if proc is not None:
@@ -418,6 +431,22 @@ class Supervisor:
 
 
 # ---- process helpers -----------------------------------------------------------------------------------------
+PORT_TRIES = 3
+_PORT_TAKEN = ("address already in use", "errno 98", "eaddrinuse", "cannot find empty port")
+
+
+def _port_taken(log_tail: str) -> bool:
+    """Did the app fail because its port was taken? (Python's, uvicorn's and gradio's words for it)"""
+    text = log_tail.lower()
+    return any(words in text for words in _PORT_TAKEN)
+
+
+def _release(st: SpaceState) -> None:
+    hold, st.hold = st.hold, None
+    if hold is not None:
+        hold.close()
+
+
 def _pump(proc: subprocess.Popen, buf: LogBuffer) -> None:
     assert proc.stdout is not None
     for raw in iter(proc.stdout.readline, b""):
