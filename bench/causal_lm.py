@@ -168,7 +168,7 @@ def setup(root: Path, sizes: Sizes) -> Setup:
     from hubflow.kinds.causal_lm.data import prepare_inference
     from hubflow.refs import ModelFacts
     from hubflow.stages.pull import write_raw_splits
-    from hubflow.stages.train import weights_fingerprint
+    from hubflow.stages.facts import weights_fingerprint
 
     base = root / "lm"
     train = chat_rows(sizes.train_rows + sizes.val_rows + 8, seed=0)

@@ -83,7 +83,7 @@ def classifier_dir(root: Path) -> tuple[str, str]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from hubflow.stages.train import weights_fingerprint
+    from hubflow.stages.facts import weights_fingerprint
 
     out = root / "classifier"
     torch.manual_seed(0)

@@ -278,7 +278,7 @@ def measure_base(config):
     from .doors import store
     from .stages.evaluate import evaluate_predictions
     from .stages.predict import predict
-    from .stages.train import weights_fingerprint
+    from .stages.facts import weights_fingerprint
     from .tasks import pipeline as stages
     from .tokenize import sha
 

@@ -23,7 +23,8 @@ from hubflow.refs import PinnedRepo
 from hubflow.stages import pull
 from hubflow.stages.evaluate import evaluate_predictions
 from hubflow.stages.predict import predict, read_predictions
-from hubflow.stages.train import train_model, weights_fingerprint
+from hubflow.stages.facts import weights_fingerprint
+from hubflow.stages.train import train_model
 from hubflow.tokenize import load_tokenized
 from tests.tiny import TINY_CHAT_TEMPLATE, chat_rows, make_tiny_llama
 

@@ -79,14 +79,14 @@ def test_kill_9_during_lora_training_resumes_to_the_same_adapter(setup):
 
 def test_kill_9_during_generation_loses_and_duplicates_no_row(setup):
     from hubflow.stages.predict import predict
-    from hubflow.stages.train import weights_fingerprint
+    from hubflow.stages.facts import weights_fingerprint
 
     root, llama, tokenized = setup
     whole = predict(str(llama), weights_fingerprint(llama), tokenized, "test", GEN, str(root / "whole"))
     out = root / "gen"
     script = (
         "import sys; from hubflow.refs import TokenizedRef; from hubflow.config import InferenceConfig;"
-        "from hubflow.stages.predict import predict; from hubflow.stages.train import weights_fingerprint;"
+        "from hubflow.stages.predict import predict; from hubflow.stages.facts import weights_fingerprint;"
         "predict(sys.argv[1], weights_fingerprint(sys.argv[1]), TokenizedRef.model_validate_json(sys.argv[2]), 'test',"
         " InferenceConfig.model_validate_json(sys.argv[3]), sys.argv[4])"
     )

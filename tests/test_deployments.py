@@ -343,7 +343,7 @@ def test_batch_inference_keeps_every_row_and_reruns_from_the_store(batch_repos, 
     from hubflow.flows.batch import batch_inference
     from hubflow.config import DataConfig, InferenceConfig
     from hubflow.stages.predict import read_predictions
-    from hubflow.stages.train import weights_fingerprint
+    from hubflow.stages.facts import weights_fingerprint
 
     monkeypatch.setenv("HF_TOKEN", localhub.token("alice"))
     args = dict(model_repo_id=batch_repos["model"], data=DataConfig(source=batch_repos["data"], test_split="test"),

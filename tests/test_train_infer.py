@@ -17,7 +17,8 @@ from hubflow.stages.evaluate import evaluate_predictions
 from hubflow.kinds.text_classification.model import predict_texts
 from hubflow.stages.predict import merge_parts, predict, predict_part, read_manifest, read_predictions
 from hubflow.refs import CheckpointRef, PinnedRepo
-from hubflow.stages.train import main, train_model, weights_fingerprint
+from hubflow.stages.facts import weights_fingerprint
+from hubflow.stages.train import main, train_model
 from tests.tiny import LABELS, make_tiny_bert, make_tiny_llama, make_tiny_tokenized
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,4 +1,5 @@
-"""A model folder's facts: what it does, its tokens per input, its labels (`ModelFacts`), with one home on disk.
+"""A model folder's facts (`ModelFacts`: what it does, its tokens per input, its labels), with one home on disk, and
+its weights' fingerprint (what caches, shard ids and cards name a model by).
 
 hubflow writes them as `hubflow.json` next to the weights (and so publishes them with the model). A model that was
 not trained by hubflow has none: it is read as a classifier, with config.json's labels and the tokenizer's limit.
@@ -10,6 +11,7 @@ import json
 from pathlib import Path
 
 from ..config import TaskType
+from ..doors import store
 from ..refs import ModelFacts
 
 FACTS_FILE = "hubflow.json"
@@ -32,3 +34,14 @@ def read_facts(folder: str | Path) -> ModelFacts:
     limits = [v for v in (limit, config.get("max_position_embeddings")) if isinstance(v, int) and 8 <= v <= 8192]
     return ModelFacts(task=TaskType.text_classification, max_length=min(limits) if limits else DEFAULT_MAX_LENGTH,
                       label_names=[id2label[str(i)] for i in range(len(id2label))])
+
+
+def weights_fingerprint(folder: str | Path) -> str:
+    """sha256 of the weights of a save_pretrained folder (model.safetensors or adapter_model.safetensors, or the
+    shards in name order)."""
+    folder = Path(folder)
+    single = next((f for f in (folder / "model.safetensors", folder / "adapter_model.safetensors") if f.exists()), None)
+    files = [single] if single else sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights in {folder}")
+    return store.sha256_files(files)

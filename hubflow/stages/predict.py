@@ -29,7 +29,7 @@ from ..doors import store
 from ..kinds import kind_for
 from ..refs import PredictionsPart, PredictionsRef, TokenizedRef
 from .. import software
-from .train import weights_fingerprint
+from .facts import weights_fingerprint
 
 Progress = Callable[[float, str], None]
 log = logging.getLogger("hubflow")

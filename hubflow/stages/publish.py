@@ -210,7 +210,7 @@ def _license(base: PinnedRepo) -> str | None:
 
 
 def _check_weights(folder: Path, fingerprint: str) -> None:
-    from .train import weights_fingerprint
+    from .facts import weights_fingerprint
 
     if (actual := weights_fingerprint(folder)) != fingerprint:
         raise ValueError(f"{folder} holds weights {actual[:12]}…, not the run's {fingerprint[:12]}…: not published")

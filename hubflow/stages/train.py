@@ -34,7 +34,7 @@ from ..doors import store
 from ..kinds import kind_for
 from ..refs import CheckpointRef, ModelFacts, PinnedRepo, TokenizedRef
 from . import launch, resume
-from .facts import write_facts
+from .facts import weights_fingerprint, write_facts
 from .memory import check_memory
 from .resume import LoopState
 
@@ -257,17 +257,6 @@ def clock(seconds: float) -> str:
 
 
 # --- the final model ---
-
-
-def weights_fingerprint(folder: str | Path) -> str:
-    """sha256 of the weights of a save_pretrained folder (model.safetensors or adapter_model.safetensors, or the
-    shards in name order)."""
-    folder = Path(folder)
-    single = next((f for f in (folder / "model.safetensors", folder / "adapter_model.safetensors") if f.exists()), None)
-    files = [single] if single else sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no safetensors weights in {folder}")
-    return store.sha256_files(files)
 
 
 def _hardware(accelerator, precision: str) -> str:
