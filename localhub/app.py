@@ -20,11 +20,13 @@ from urllib.parse import unquote
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from . import routes_files, routes_manage, routes_repos
+from . import routes_duplicate, routes_files, routes_manage, routes_repos
+from .collections import Collections
 from .discussions import Discussions
 from .gating import Gates
 from .http import Ctx, HubError, Moved, Router, User, authenticate, error_response, not_found
 from .likes import Likes
+from .listing import install_likes
 from .storage import Repo, Storage
 from .teams import Teams
 
@@ -106,7 +108,10 @@ class Hub:
         self.discussions = Discussions(self)
         self.gates = Gates(self)
         self.likes = Likes(self)
+        install_likes(self.storage.db)  # the listing's like counters (localhub/listing.py), once likes' table exists
+        self.collections = Collections(self)
         self.router = Router(routes_repos.router.routes + routes_files.router.routes + routes_manage.router.routes
+                             + routes_duplicate.router.routes + self.collections.router.routes
                              + self.teams.router.routes + self.discussions.router.routes + self.gates.router.routes
                              + self.likes.router.routes)
         self.base_url = ""  # set by the server once it knows its port

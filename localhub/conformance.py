@@ -5,7 +5,7 @@
 What it does: `pip download` the source archive of the installed huggingface_hub (its tests are in it, its conftest.py
 is not: localhub/conformance_conftest.py stands in), rewrite tests/testing_constants.py so ENDPOINT_STAGING is a
 fresh localhub with the users, tokens and orgs those tests expect, run test_file_download, test_snapshot_download,
-test_hf_api and test_repocard with pytest (tests marked `production` or `xet` are deselected: they need huggingface.co
+test_hf_api and test_repocard (or any modules of the suite given with --modules, e.g. test_hf_file_system) with pytest (tests marked `production` or `xet` are deselected: they need huggingface.co
 or Xet; the production Space tests, which create their own Space, run here too), and print passed/failed per test
 class. The rate counts only tests that sent a request to the localhub; the
 others are unit tests of the client and are listed apart. pytest-mock (the `mocker` fixture) is installed with pip
@@ -139,7 +139,7 @@ def summarize(report: Path) -> dict:
             "offline_failures": offline_failures}
 
 
-def print_summary(s: dict, seconds: float) -> None:
+def print_summary(s: dict, seconds: float, modules: list[str]) -> None:
     print(f"\n{'class':<62} {'pass':>5} {'fail':>5} {'skip':>5} {'offline (failed)':>17}")
     for cls, c in s["classes"].items():
         offline = f"{c['offline']} ({c['offline_failed']})"
@@ -151,7 +151,7 @@ def print_summary(s: dict, seconds: float) -> None:
             reason = " ".join(f["reason"].split())
             print(f"  {f['test']}\n      {reason[:300]}")
     print()
-    for module in MODULES:
+    for module in modules:
         rows = [c for cls, c in s["classes"].items() if cls.split("::")[0] == f"{module}.py"]
         p, f = sum(c["passed"] for c in rows), sum(c["failed"] for c in rows)
         print(f"{module + '.py':<30} {p:>4} passed, {f:>3} failed" + (f"  ({100 * p / (p + f):.1f}%)" if p + f else ""))
@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m localhub.conformance", description=__doc__.split("\n\n")[0])
     p.add_argument("--keep", action="store_true", help="keep the temp dir (tests, hub data, log)")
     p.add_argument("--json", help="also write the summary as JSON here")
-    p.add_argument("--modules", nargs="+", default=list(MODULES), choices=MODULES)
+    p.add_argument("--modules", nargs="+", default=list(MODULES), metavar="MODULE",
+                   help=f"modules of huggingface_hub's tests/ (default: {' '.join(MODULES)})")
     p.add_argument("-k", dest="keyword", help="pytest -k expression, to rerun a subset")
     args = p.parse_args(argv)
 
@@ -177,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     hub = None
     try:
         tests = fetch_tests(huggingface_hub.__version__, work)
+        missing = [m for m in args.modules if not (tests / f"{m.removesuffix('.py')}.py").is_file()]
+        if missing:
+            p.error(f"not in huggingface_hub {huggingface_hub.__version__}'s tests/: {', '.join(missing)}")
+        args.modules = [m.removesuffix(".py") for m in args.modules]
         site = install_pytest_mock(work)
         port = free_port()
         consts = point_constants(tests, f"http://127.0.0.1:{port}")
@@ -191,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         report = work / "report.jsonl"
         run_pytest(tests, site, report, hub.url, ["-k", args.keyword] if args.keyword else [], args.modules)
         summary = summarize(report)
-        print_summary(summary, time.monotonic() - started)
+        print_summary(summary, time.monotonic() - started, args.modules)
         if args.json:
             Path(args.json).write_text(json.dumps({**summary, "version": huggingface_hub.__version__}, indent=1))
         return 0 if summary["rate"] >= 0.95 else 1

@@ -1,9 +1,11 @@
 """The conftest.py of the conformance run: copied next to huggingface_hub's own tests (see localhub/conformance.py).
 
-huggingface_hub's PyPI source archive ships its tests without their conftest.py, so this one supplies what the four
-modules use (`api`, `repo_factory`, a temporary cache per test, the Xet and production markers), pointed at the
-localhub in $HF_ENDPOINT. It also records, per test, whether any request reached that localhub: only those tests
-count towards the conformance rate (the others are unit tests of the client, or need huggingface.co).
+huggingface_hub's PyPI source archive ships its tests without their conftest.py, so this one supplies the fixtures
+upstream's has (`api`, `api_prod`, `repo_factory`, `new_repo_id`, a temporary cache per test, the Xet and production
+markers), pointed at the localhub in $HF_ENDPOINT, so any module of the suite runs. It also records, per test, whether
+a Hub API request reached that localhub: only those tests count towards the conformance rate (the others are unit
+tests of the client, or need huggingface.co). Telemetry pings (`HEAD /api/telemetry/...`, which gradio sends through
+huggingface_hub at import) are not Hub API requests and do not count.
 Not a module of localhub: it is never imported by it, only copied.
 """
 
@@ -20,7 +22,7 @@ import pytest
 from huggingface_hub import HfApi, RepoUrl, constants
 from huggingface_hub.utils import SoftTemporaryDirectory
 
-from .testing_constants import ENDPOINT_STAGING, TOKEN
+from .testing_constants import ENDPOINT_STAGING, TOKEN, USER
 from .testing_utils import repo_name
 
 _HUB = urlsplit(ENDPOINT_STAGING).netloc
@@ -34,10 +36,15 @@ _test_start: dict[str, int] = {}  # node id -> _sent when its setup began
 _talking_fixtures: set[int] = set()  # id() of wider-scoped fixture definitions whose setup sent requests
 
 
+# Requests to the localhub that are not the Hub API a test exercises: telemetry, and the agent-harness probe.
+_NOT_API = ("/api/telemetry", "/api/agent-harnesses")
+
+
 def _counting(send):
     def wrapper(self, request, *args, **kwargs):
         netloc = request.url.netloc
-        if (netloc.decode() if isinstance(netloc, bytes) else netloc) == _HUB:
+        if (netloc.decode() if isinstance(netloc, bytes) else netloc) == _HUB and not request.url.path.startswith(
+                _NOT_API):
             _sent[0] += 1
         return send(self, request, *args, **kwargs)
 
@@ -136,6 +143,23 @@ def git_lfs_marker(request: pytest.FixtureRequest) -> None:
 @pytest.fixture(scope="session")
 def api() -> HfApi:
     return HfApi(endpoint=ENDPOINT_STAGING, token=TOKEN)
+
+
+@pytest.fixture(scope="session")
+def api_prod() -> HfApi:
+    """Upstream's client on huggingface.co; here the localhub (the tests that use it are production-marked)."""
+    return HfApi(endpoint=ENDPOINT_STAGING)
+
+
+@pytest.fixture
+def new_repo_id(api: HfApi) -> Generator[str, None, None]:
+    """A fresh `USER/repo-...` id that does not exist yet; the repo is deleted after the test if it was created."""
+    repo_id = f"{USER}/{repo_name()}"
+    yield repo_id
+    try:
+        api.delete_repo(repo_id=repo_id, missing_ok=True)
+    except Exception:  # teardown of a test that may have moved or already removed it
+        pass
 
 
 class RepoFactory(Protocol):

@@ -19,6 +19,7 @@ from .http import (
     NAME_RE, NAMESPACE_RE, REPO_PREFIX, TYPE_OF_PLURAL, Ctx, HubError, Moved, Router, canonical_namespace, check_write,
     field, iso, repo_for_read, repo_for_write,
 )
+from .repo_ids import check_new_repo_id
 from .storage import check_sha256
 
 router = Router()
@@ -36,6 +37,7 @@ async def move(ctx: Ctx) -> Response:
     type_ = field(body, "type", str) or "model"
     src, dst = field(body, "fromRepo", str) or "", field(body, "toRepo", str) or ""
     ns, _, name = dst.partition("/")
+    check_new_repo_id(dst)  # the same naming rules as create (localhub/repo_ids.py)
     if type_ not in REPO_PREFIX or src.count("/") != 1 or not NAMESPACE_RE.match(ns) or not NAME_RE.match(name):
         raise HubError(400, None, f"Invalid move of {type_} {src!r} to {dst!r}: ids are namespace/name")
     try:

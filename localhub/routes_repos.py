@@ -9,12 +9,14 @@ from urllib.parse import parse_qs
 import yaml
 from starlette.responses import JSONResponse, Response
 
-from . import cards
+from . import cards, listing_query
 from .history import last_commits
+from .listing import derive_tags
 from .http import (
     NAME_RE, NAMESPACE_RE, REPO_PREFIX, TYPE_OF_PLURAL, Ctx, Moved, Router, can_read, canonical_namespace, check_write,
-    field, iso, repo_for_read, repo_for_write,
+    field, iso, namespace_role, repo_for_read, repo_for_write,
 )
+from .repo_ids import check_new_repo_id
 from .storage import SHA_RE, FileEntry, HubError, Repo
 
 router = Router()
@@ -58,6 +60,7 @@ async def create_repo(ctx: Ctx) -> Response:
         if ctx.user is None:
             raise HubError(401, None, "You must be authenticated to create a repo")
         ns = ctx.user.name
+    check_new_repo_id(f"{ns}/{name}")  # the Hub's naming rules, with the rule in the message
     if type_ not in REPO_PREFIX or not NAME_RE.match(name) or not NAMESPACE_RE.match(ns):
         raise HubError(400, None, f"Invalid repo name or type: {ns}/{name} ({type_})")
     existing = ctx.storage.get_repo(type_, f"{ns}/{name}")
@@ -148,7 +151,7 @@ def repo_info(ctx: Ctx, repo: Repo, oid: str) -> dict:
         "_id": hashlib.sha1(repo.id.encode()).hexdigest()[:24], "id": repo.id, "author": repo.namespace,
         "sha": oid, "private": repo.private, "gated": repo.gated or False, "disabled": False,
         "lastModified": iso(ctx.storage.commit_info(oid).date), "createdAt": iso(repo.created_at),
-        "downloads": 0, "likes": ctx.hub.likes.count(repo), "tags": list(data.get("tags") or []),
+        "downloads": 0, "likes": ctx.hub.likes.count(repo), "tags": derive_tags(repo.type, data)[0],
         "cardData": data or None,
         "siblings": [_sibling(e) for e in sorted(files.values(), key=lambda e: e.path)],
         "usedStorage": sum(e.size for e in files.values()),
@@ -177,22 +180,31 @@ async def info(ctx: Ctx) -> Response:
 
 @router.add("GET", f"/api/{T}")
 async def list_repos(ctx: Ctx) -> Response:
-    q = ctx.request.query_params
-    author, search = q.get("author"), (q.get("search") or "").lower()
-    try:
-        limit = int(q.get("limit") or 1000)
-    except ValueError:
-        raise HubError(400, None, f"limit must be an integer, got {q.get('limit')!r}") from None
+    """A page of the Hub's listing (localhub/listing_query.py), `Link: rel="next"` when more match."""
+    params = ctx.request.query_params
+    q = listing_query.parse(params, _type(ctx))
+    with ctx.storage.lock:
+        rows, more = listing_query.page(ctx.storage.db, q, readable_namespaces(ctx))
+    # The Hub's default items are compact; `full`, `cardData`, `config` or `expand` ask for the whole info.
+    full = any(k in params for k in ("full", "cardData", "config", "expand", "expand[]"))
     out = []
-    for repo in ctx.storage.list_repos(_type(ctx)):
-        by_author = not author or repo.namespace.lower() == author.lower()
-        if not can_read(ctx, repo) or not by_author or search not in repo.id.lower():
+    for row in rows:
+        if not full:
+            out.append(listing_query.compact(row, iso))
             continue
-        oid, _ = ctx.storage.resolve(repo, "main")
-        out.append(repo_info(ctx, repo, oid))
-        if len(out) >= limit:
-            break
-    return JSONResponse(out)
+        repo = ctx.storage.get_repo(row["type"], f"{row['namespace']}/{row['name']}")
+        if repo is not None and can_read(ctx, repo):
+            out.append(repo_info(ctx, repo, row["sha"]))
+    headers = {"Link": listing_query.next_link(f"{ctx.base_url}{ctx.request.url.path}", params, q)} if more else {}
+    return JSONResponse(out, headers=headers)
+
+
+def readable_namespaces(ctx: Ctx) -> list[str]:
+    """The namespaces (lowercase) whose private repos the caller sees: its own and its orgs', as `can_read` says."""
+    if ctx.user is None:
+        return []
+    names = [ctx.user.name] + [o["name"] for o, _ in ctx.hub.teams.orgs_of(ctx.user.name)]
+    return [n.lower() for n in names if namespace_role(ctx, n) is not None]
 
 
 def tree_item(e: FileEntry) -> dict:

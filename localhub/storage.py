@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
+from . import listing
+
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 HEX_RE = re.compile(r"^[0-9a-f]{7,40}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -165,11 +167,17 @@ class Storage:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self.db.executescript(listing.SCHEMA)  # the index of GET /api/models etc. (localhub/listing.py)
+        listing.backfill(self.db, self.read_text)
 
     # ---- blobs -------------------------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
         check_sha256(sha256)
         return self.blobs / sha256[:2] / sha256
+
+    def read_text(self, sha256: str) -> str:
+        """A stored blob as text (a README), undecodable bytes replaced."""
+        return self.blob_path(sha256).read_text(errors="replace")
 
     def has_blob(self, sha256: str) -> bool:
         return self.blob_path(sha256).is_file()
@@ -441,6 +449,9 @@ class Storage:
         )
         kind, name = ("pr", ref[8:]) if ref.startswith("refs/pr/") else ("branch", ref)
         self.db.execute("INSERT OR REPLACE INTO refs(rid, kind, name, oid) VALUES (?, ?, ?, ?)", (rid, kind, name, oid))
+        if ref == "main":  # listings show `main`'s card: its tags change with this commit, in its transaction
+            readme = files.get("README.md")
+            listing.on_main_commit(self.db, rid, parent, readme.sha256 if readme else None, self.read_text)
         return oid
 
     def set_ref(self, repo: Repo, kind: str, name: str, oid: str | None) -> None:
