@@ -8,6 +8,7 @@ two refs share everything below their first common commit.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Iterable
 
 from .storage import Commit, FileEntry, Repo, Storage
@@ -85,24 +86,71 @@ def lfs_files(storage: Storage, repo: Repo) -> list[dict]:
     return sorted(out.values(), key=lambda i: i["pushedAt"])
 
 
+# Which repo's LFS batch endpoint an object was uploaded through (the signed upload URL names the repo): with the
+# repo's history, what makes an object that repo's own, to purge. Blobs are shared by content across repos and users.
+_UPLOADS_DDL = ("CREATE TABLE IF NOT EXISTS lfs_repo_uploads (sha256 TEXT NOT NULL, rid INTEGER NOT NULL, "
+                "at REAL NOT NULL, PRIMARY KEY(sha256, rid))")
+
+
+def _ready(storage: Storage) -> None:
+    if not getattr(storage, "lfs_repo_uploads_ready", False):
+        storage.db.execute(_UPLOADS_DDL)
+        storage.lfs_repo_uploads_ready = True
+
+
+def record_repo_upload(storage: Storage, rid: int, sha256: str) -> None:
+    """The bytes of `sha256` went through repo `rid`'s LFS batch endpoint (PUT, or granted as already stored)."""
+    with storage.lock:
+        _ready(storage)
+        storage.db.execute("INSERT OR REPLACE INTO lfs_repo_uploads(sha256, rid, at) VALUES (?,?,?)",
+                           (sha256, rid, time.time()))
+
+
+def uploaded_through(storage: Storage, rid: int, sha256: str) -> bool:
+    with storage.lock:
+        _ready(storage)
+        return bool(storage.db.execute("SELECT 1 FROM lfs_repo_uploads WHERE rid=? AND sha256=?",
+                                       (rid, sha256)).fetchone())
+
+
+def _own(storage: Storage, repo: Repo, shas: list[str]) -> list[str]:
+    """The objects among `shas` that are `repo`'s: named by a commit of its history, or uploaded through it."""
+    marks = ",".join("?" * len(shas))
+    named = storage.db.execute(
+        f"SELECT DISTINCT f.sha256 FROM files f JOIN commits c ON c.oid = f.oid WHERE c.rid=? AND f.lfs=1 "
+        f"AND f.sha256 IN ({marks})", (repo.rid, *shas)).fetchall()
+    uploaded = storage.db.execute(f"SELECT sha256 FROM lfs_repo_uploads WHERE rid=? AND sha256 IN ({marks})",
+                                  (repo.rid, *shas)).fetchall()
+    return sorted({row[0] for row in named} | {row[0] for row in uploaded})
+
+
 def purge_lfs(storage: Storage, repo: Repo, shas: list[str]) -> int:
-    """Remove LFS objects from every commit of the repo (history is rewritten in place), then delete each blob no
-    other commit of any repo still names. Returns the number of file entries removed."""
+    """Remove the repo's own LFS objects among `shas` from every commit of the repo (history is rewritten in
+    place), forget their uploads through it, then delete each blob that no commit of any repo names and no other
+    repo's upload holds. Objects that are not the repo's are left alone: a sha256 is no key to someone else's
+    upload. Returns the number of file entries removed."""
     if not shas:
         return 0
-    marks = ",".join("?" * len(shas))
     with storage.lock:
+        _ready(storage)
+        own = _own(storage, repo, shas)
+        if not own:
+            return 0
+        marks = ",".join("?" * len(own))
         storage.db.execute("BEGIN IMMEDIATE")
         try:
             cur = storage.db.execute(
                 f"DELETE FROM files WHERE lfs=1 AND sha256 IN ({marks}) "
-                "AND oid IN (SELECT oid FROM commits WHERE rid=?)", (*shas, repo.rid))
+                "AND oid IN (SELECT oid FROM commits WHERE rid=?)", (*own, repo.rid))
+            storage.db.execute(f"DELETE FROM lfs_repo_uploads WHERE rid=? AND sha256 IN ({marks})", (repo.rid, *own))
             storage.db.execute("COMMIT")
         except BaseException:
             storage.db.execute("ROLLBACK")
             raise
-        for sha in shas:
-            if not storage.db.execute("SELECT 1 FROM files WHERE sha256=? LIMIT 1", (sha,)).fetchone():
+        for sha in own:
+            named = storage.db.execute("SELECT 1 FROM files WHERE sha256=? LIMIT 1", (sha,)).fetchone()
+            held = storage.db.execute("SELECT 1 FROM lfs_repo_uploads WHERE sha256=? LIMIT 1", (sha,)).fetchone()
+            if not named and not held:
                 storage.blob_path(sha).unlink(missing_ok=True)
-    log.info("purged %d LFS object(s) from %s %s", len(shas), repo.type, repo.id)
+    log.info("purged %d LFS object(s) from %s %s", len(own), repo.type, repo.id)
     return cur.rowcount

@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.responses import FileResponse, JSONResponse, Response
 
+from . import history
 from .http import REPO_PREFIX, TYPE_OF_PLURAL, Ctx, Router, can_read, can_write, check_write, field, repo_for_read
 from .ignore import matcher
 from .storage import SHA256_RE, FileEntry, HubError, Repo, check_path, check_sha256, git_sha1, lfs_pointer
@@ -170,6 +171,8 @@ def may_reference(ctx: Ctx, repo: Repo, oid: str) -> bool:
     """May the caller make `repo` name LFS object `oid`? (see "LFS by repo" in the module docstring)"""
     if ctx.user is not None and ctx.storage.uploaded_by(oid, ctx.user.name):
         return True
+    if history.uploaded_through(ctx.storage, repo.rid, oid):  # its batch endpoint took or granted the object
+        return True
     return any(h.rid == repo.rid or _can_download(ctx, h) for h in ctx.storage.holders(oid))
 
 
@@ -193,10 +196,13 @@ for _prefix in ("", "datasets/", "spaces/"):
                                 "error": {"code": 422, "message": "oid must be a lowercase hex sha256, size an int >= 0"}})
                 continue
             if ctx.storage.has_blob(oid) and may_reference(ctx, repo, oid):
+                history.record_repo_upload(ctx.storage, repo.rid, oid)  # the repo's now: its client will commit it
                 objects.append({"oid": oid, "size": size})  # no actions: the client skips stored objects
                 continue
             user = ctx.user.name  # type: ignore[union-attr]  (signed in: checked above)
-            expires, nonce = int(time.time()) + UPLOAD_TTL, secrets.token_hex(8)
+            # The nonce (signed) starts with the repo's rid: the PUT records which repo the object was uploaded
+            # through, which makes it that repo's to purge (localhub/history.py).
+            expires, nonce = int(time.time()) + UPLOAD_TTL, f"{repo.rid}-{secrets.token_hex(8)}"
             sig = _sign(ctx, user, oid, size, expires, nonce)
             # The PUT carries no Authorization: the href authorises itself, once, for this user, oid and size only.
             href = f"{ctx.base_url}/_localhub/lfs/{user}/{oid}/{size}/{expires}/{nonce}/{sig}"
@@ -236,6 +242,8 @@ async def lfs_put(ctx: Ctx) -> Response:
         await run_in_threadpool(ctx.storage.adopt_tmp, tmp, f, oid)
         stored = True
         ctx.storage.record_upload(oid, p["user"])
+        if p["nonce"].partition("-")[0].isdigit():
+            history.record_repo_upload(ctx.storage, int(p["nonce"].partition("-")[0]), oid)
     except ClientDisconnect:
         # Handled here rather than as a 500, whose log line would carry this URL's one-time signature.
         raise HubError(400, None, "Client disconnected during the upload") from None
