@@ -122,7 +122,9 @@ class Collections:
                                   f"ORDER BY {order}, id", tuple(args))
         visible = [r for r in rows if not r["private"] or namespace_role(ctx, r["owner"]) is not None]
         limit = min(int(q.get("limit") or LIST_MAX), LIST_MAX) if (q.get("limit") or "").isdigit() else LIST_MAX
-        return JSONResponse([self._json(ctx, r, max_items=4) for r in visible[:limit]])  # the Hub lists 4 items
+        # As the Hub lists them: 4 items each, and no `position` (the client numbers the list itself).
+        listed = [{k: v for k, v in self._json(ctx, r, max_items=4).items() if k != "position"} for r in visible[:limit]]
+        return JSONResponse(listed)
 
     # ---- changes -------------------------------------------------------------------------------------------------
     def _touch(self, cid: str) -> None:
