@@ -61,6 +61,7 @@ class Sandbox:
     bwrap: str = ""
     setpriv: str = ""  # empty when bwrap maps the uid itself (server not root)
     python_dirs: list[str] = field(default_factory=list)
+    python_links: list[tuple[str, str]] = field(default_factory=list)  # (target, link) hops outside python_dirs
 
     @property
     def isolated(self) -> bool:
@@ -93,6 +94,8 @@ class Sandbox:
         # top of the run's private /tmp instead of being hidden by it. Its mount points are made in the run's tmp.
         for d in self.python_dirs:
             cmd += _parents(d, made) + ["--ro-bind", d, d]
+        for target, link in self.python_links:  # e.g. /tmp/py/bin/python3 -> /opt/python/bin/python3.11
+            cmd += _parents(link, made) + ["--symlink", target, link]
         cmd += ["--chdir", APP, "--"]
         if self.setpriv:
             cmd += [self.setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}", "--clear-groups",
@@ -143,11 +146,29 @@ def _python_dirs() -> list[str]:
             os.path.dirname(os.path.realpath(sys.executable))}
     keep = []
     for d in sorted({os.path.realpath(d) for d in dirs} | dirs, key=len):
-        if d in ("/", "") or any(d == k or d.startswith(k + "/") for k in (*SYSTEM_DIRS, *keep)):
+        if d in ("/", "") or _inside(d, (*SYSTEM_DIRS, *keep)):
             continue
         if os.path.isdir(d):
             keep.append(d)
     return keep
+
+
+def _inside(path: str, dirs) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
+def _python_links(dirs: list[str]) -> list[tuple[str, str]]:
+    """The symlinks on the way from sys.executable to the real interpreter that no bound folder holds: recreated
+    as links in the sandbox (binding their folders would share whatever else is there, /tmp for one)."""
+    links, path = [], sys.executable
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        if not os.path.islink(path):
+            break
+        target = os.readlink(path)
+        if not _inside(path, (*SYSTEM_DIRS, *dirs)):
+            links.append((target, path))
+        path = os.path.normpath(os.path.join(os.path.dirname(path), target))
+    return links
 
 
 def probe(work: Path, unsafe: bool, timeout: float = 30) -> Sandbox:
@@ -181,7 +202,8 @@ def _try_bwrap(work: Path, timeout: float) -> Sandbox | tuple[str, str]:
         if not setpriv:
             return ("setpriv (util-linux) is not installed: a root server needs it to drop the app to uid 65534",
                     "Install util-linux's setpriv")
-    box = Sandbox("bwrap", "bubblewrap", bwrap, setpriv, _python_dirs())
+    dirs = _python_dirs()
+    box = Sandbox("bwrap", "bubblewrap", bwrap, setpriv, dirs, _python_links(dirs))
     data_dir = work.resolve().parent.parent  # work is <data dir>/spaces/.probe
     for shared in (*SYSTEM_DIRS, *box.python_dirs):
         if data_dir.is_relative_to(os.path.realpath(shared)):
