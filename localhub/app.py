@@ -26,7 +26,7 @@ from .discussions import Discussions
 from .gating import Gates
 from .http import Ctx, HubError, Moved, Router, User, authenticate, error_response, not_found
 from .likes import Likes
-from .listing import install_likes
+from .listing import count_download, install_likes
 from .storage import Repo, Storage
 from .teams import Teams
 
@@ -183,6 +183,7 @@ class Hub:
             await ext.on_ref_change(repo, change, ref, oid)
 
     async def on_download(self, repo: Repo, path: str) -> None:
+        count_download(self.storage, repo, path)  # the listing's `downloads` (localhub/listing.py)
         for ext in self.extensions:
             await ext.on_download(repo, path)
 

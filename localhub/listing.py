@@ -138,3 +138,16 @@ def install_likes(db: sqlite3.Connection) -> None:
     db.executescript(LIKES_SCHEMA)
     if fresh:
         db.execute("UPDATE listing SET likes = (SELECT COUNT(*) FROM likes WHERE likes.rid = listing.rid)")
+
+
+def count_download(storage, repo, path: str) -> None:
+    """One download of a model per HEAD or GET of its `config.json`, the Hub's rule for models (a cached
+    `from_pretrained` still sends that HEAD). Other files and repo types count nothing: each count is a write."""
+    if repo.type == "model" and path == "config.json":
+        with storage.lock:
+            storage.db.execute("UPDATE listing SET downloads = downloads + 1 WHERE rid=?", (repo.rid,))
+
+
+def downloads(storage, repo) -> int:
+    rows = storage._rows("SELECT downloads FROM listing WHERE rid=?", (repo.rid,))
+    return rows[0][0] if rows else 0

@@ -7,7 +7,8 @@ case-insensitive substring of the id), `pipeline_tag`, `library`, `gated`, `sort
 descending), `limit` and `cursor`. A page is at most `limit` (1000 by default) items; when more match, the answer
 carries `Link: <...&cursor=...>; rel="next"`, which the client follows (GitHub-style, as on the Hub).
 
-localhub has no traffic signal: `trendingScore` is the like count, and downloads count nothing yet (always 0).
+`downloads` counts HEAD/GET requests of a model's config.json (localhub/listing.py); localhub has no trending
+signal, so `trendingScore` is the like count.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from . import cards, listing_query
 from .history import last_commits
-from .listing import derive_tags
+from .listing import derive_tags, downloads
 from .http import (
     NAME_RE, NAMESPACE_RE, REPO_PREFIX, TYPE_OF_PLURAL, Ctx, Moved, Router, can_read, canonical_namespace, check_write,
     field, iso, namespace_role, repo_for_read, repo_for_write,
@@ -151,7 +151,7 @@ def repo_info(ctx: Ctx, repo: Repo, oid: str) -> dict:
         "_id": hashlib.sha1(repo.id.encode()).hexdigest()[:24], "id": repo.id, "author": repo.namespace,
         "sha": oid, "private": repo.private, "gated": repo.gated or False, "disabled": False,
         "lastModified": iso(ctx.storage.commit_info(oid).date), "createdAt": iso(repo.created_at),
-        "downloads": 0, "likes": ctx.hub.likes.count(repo), "tags": derive_tags(repo.type, data)[0],
+        "downloads": downloads(ctx.storage, repo), "likes": ctx.hub.likes.count(repo), "tags": derive_tags(repo.type, data)[0],
         "cardData": data or None,
         "siblings": [_sibling(e) for e in sorted(files.values(), key=lambda e: e.path)],
         "usedStorage": sum(e.size for e in files.values()),
