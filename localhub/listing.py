@@ -141,8 +141,8 @@ def install_likes(db: sqlite3.Connection) -> None:
 
 
 def count_download(storage, repo, path: str) -> None:
-    """One download of a model per HEAD or GET of its `config.json`, the Hub's rule for models (a cached
-    `from_pretrained` still sends that HEAD). Other files and repo types count nothing: each count is a write."""
+    """One download of a model per HEAD or GET of its `config.json`, the Hub's documented rule for models (so a
+    first `hf_hub_download` counts 2, a cached one 1). Other files and types count nothing: each count is a write."""
     if repo.type == "model" and path == "config.json":
         with storage.lock:
             storage.db.execute("UPDATE listing SET downloads = downloads + 1 WHERE rid=?", (repo.rid,))

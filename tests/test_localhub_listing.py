@@ -107,7 +107,8 @@ def test_dataset_facets_spaces_and_gated(hf_api: HfApi, new_repo_id, tag: str):
     assert {d.id for d in hf_api.list_datasets(filter=tag, gated=False)} == {d1}
 
 
-def test_sort_direction_pagination_and_privacy(hf_api: HfApi, localhub: LocalHub, new_repo_id, tag: str):
+def test_sort_direction_pagination_and_privacy(hf_api: HfApi, localhub: LocalHub, new_repo_id, tag: str,
+                                                tmp_path: Path):
     repos = [new_repo_id() for _ in range(5)]
     for repo in repos:
         hf_api.create_repo(repo)
@@ -126,6 +127,14 @@ def test_sort_direction_pagination_and_privacy(hf_api: HfApi, localhub: LocalHub
     assert next(iter(hf_api.list_models(filter=tag, sort="last_modified"))).id == repos[1]
     oldest_first = httpx.get(f"{localhub.url}/api/models", params={"filter": tag, "sort": "createdAt", "direction": 1})
     assert [m["id"] for m in oldest_first.json()] == repos
+
+    # A model's downloads count HEAD and GET requests of its config.json, as the Hub counts them: a first
+    # download is a HEAD and a GET, a cached one a HEAD.
+    hf_api.upload_file(path_or_fileobj=b"{}", path_in_repo="config.json", repo_id=repos[4])
+    for _ in range(2):
+        hf_hub_download(repos[4], "config.json", token=localhub.token("alice"), cache_dir=tmp_path)
+    top = next(iter(hf_api.list_models(filter=tag, sort="downloads")))
+    assert (top.id, top.downloads) == (repos[4], 3) and hf_api.model_info(repos[4]).downloads == 3
 
     # Pages of 2: the answer links to the next page, and the client's paginator follows the links to the end.
     first = httpx.get(f"{localhub.url}/api/models", params={"filter": tag, "limit": 2, "sort": "createdAt"})
