@@ -417,3 +417,45 @@ def test_deploying_without_the_shared_store_creates_nothing(cli_env, tmp_path):
     with _client() as client:
         names = [d.name for d in client.read_deployments()]
     assert not [n for n in names if n.endswith("-nostore")], names
+
+
+def _deploy_the_pipeline_alone(cli_env, tmp_path, store: str, name: str) -> subprocess.CompletedProcess:
+    """`prefect deploy` of the pipeline deployment (renamed `name`) with HUBFLOW_STORE=`store`."""
+    spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+    spec["deployments"] = [{**d, "name": name} for d in spec["deployments"] if d["name"] == "pipeline"]
+    prefect_file = tmp_path / "prefect.yaml"
+    prefect_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = {**cli_env, "HUBFLOW_STORE": store}
+    up = subprocess.run([str(BIN / "hubflow"), "pools", "up"], env=env, cwd=ROOT, capture_output=True, text=True,
+                        timeout=120)
+    assert up.returncode == 0, up.stdout + up.stderr
+    return subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(prefect_file), "--all"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_deploying_with_an_absolute_store_path_works_and_says_every_worker_must_see_it(cli_env, tmp_path):
+    """One host, or a mount every worker shares: the pipeline is deployed in pools mode with that store."""
+    from hubflow.config import ExecutionMode, PipelineConfig
+
+    store = str(tmp_path / "shared" / "store")
+    deploy = _deploy_the_pipeline_alone(cli_env, tmp_path, store, "pipeline-local-store")
+    assert deploy.returncode == 0, deploy.stdout[-4000:] + deploy.stderr[-4000:]
+    said = [line for line in (deploy.stdout + deploy.stderr).splitlines() if "every worker" in line]
+    assert said and f"HUBFLOW_STORE={store} is a local path; every worker of the cpu and gpu pools must see " \
+        "that path" in said[0], said
+    with _client() as client:
+        deployment = client.read_deployment_by_name("hubflow-pipeline/pipeline-local-store")
+    config = PipelineConfig.model_validate(deployment.parameters["config"])  # what each of its runs validates
+    assert config.artifact_store == store and config.execution.mode is ExecutionMode.pools
+
+
+def test_deploying_with_a_relative_store_path_creates_nothing(cli_env, tmp_path):
+    """A relative path would be a different folder in each worker's directory: refused as an unset one is."""
+    from prefect.exceptions import ObjectNotFound
+
+    deploy = _deploy_the_pipeline_alone(cli_env, tmp_path, "./store", "pipeline-relative-store")
+    assert deploy.returncode != 0
+    assert "HUBFLOW_STORE must be the shared artifact store" in deploy.stdout + deploy.stderr
+    assert "it is ./store" in deploy.stdout + deploy.stderr
+    with _client() as client, pytest.raises(ObjectNotFound):
+        client.read_deployment_by_name("hubflow-pipeline/pipeline-relative-store")

@@ -207,6 +207,54 @@ def test_a_publish_cut_at_the_commit_leaves_the_previous_commit(runs, localhub, 
     assert weights.lfs.sha256 == runs["good"].checkpoint.fingerprint
 
 
+def test_a_release_cut_after_the_model_commit_is_finished_in_the_name_of_the_run_that_made_it(runs, localhub, hf_api,
+                                                                                               alice_env):
+    """The run `good` commits its model and its release stops there (no predictions). A rerun of the pipeline finds
+    every stage cached and the model at head: it publishes the predictions, and the model's card, its tag and the
+    rerun's record all name the flow run that made the model commit, not the rerun."""
+    from huggingface_hub import ModelCard
+
+    from hubflow.config import PipelineConfig
+    from hubflow.flows.pipeline import pipeline
+    from hubflow.stages.publish import load_result, push_model
+
+    good = runs["good"]
+    model_repo = repo("finished")
+    config = PipelineConfig.model_validate({**good.config.model_dump(mode="json"),
+                                            "publish": {"enabled": True, "repo_id": model_repo}})
+    cut = push_model(good, config.publish)  # what good's publish-model task does; the predictions never follow
+    assert not hf_api.repo_exists(f"{model_repo}-predictions", repo_type="dataset")
+
+    rerun = pipeline(config)
+    assert rerun.flow_run_id != good.flow_run_id
+    model, predictions = rerun.published.model, rerun.published.predictions
+    assert model.sha == cut.sha == head_sha(hf_api, model_repo) and not model.created
+    assert predictions.created and predictions.sha == head_sha(hf_api, predictions.repo_id, "dataset")
+
+    made_by = f"run-{good.flow_run_id[:8]}"
+    card = ModelCard.load(model_repo, token=localhub.token("alice"))
+    assert card.data.to_dict()["hubflow"]["flow_run_id"] == good.flow_run_id and good.flow_run_id in card.text
+    assert {t.name: t.target_commit for t in hf_api.list_repo_refs(model_repo).tags} == {made_by: cut.sha}
+    assert model.tag == made_by and load_result(rerun.summary_uri).published.model.tag == made_by
+
+
+def test_a_release_target_the_hub_would_refuse_stops_the_run_before_training(hub_inputs, localhub, hf_api,
+                                                                             alice_env, tmp_path):
+    """publish.repo_id is a valid name, but the predictions repo derived from it (`-predictions` added) is past the
+    Hub's 96 characters: the run stops at the release preflight, before the data is pulled, naming the setting."""
+    from hubflow.config import PipelineConfig
+    from hubflow.flows.pipeline import pipeline
+
+    name = f"{TAG}-" + "m" * (92 - len(TAG) - 1)
+    config = PipelineConfig.model_validate({**run_config(hub_inputs, tmp_path / "store").model_dump(mode="json"),
+                                            "publish": {"enabled": True, "repo_id": name}})
+    refused = rf"publish\.predictions_repo_id='alice/{name}-predictions' is not a Hub repo id"
+    with pytest.raises(ValueError, match=refused):
+        pipeline(config)
+    assert not (tmp_path / "store" / "pull-dataset").exists() and not (tmp_path / "store" / "train").exists()
+    assert not hf_api.repo_exists(f"alice/{name}")
+
+
 # ---- the predictions --------------------------------------------------------------------------------------------
 def test_predictions_load_as_a_dataset_in_input_order(published, runs, localhub, datasets_lib, hub_inputs):
     from huggingface_hub import DatasetCard
