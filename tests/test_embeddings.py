@@ -188,6 +188,63 @@ def test_mnrl_training_lowers_loss_and_improves_retrieval(tiny_bert, tmp_path):
     assert "| ndcg@10 |" in KIND.render(report, None)[0]
 
 
+def test_scored_pairs_with_cosine_loss_and_hard_negatives_with_mnrl_train(tiny_bert):
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    rng = random.Random(4)
+    topics = list(KEYWORDS.values())
+    rows = []
+    for i in range(96):  # same-topic pairs score 1, cross-topic pairs 0; the hard negative is another topic
+        t, u = rng.randrange(3), rng.randrange(3)
+        rows.append({"anchor": " ".join(rng.sample(topics[t], 2) + rng.sample(FILLER, 3)),
+                     "positive": " ".join(rng.sample(topics[u], 2) + rng.sample(FILLER, 3)),
+                     "negative": " ".join(rng.sample(topics[(t + 1) % 3], 2) + rng.sample(FILLER, 3)),
+                     "score": float(t == u)})
+    table = pa.Table.from_pylist(rows)
+    tables = {"train": table.slice(0, 64), "validation": table.slice(64), "test": table.slice(64)}
+    for loss, settings in (("cosine", EmbeddingDataSettings(score_column="score")),
+                           ("mnrl", EmbeddingDataSettings(negative_column="negative"))):
+        dsd = data.build(tables, settings, str(tiny_bert), Preprocess())
+        torch.manual_seed(0)
+        model, tokenizer = emb_model.load_for_training(str(tiny_bert), EmbeddingTrainSettings(loss=loss), 32)
+        collate = emb_model.collator(tokenizer, on_gpu=False)
+        cols = [c for c in KIND.train_columns if c in dsd["train"].column_names]
+        train_dl = DataLoader(dsd["train"].select_columns(cols), batch_size=16, collate_fn=collate)
+        eval_dl = DataLoader(dsd["validation"].select_columns(cols), batch_size=64, collate_fn=collate)
+        before = emb_model.validate(model, eval_dl, Accelerator(cpu=True))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+        for _ in range(4):
+            model.train()
+            for batch in train_dl:
+                model(**batch).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+        after = emb_model.validate(model, eval_dl, Accelerator(cpu=True))
+        assert after["eval_loss"] < before["eval_loss"], (loss, before, after)
+        if loss == "cosine":
+            assert after["eval_spearman"] > max(before["eval_spearman"], 0.3), (before, after)
+            assert emb_model.rank(after)[0] == after["eval_spearman"]
+
+
+def test_sentence_transformers_loads_a_pushed_model_at_its_revision(tiny_bert, tmp_path, hf_api, new_repo_id):
+    from sentence_transformers import SentenceTransformer
+
+    repo = new_repo_id()
+    embedder, tokenizer = emb_model.load_for_training(str(tiny_bert), EmbeddingTrainSettings(), max_length=32)
+    folder = save_sentence_transformer(embedder, tokenizer, tmp_path / "st")
+    hf_api.create_repo(repo)
+    sha = hf_api.upload_folder(folder_path=str(folder), repo_id=repo).oid
+    # A later commit without normalisation: the pinned revision must still give the normalised vectors.
+    embedder.normalize = False
+    save_sentence_transformer(embedder, tokenizer, tmp_path / "later")
+    hf_api.upload_folder(folder_path=str(tmp_path / "later"), repo_id=repo, delete_patterns=["2_Normalize/*"])
+    texts = ["team goal", "rain storm today", "stock market price news"]
+    pinned = SentenceTransformer(repo, revision=sha, token=hf_api.token, device="cpu").encode(texts)
+    assert np.abs(pinned - Encoder.load(folder).encode(texts)).max() <= 1e-5
+    assert np.allclose(np.linalg.norm(pinned, axis=1), 1.0, atol=1e-5)
+
+
 # ---- data -------------------------------------------------------------------------------------------------------
 
 

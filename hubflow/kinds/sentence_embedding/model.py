@@ -4,7 +4,8 @@
                                                        -> EmbedderOutput(loss, anchor, positive)
     load_for_training(model_dir, settings, max_length, allow_pickle) -> (Embedder, tokenizer), fp32 weights
     collator(tokenizer, on_gpu)                        rows of token ids -> padded tensors + masks (+ score, key)
-    validate(model, eval_dl, accelerator)              validation loss and retrieval metrics on the pairs
+    validate(model, eval_dl, accelerator)              validation loss, retrieval metrics on the pairs (and
+                                                       Spearman of cosine vs score on scored pairs)
     rank(metrics)                                      the order that picks the best checkpoint
 
 hubflow's one training loop calls `model(**batch).loss`, so the pair loss lives in `forward`. The anchor's token ids
@@ -131,25 +132,52 @@ def validate(model, eval_dl, accelerator) -> dict[str, float]:
     """Validation loss (mean over rows) and retrieval: each anchor searches the split's distinct positives for its
     own (recall@1, recall@10, MRR@10, nDCG@10), gathered from every process."""
     model.eval()
-    losses, anchors, positives, keys, keyed = [], [], [], [], True
+    losses, anchors, positives, keys, scores, keyed = [], [], [], [], [], True
     for batch in eval_dl:
         out = model(**batch)
         n = len(out.anchor)
         key = batch.get("positive_key")
         keyed = keyed and key is not None
         key = key if key is not None else torch.zeros(n, dtype=torch.long, device=out.anchor.device)
-        a, p, k, loss = accelerator.gather_for_metrics((out.anchor.float(), out.positive.float(), key,
-                                                        out.loss.detach().float().repeat(n)))
-        anchors.append(a), positives.append(p), keys.append(k), losses.append(loss)
+        score = batch.get("score")
+        score = score if score is not None else torch.full((n,), float("nan"), device=out.anchor.device)
+        a, p, k, s, loss = accelerator.gather_for_metrics((out.anchor.float(), out.positive.float(), key, score,
+                                                           out.loss.detach().float().repeat(n)))
+        anchors.append(a), positives.append(p), keys.append(k), scores.append(s), losses.append(loss)
     keys_np = torch.cat(keys).cpu().numpy()
     if not keyed:  # no keys: every row's positive counts as a document of its own
         keys_np = np.arange(len(keys_np))
     distinct, first, relevant = np.unique(keys_np, return_index=True, return_inverse=True)
-    corpus = torch.cat(positives).cpu().numpy()[first]
-    scores = retrieval_scores(torch.cat(anchors).cpu().numpy(), corpus, [np.array([r]) for r in relevant])
-    return {"eval_loss": torch.cat(losses).mean().item(), **{f"eval_{k}": float(v.mean()) for k, v in scores.items()}}
+    a, p = torch.cat(anchors).cpu().numpy(), torch.cat(positives).cpu().numpy()
+    found = retrieval_scores(a, p[first], [np.array([r]) for r in relevant])
+    out = {"eval_loss": torch.cat(losses).mean().item(), **{f"eval_{k}": float(v.mean()) for k, v in found.items()}}
+    gold = torch.cat(scores).cpu().numpy()
+    if not np.isnan(gold).any():  # scored pairs: how well cosine similarity orders them (what loss=cosine learns)
+        cosine = (a * p).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(p, axis=1), 1e-12)
+        out["eval_spearman"] = spearman(cosine, gold)
+    return out
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); 0.0 when either side is constant."""
+    rx, ry = _ranks(x), _ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return 0.0
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(len(v), np.float64)
+    ranks[order] = np.arange(len(v))
+    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]  # tied values share their average rank
 
 
 def rank(metrics: dict[str, float]) -> tuple[float, float]:
-    # Best = highest validation nDCG@10 (it rewards ranking the right text first); on a tie, the lower loss.
+    # Best = highest validation nDCG@10 (it rewards ranking the right text first); on a tie, the lower loss. Scored
+    # pairs (loss=cosine) are ranked by Spearman instead: their positives include pairs scored as unrelated.
+    if "eval_spearman" in metrics:
+        return metrics["eval_spearman"], -metrics["eval_loss"]
     return metrics["eval_ndcg_at_10"], -metrics["eval_loss"]
