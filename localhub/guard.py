@@ -36,6 +36,7 @@ log = logging.getLogger("localhub")
 HEADER_TIMEOUT = float(os.environ.get("LOCALHUB_HEADER_TIMEOUT") or 10)
 BODY_IDLE_TIMEOUT = float(os.environ.get("LOCALHUB_BODY_IDLE_TIMEOUT") or 30)
 MAX_CONNECTIONS_ENV = "LOCALHUB_MAX_CONNECTIONS"
+ACCEPT_BATCH = 64  # connections asyncio accepts per wake-up of the listening socket (localhub/server.py)
 _BUSY_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\n"
              b"content-length: 40\r\n\r\nlocalhub: too many connections, retry.\r\n")
 
@@ -201,6 +202,7 @@ class RateLimit(logging.Filter):
         if record.exc_info and record.exc_info[0] is not None and record.exc_info[0].__name__ in self.QUIET:
             record.msg, record.args = f"{record.getMessage()} (client went away: {record.exc_info[0].__name__})", ()
             record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"  # the client's doing, not a server error
         key = (record.name, str(record.msg)[:200])
         now = time.monotonic()
         entry = self.seen.get(key)

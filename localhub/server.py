@@ -121,13 +121,22 @@ def server_for(app, **options):
     bound beforehand (`server.run(sockets=[sock])`), never binds a port of its own choosing."""
     import uvicorn
 
-    from .guard import GuardedH11Protocol
+    from .guard import ACCEPT_BATCH, GuardedH11Protocol
     from .ports import BACKLOG
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            # asyncio accepts up to `backlog` connections per wake-up before anything else runs, and listen()s with
+            # the same number: a small batch keeps a flood of connects from stalling the requests being served
+            # (4096 at once held the loop ~1 s), and the kernel's queue goes back to its full length here.
+            for sock in sockets or ():
+                sock.listen(BACKLOG)
 
     # log_config=None: uvicorn's records go to the root logger's handlers, and so through the rate limit.
     config = uvicorn.Config(app, http=GuardedH11Protocol, access_log=False, log_level="warning", log_config=None,
-                            interface="asgi3", backlog=BACKLOG, timeout_keep_alive=5, **options)
-    return uvicorn.Server(config)
+                            interface="asgi3", backlog=ACCEPT_BATCH, timeout_keep_alive=5, **options)
+    return Server(config)
 
 
 def serve(host: str, port: int, data_dir: str | Path, users: dict[str, User], seed: list[str] | None = None,
