@@ -7,9 +7,9 @@ is not: localhub/conformance_conftest.py stands in), rewrite tests/testing_const
 fresh localhub with the users, tokens and orgs those tests expect, run test_file_download, test_snapshot_download,
 test_hf_api and test_repocard (or any modules of the suite given with --modules, e.g. test_hf_file_system) with pytest (tests marked `production` or `xet` are deselected: they need huggingface.co
 or Xet; the production Space tests, which create their own Space, run here too), and print passed/failed per test
-class. The rate counts only tests that sent a request to the localhub; the
-others are unit tests of the client and are listed apart. pytest-mock (the `mocker` fixture) is installed with pip
-into the run's temp dir, never into the environment.
+class. The rate counts only tests that sent a Hub API request to the localhub; the
+others are unit tests of the client and are listed apart. pytest-mock (the `mocker` fixture) and jedi are installed
+with pip into the run's temp dir, never into the environment.
 Figures and the known failures: docs/localhub.md.
 """
 
@@ -53,13 +53,18 @@ def fetch_tests(version: str, work: Path) -> Path:
     return tests
 
 
-def install_pytest_mock(work: Path) -> Path | None:
-    """pytest-mock into a private folder (the `mocker` fixture); None when pip cannot get it."""
+# What upstream's test modules import that the environment lacks: pytest-mock (the `mocker` fixture) and jedi
+# (test_hub_mixin), with jedi's one dependency. Installed into the run's temp dir only, never into the environment.
+TEST_DEPS = ("pytest-mock", "jedi", "parso")
+
+
+def install_test_deps(work: Path) -> Path | None:
+    """TEST_DEPS into a private folder; None when pip cannot get them (the tests that need them then error)."""
     target = work / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-                        "pytest-mock"], capture_output=True, text=True)
+                        *TEST_DEPS], capture_output=True, text=True)
     if r.returncode != 0:
-        print("pytest-mock not installed, tests that use `mocker` will error:", r.stderr.strip()[-300:])
+        print(f"{', '.join(TEST_DEPS)} not installed, tests that use them will error:", r.stderr.strip()[-300:])
         return None
     return target
 
@@ -182,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             p.error(f"not in huggingface_hub {huggingface_hub.__version__}'s tests/: {', '.join(missing)}")
         args.modules = [m.removesuffix(".py") for m in args.modules]
-        site = install_pytest_mock(work)
+        site = install_test_deps(work)
         port = free_port()
         consts = point_constants(tests, f"http://127.0.0.1:{port}")
         users, orgs = hub_accounts(consts)
