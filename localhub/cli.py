@@ -24,7 +24,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; keep it on loopback)")
     p.add_argument("--port", type=int, default=8900, help="port to bind (default 8900; 0: any free port, which the "
                    "log's `serving http://HOST:PORT` line names)")
-    p.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a listening socket inherited from LocalHub
+    p.add_argument("--fd", type=int, metavar="N",
+                   help="serve on the listening socket inherited as file descriptor N instead of binding --port (a "
+                   "parent that bound the port first, as LocalHub does, so nobody can take it in between)")
     p.add_argument("--data", required=True, help="data directory: blobs + SQLite metadata; survives restarts")
     p.add_argument(
         "--token-file", action="append", default=[], metavar="PATH",
