@@ -310,3 +310,11 @@ def test_the_data_line_lists_shared_columns_once(tmp_path, caplog):
                               source="src", source_sha=None)
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data ")]
     assert line == "data src: train: 9 rows, test: 3 rows; columns text (string), label (string)", line
+
+
+def test_a_missing_split_names_its_setting(tmp_path):
+    _write_split(tmp_path / "train.csv", "csv", 12)
+    with pytest.raises(ValueError, match=r"no files for split 'today' \(data.test_split\) under "):
+        pull.load_files_split(str(tmp_path), "today")
+    with pytest.raises(ValueError, match=r"no files for split 'training' \(data.train_split\) under "):
+        pull.load_raw_files(str(tmp_path), _cfg(str(tmp_path), train_split="training"), KIND, str(tmp_path / "raw"))

@@ -38,7 +38,7 @@ def load_raw_files(source: str, cfg: DataConfig, kind, out_uri: str) -> RawDataR
 
     files = _discover(source, _wanted_splits(cfg), cfg.format)
     if cfg.train_split not in files:
-        raise ValueError(_nothing_found(source, cfg.train_split, files, cfg.format))
+        raise ValueError(_nothing_found(source, cfg.train_split, files, cfg.format, "data.train_split"))
     loaded = DatasetDict()
     for split in (s for s in _wanted_splits(cfg) if s in files):  # train first, as the data line lists them
         loaded[split] = _load(source, split, *files[split], _setting(cfg, split))
@@ -54,7 +54,8 @@ def write_raw_splits(dsdict, cfg: DataConfig, kind, out_uri: str, source: str, s
     anything is written.
     """
     if cfg.train_split not in dsdict:
-        raise ValueError(f"train split {cfg.train_split!r} not in {source}; available splits: {sorted(dsdict)}")
+        raise ValueError(f"train split {cfg.train_split!r} (data.train_split) not in {source}; available splits: "
+                         f"{sorted(dsdict)}")
     log.info("data %s%s: %s", source, f"@{source_sha[:10]}" if source_sha else "", describe(dsdict))
     roles = kind.raw_columns(cfg, dsdict[cfg.train_split].column_names)
     limits = {cfg.test_split: cfg.max_test_samples, cfg.validation_split: cfg.max_eval_samples,
@@ -93,7 +94,7 @@ def load_files_split(source: str, split: str, fmt: DataFormat | None = None, set
     `setting` is the config key that named the split, for the error a missing or empty split gets."""
     found = _discover(source, [split], fmt)
     if split not in found:
-        raise ValueError(_nothing_found(source, split, found, fmt))
+        raise ValueError(_nothing_found(source, split, found, fmt, setting))
     return _load(source, split, *found[split], setting)
 
 
@@ -175,12 +176,12 @@ def _holds_rows(uri: str, fmt: DataFormat) -> bool:
     return bool(text)
 
 
-def _nothing_found(source: str, split: str, found: dict, fmt: DataFormat | None) -> str:
+def _nothing_found(source: str, split: str, found: dict, fmt: DataFormat | None, setting: str) -> str:
     """What was under the folder, and what is read: the one line a user needs to fix the source or the config."""
     files = [r for r in store.find(source) if not any(p.startswith(".") for p in r.split("/"))]
     extensions = sorted({posixpath.splitext(r)[1].lower() or "(none)" for r in files})
     readable = "data.format=" + fmt.value if fmt else "parquet, csv, tsv, jsonl/json and arrow files"
-    return (f"no files for split {split!r} under {source} (read: {readable}); found {len(files)} files "
+    return (f"no files for split {split!r} ({setting}) under {source} (read: {readable}); found {len(files)} files "
             f"(extensions {', '.join(extensions) or 'none'}) and splits {sorted(found)}; name files after the split "
             "(train.csv, train-0000.parquet, train/…) and set data.format for other extensions")
 
