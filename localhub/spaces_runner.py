@@ -259,6 +259,9 @@ class Supervisor:
                      else f"WARNING: {box.reason}\n"))
         hold = reserve()  # held until the app answers: no other process's bind or connect can be given the port
         port = hold.getsockname()[1]
+        if st.port_tries:  # the app could not bind a held port (it binds without SO_REUSEADDR): only chosen, now
+            hold.close()
+            build.write(f"The app's port was in use: starting it again on port {port}\n")
         argv = [a.replace("{port}", str(port)) for a in argv]
         token = self._token_for(repo, build)
         env = self._env(repo, port, box, home, tmp, token)

@@ -115,3 +115,28 @@ def test_the_demos_prefect_server_comes_up_while_ports_are_grabbed(tmp_path: Pat
         assert httpx.get(f"{server.api_url}/health", timeout=10).status_code == 200
     finally:
         server.stop()
+
+
+# socketserver.TCPServer binds without SO_REUSEADDR: a port held for it cannot be bound, so it is started again
+# on a port that is only chosen (the old way) and still comes up.
+PLAIN_BIND_APP = textwrap.dedent('''
+    import http.server, os, socketserver
+    class Server(socketserver.TCPServer):
+        allow_reuse_address = False
+    Server(("127.0.0.1", int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler).serve_forever()
+''')
+
+
+def test_an_app_that_binds_without_reuseaddr_still_runs(tmp_path: Path):
+    hub = LocalHub(tmp_path / "hub", users=USERS).start()
+    try:
+        api = HfApi(endpoint=hub.url, token=hub.token("alice"))
+        api.create_repo("alice/plain-bind", repo_type="space", space_sdk="gradio")
+        api.upload_file(path_or_fileobj=PLAIN_BIND_APP.encode(), path_in_repo="app.py", repo_id="alice/plain-bind",
+                        repo_type="space")
+        runtime = api.wait_for_space("alice/plain-bind", timeout=60, poll_interval=0.1)
+        assert runtime.stage == "RUNNING", runtime.raw.get("errorMessage")
+        assert "app.py" in httpx.get(api.space_info("alice/plain-bind").host + "/").text  # its directory listing
+        assert "starting it again on port" in "".join(api.fetch_space_logs("alice/plain-bind", build=True))
+    finally:
+        hub.stop()
