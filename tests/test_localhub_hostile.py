@@ -1,4 +1,4 @@
-"""localhub survives a hostile local client (loopback only, bounded: ~40 s).
+"""localhub survives a hostile local client (loopback only, bounded: 15-40 s on 2 shared cores).
 
 While 20,000 half-open connections (two processes of 10,000: a process may hold at most RLIMIT_NOFILE's hard limit
 of sockets, 20,000 here) and 50 slow commit bodies (1 GB declared, 100 bytes sent) hold on, another client's
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import resource
+import select
 import socket
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def hub(tmp_path: Path):
 
 
 def test_a_hostile_client_does_not_starve_a_good_one(hub: LocalHub):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     per_process = HALF_OPEN // PROCESSES
     if hard < per_process + 100:
         pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below {per_process} sockets per attacking process")
@@ -170,8 +171,6 @@ def test_a_request_head_that_never_ends_is_cut_at_the_deadline(hub: LocalHub):
 
 
 def select_line(proc: subprocess.Popen, timeout: float) -> str:
-    import select
-
     if select.select([proc.stdout], [], [], timeout)[0]:
         return proc.stdout.readline().strip()
     return ""
