@@ -163,19 +163,19 @@ class Setup:
 def setup(root: Path, sizes: Sizes) -> Setup:
     from datasets import Dataset, DatasetDict
 
-    from hubflow.config import DataConfig, DataShape, PreprocessConfig, TaskType
+    from hubflow.config import DataConfig, PreprocessConfig
     from hubflow.kinds import kind_for
     from hubflow.kinds.causal_lm.data import prepare_inference
-    from hubflow.refs import ModelFacts
-    from hubflow.stages.pull import write_raw_splits
+    from hubflow.kinds.causal_lm.settings import CausalLMFacts, DataShape
     from hubflow.stages.facts import weights_fingerprint
+    from hubflow.stages.pull import write_raw_splits
 
     base = root / "lm"
     train = chat_rows(sizes.train_rows + sizes.val_rows + 8, seed=0)
     test = chat_rows(sizes.gen_rows, seed=7)  # other tickets than the training rows
     model_dir = str(make_model(base / "model", train + test))
     kind, data_cfg = kind_for("causal-lm"), DataConfig(source="bench")
-    facts = ModelFacts(task=TaskType.causal_lm, max_length=sizes.max_length, shape=DataShape.chat, chat=True)
+    facts = CausalLMFacts(max_length=sizes.max_length, shape=DataShape.chat, chat=True)
     test_ds = Dataset.from_list(test)
     gen = prepare_inference(test_ds, data_cfg, model_dir, facts, str(base / "gen"), "test")
     gen_small = prepare_inference(test_ds, data_cfg, model_dir, facts, str(base / "gen"), "test",
@@ -202,10 +202,9 @@ def new_tokens(tokens: list[int], eos_ids: list[int], pad_id: int) -> int:
 def run_generation(root: Path, s: Setup, sizes: Sizes, wanted: set[str], reps: int, report: Report) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-
     from transformers import GenerationConfig as HFGenerationConfig
 
-    from hubflow.config import GenerationConfig, InferenceConfig
+    from hubflow.kinds.causal_lm.settings import CausalLMInference, Generation
     from hubflow.stages.predict import predict, read_predictions
     from hubflow.tokenize import load_tokenized
 
@@ -217,9 +216,9 @@ def run_generation(root: Path, s: Setup, sizes: Sizes, wanted: set[str], reps: i
     pad_id = tok.pad_token_id
     longest = max(len(p) for p in prompt_ids) + new
     # The token budget is set so that it never narrows a batch: ours and bare run the same batches.
-    cfg = InferenceConfig(batch_size=sizes.gen_batch, max_tokens_per_batch=max(8192, sizes.gen_batch * longest),
-                          generation=GenerationConfig(max_new_tokens=new))
-    warm_cfg = cfg.model_copy(update={"generation": GenerationConfig(max_new_tokens=4)})
+    cfg = CausalLMInference(batch_size=sizes.gen_batch, max_tokens_per_batch=max(8192, sizes.gen_batch * longest),
+                    generation=Generation(max_new_tokens=new))
+    warm_cfg = cfg.model_copy(update={"generation": Generation(max_new_tokens=4)})
     greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     last: dict[str, list] = {}  # side -> [new tokens per row, completion per row] (input order), last timed run
 
@@ -360,12 +359,12 @@ def run_sft(root: Path, s: Setup, sizes: Sizes, reps: int, report: Report) -> No
     from transformers import AutoTokenizer, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from hubflow.config import LoraConfig, TrainConfig
+    from hubflow.kinds.causal_lm.settings import CausalLMTrain, Lora
     from hubflow.refs import PinnedRepo
     from hubflow.stages.train import LengthGroupedSampler, train_model
     from hubflow.tokenize import load_tokenized
 
-    lora = LoraConfig()  # hubflow's defaults, given to TRL below as they are
+    lora = Lora()  # hubflow's defaults, given to TRL below as they are
     pinned = PinnedRepo(repo_id="bench/llama", repo_type="model", revision="main", sha="0" * 40)
     train_ids = list(load_tokenized(s.sft)["train"]["input_ids"])
     n, tokens = len(train_ids), sum(len(x) for x in train_ids)  # 1 epoch: every row once, no padding counted
@@ -373,7 +372,7 @@ def run_sft(root: Path, s: Setup, sizes: Sizes, reps: int, report: Report) -> No
     checks: list[str] = []  # printed after the section's header
 
     def ours(rep, max_steps=None) -> float:
-        cfg = TrainConfig(method="lora", lora=lora, epochs=1, max_steps=max_steps, batch_size=sizes.train_batch,
+        cfg = CausalLMTrain(method="lora", lora=lora, epochs=1, max_steps=max_steps, batch_size=sizes.train_batch,
                           eval_batch_size=EVAL_BATCH, learning_rate=LR, weight_decay=0.0, warmup_ratio=0.0,
                           seed=SEED, checkpoint_every_steps=1_000_000)
         out = str(root / "lm" / "train" / f"ours-{rep}")  # fresh: an existing resume checkpoint would be picked up

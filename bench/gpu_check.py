@@ -291,7 +291,8 @@ def causal_lm(root: Path, quick: bool, report, values: dict) -> None:
 
     from bench import causal_lm as lm
     from bench.common import timed
-    from hubflow.config import GenerationConfig, InferenceConfig, Precision, TrainConfig
+    from hubflow.config import Precision
+    from hubflow.kinds.causal_lm.settings import CausalLMInference, CausalLMTrain, Generation
     from hubflow.refs import PinnedRepo
     from hubflow.stages.predict import predict, read_predictions
     from hubflow.stages.train import train_model
@@ -302,14 +303,14 @@ def causal_lm(root: Path, quick: bool, report, values: dict) -> None:
     with mock.patch.dict(lm.MODEL, {} if quick else GPU_LM):
         s = lm.setup(root, sizes)
     pinned = PinnedRepo(repo_id="bench/llama", repo_type="model", revision="main", sha="0" * 40)
-    cfg = TrainConfig(method="lora", epochs=1, batch_size=sizes.train_batch, eval_batch_size=64, learning_rate=2e-4,
+    cfg = CausalLMTrain(method="lora", epochs=1, batch_size=sizes.train_batch, eval_batch_size=64, learning_rate=2e-4,
                       warmup_ratio=0.0, weight_decay=0.0, precision=Precision.bf16, checkpoint_every_steps=1_000_000)
     train_model(s.sft, s.model_dir, pinned, cfg.model_copy(update={"max_steps": 2}), str(root / "lm-warm"))
     seconds = timed(lambda: train_model(s.sft, s.model_dir, pinned, cfg, str(root / "lm-train")))
     tokens = sum(len(x) for x in load_tokenized(s.sft)["train"]["input_ids"])
     longest = max(len(p) for p in load_tokenized(s.gen)["test"]["prompt_ids"]) + sizes.new_tokens
-    gen = InferenceConfig(batch_size=sizes.gen_batch, max_tokens_per_batch=max(8192, sizes.gen_batch * longest),
-                          shard_size=sizes.gen_rows, generation=GenerationConfig(max_new_tokens=sizes.new_tokens))
+    gen = CausalLMInference(batch_size=sizes.gen_batch, max_tokens_per_batch=max(8192, sizes.gen_batch * longest),
+                    shard_size=sizes.gen_rows, generation=Generation(max_new_tokens=sizes.new_tokens))
     predict(s.model_dir, s.fingerprint, s.gen_small, "test", gen, str(root / "lm-pred-warm"))
     holder: dict = {}
     gen_seconds = timed(lambda: holder.setdefault("p", predict(s.model_dir, s.fingerprint, s.gen, "test", gen,

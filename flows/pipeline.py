@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from prefect import flow
 
-from hubflow.config import PipelineConfig
 from hubflow.flows.release import release
+from hubflow.kinds import config_form
 from hubflow.refs import PipelineResult
 from hubflow.tasks import dispatch
 from hubflow.tasks import pipeline as stages
 from hubflow.tasks.records import record_run
 from hubflow.tasks.release import check_release_targets
+
+
+# The run form: one typed form per installed task kind, picked by `task` (each kind's own sections and keys).
+PipelineConfig = config_form()
 
 
 @flow(name="hubflow-pipeline", persist_result=True, log_prints=True)

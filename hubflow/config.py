@@ -3,10 +3,16 @@
 These models are the flow parameters, so Prefect renders them as the run form in its UI (names, descriptions,
 bounds, defaults) and the server rejects invalid values before a run starts. YAML recipes in
 `deployments/configs/` are validated against `PipelineConfig` (see `load_recipe`).
+
+Only what every task kind shares lives here. A kind extends the sections it needs in its own package
+(`hubflow/kinds/<kind>/settings.py`: a classifier's label column, a causal LM's LoRA and generation settings) and
+composes them into its own `Config`; validating `PipelineConfig` (or a section) picks the kind's class by `task`,
+so a recipe carries exactly its kind's keys and an unknown one is an error that names it.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 from enum import Enum
 from functools import lru_cache
@@ -21,11 +27,43 @@ class _Stage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TaskType(str, Enum):
-    """What the model learns to do; selects the task kind (hubflow/kinds/) that every stage delegates to."""
+class _Keyed(_Stage):
+    """A settings model that task kinds may extend. Validating the shared class with a mapping whose `task` names a
+    kind gives that kind's own class, so its keys survive a trip through JSON (a deployment's parameters, a run's
+    summary); the whole config picks its kind by `task` (the registry's default when absent)."""
 
-    text_classification = "text-classification"
-    causal_lm = "causal-lm"
+    @model_validator(mode="wrap")
+    @classmethod
+    def _the_kinds_own(cls, data: Any, handler):
+        if not isinstance(data, dict) or cls not in _SHARED:
+            return handler(data)  # a kind's own class, or an instance: as it is
+        task = data.get("task")
+        own = kind_settings(cls, task)
+        if own is cls:  # this kind uses the shared section as it is
+            return handler({k: v for k, v in data.items() if k != "task"} if task and "task" not in cls.model_fields
+                           else data)
+        return own.model_validate(data)
+
+    def __new__(cls, *args, **kwargs):
+        # `PipelineConfig(task=..., ...)` builds the kind's class too (its __init__ then validates as that class).
+        if cls in _SHARED and not args and ("task" in kwargs or cls is PipelineConfig):
+            cls = kind_settings(cls, kwargs.get("task"))
+        return super().__new__(cls)
+
+
+def kind_settings(shared: type[BaseModel], task: str | None) -> type[BaseModel]:
+    """The class a kind uses for `shared` (PipelineConfig -> the kind's Config; a section -> its own or the shared)."""
+    # The kinds are plugins found through entry points, and they import this module: load them on first use.
+    kinds = importlib.import_module("hubflow.kinds")
+    if shared.__name__ == "PipelineConfig":
+        return kinds.kind_for(task or kinds.DEFAULT_TASK).settings
+    if task is None:
+        return shared
+    for field in kinds.kind_for(task).settings.model_fields.values():
+        own = field.annotation
+        if isinstance(own, type) and issubclass(own, shared):
+            return own
+    return shared
 
 
 class Precision(str, Enum):
@@ -41,7 +79,7 @@ class InferencePrecision(str, Enum):
 
     auto = "auto"  # a GPU: bf16 (fp16 where bf16 is unsupported); a CPU: fp32
     fp32 = "fp32"  # full precision anywhere
-    int8 = "int8"  # text-classification on CPU workers: the body's linear layers in int8 (dynamic quantization)
+    int8 = "int8"  # CPU workers, kinds that support it: the body's linear layers in int8 (dynamic quantization)
 
 
 class DataFormat(str, Enum):
@@ -52,38 +90,6 @@ class DataFormat(str, Enum):
     tsv = "tsv"
     json = "json"  # JSON lines or a JSON array
     arrow = "arrow"
-
-
-class DataShape(str, Enum):
-    """(causal-lm) The shape of the rows: chat turns, prompt/completion pairs, or raw text for continued pre-training.
-    `auto` picks by the columns present: the messages column, else prompt + completion, else the text column."""
-
-    auto = "auto"
-    chat = "chat"
-    prompt_completion = "prompt-completion"
-    text = "text"
-
-
-class LossOn(str, Enum):
-    """(causal-lm) Which tokens the loss is computed on."""
-
-    completion = "completion"  # the assistant turns / the completion (and the EOS that ends them)
-    all = "all"  # every token, prompt included
-
-
-class TrainMethod(str, Enum):
-    """What is trained: every weight, or low-rank adapters on a frozen base (LoRA; QLoRA: a 4-bit base, CUDA only)."""
-
-    full = "full"
-    lora = "lora"
-    qlora = "qlora"
-
-
-class PublishFormat(str, Enum):
-    """(causal-lm) What a LoRA run publishes: the base with the adapters merged in, or the adapter alone."""
-
-    merged = "merged"  # reloads with AutoModelForCausalLM
-    adapter = "adapter"  # reloads with peft on top of the base model at its pinned sha
 
 
 class ModelConfig(_Stage):
@@ -100,7 +106,7 @@ class ModelConfig(_Stage):
         return check_repo_id(v, "model.repo_id")
 
 
-class DataConfig(_Stage):
+class DataConfig(_Keyed):
     source: str = Field(
         description="Hub dataset repo id ('stanfordnlp/imdb'), or an s3:// or local folder of parquet, csv, tsv, "
         "jsonl/json or arrow files."
@@ -118,12 +124,7 @@ class DataConfig(_Stage):
     test_split: str | None = Field(
         "test", description="Split for batch inference and the final evaluation; carved from train when missing."
     )
-    text_column: str = Field("text", description="Column holding the input text (causal-lm: raw text to continue).")
-    label_column: str = Field("label", description="(text-classification) Column holding the class (ids or strings).")
-    shape: DataShape = Field(DataShape.auto, description="(causal-lm) chat, prompt-completion or text; auto: by columns.")
-    messages_column: str = Field("messages", description="(causal-lm) Column of chat turns: [{role, content}, ...].")
-    prompt_column: str = Field("prompt", description="(causal-lm) Column holding the prompt.")
-    completion_column: str = Field("completion", description="(causal-lm) Column holding the completion to learn.")
+    text_column: str = Field("text", description="Column holding the input text.")
     max_train_samples: int | None = Field(None, ge=1, description="Smoke knob: keep only the first N train rows.")
     max_eval_samples: int | None = Field(None, ge=1, description="Smoke knob: keep only N validation rows.")
     max_test_samples: int | None = Field(None, ge=1, description="Smoke knob: keep only N test rows.")
@@ -133,31 +134,14 @@ class DataConfig(_Stage):
         return not (self.source.startswith(("s3://", "file://", "/", "./", "../")) or Path(self.source).exists())
 
 
-class PreprocessConfig(_Stage):
+class PreprocessConfig(_Keyed):
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
     validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train carved out when no validation split.")
     test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train carved out when no test split.")
     split_seed: int = Field(42, description="Seed of the deterministic split.")
-    chat_template: str | None = Field(
-        None, description="(causal-lm) Jinja chat template for a tokenizer that has none (it is saved with the model)."
-    )
-    loss_on: LossOn = Field(LossOn.completion, description="(causal-lm) Train on the completion only, or on every token.")
-    packing: bool = Field(
-        False, description="(causal-lm) Pack several chat or prompt-completion examples into one sequence (position "
-        "ids restart per example, so none attends to another); raw text is always packed into blocks."
-    )
 
 
-class LoraConfig(_Stage):
-    r: int = Field(16, ge=1, le=1024, description="Rank of the adapter matrices.")
-    alpha: int = Field(32, ge=1, description="Scaling numerator (the update is scaled by alpha / r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
-    target_modules: list[str] | None = Field(
-        None, description="Module names to adapt, e.g. ['q_proj', 'v_proj']; default: every linear layer but the head."
-    )
-
-
-class TrainConfig(_Stage):
+class TrainConfig(_Keyed):
     epochs: int = Field(3, ge=1, le=100, description="Passes over the train split.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(32, ge=1, le=4096, description="Examples per device per step.")
@@ -175,31 +159,12 @@ class TrainConfig(_Stage):
         False, description="Keep the resume checkpoints once training completes (to extend the run with more steps "
         "later); off: they are removed, the final model and its history stay."
     )
-    method: TrainMethod = Field(TrainMethod.full, description="full: every weight; lora: adapters on a frozen base; "
-                                "qlora: adapters on a 4-bit base (CUDA).")
-    lora: LoraConfig = Field(default_factory=lambda: LoraConfig(), description="LoRA settings (method lora or qlora).")
     activation_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory for long sequences, ~30% slower."
     )
 
 
-class Decoding(str, Enum):
-    greedy = "greedy"
-    sample = "sample"
-
-
-class GenerationConfig(_Stage):
-    """(causal-lm) Batch generation settings; every one of them changes the outputs, so each is in the shard key."""
-
-    max_new_tokens: int = Field(64, ge=1, le=8192, description="New tokens per completion at most.")
-    decoding: Decoding = Field(Decoding.greedy, description="greedy (deterministic) or sample.")
-    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature (decoding: sample).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (decoding: sample).")
-    seed: int = Field(0, description="Sampling seed (each shard draws from seed + its index).")
-    stop: list[str] = Field(default_factory=list, description="Stop strings: generation ends after any of them.")
-
-
-class InferenceConfig(_Stage):
+class InferenceConfig(_Keyed):
     batch_size: int = Field(64, ge=1, le=8192, description="Max examples per batch (batches are length-sorted).")
     max_tokens_per_batch: int = Field(
         8192, ge=64, description="Token budget per batch: short texts batch wider, long ones narrower."
@@ -207,21 +172,9 @@ class InferenceConfig(_Stage):
     shard_size: int = Field(1000, ge=1, description="Rows per parquet shard; a rerun skips finished shards.")
     precision: InferencePrecision = Field(
         InferencePrecision.auto, description="auto: bf16 on a GPU, fp32 on CPU. fp32: full precision anywhere. int8 "
-        "(text-classification on CPU workers): linear layers quantized to int8, ~2x faster on CPU, predictions "
+        "(CPU workers, kinds that support it): linear layers quantized to int8, ~2x faster on CPU, predictions "
         "differ slightly (docs/benchmarks.md: the demo's test accuracy in fp32 and int8).",
     )
-    generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(),
-                                         description="(causal-lm) How completions are generated.")
-
-
-class GateMetric(str, Enum):
-    """The test metric the gate compares; which way is better comes from the task kind."""
-
-    accuracy = "accuracy"  # text-classification
-    macro_f1 = "macro_f1"  # text-classification
-    perplexity = "perplexity"  # causal-lm (lower is better)
-    exact_match = "exact_match"  # causal-lm, prompt-completion or chat data
-    chrf = "chrf"  # causal-lm: character n-gram F-score of greedy generations vs references, 0..1
 
 
 class GateMode(str, Enum):
@@ -237,8 +190,7 @@ class GateConfig(_Stage):
 
     mode: GateMode = Field(GateMode.off, description="off: always publish; threshold: the metric must reach the "
                            "threshold; champion: it must also beat the published model on the same test set.")
-    metric: GateMetric | None = Field(None, description="Test-split metric the gate compares; default: the task's "
-                                      "own (macro_f1 for text-classification, perplexity for causal-lm).")
+    metric: str | None = Field(None, description="Test-split metric the gate compares; default: the task kind's own.")
     threshold: float = Field(0.0, ge=0, description="The challenger's metric must reach this (at most this, for a "
                              "metric where lower is better, like perplexity).")
     min_improvement: float = Field(0.0, ge=0, description="champion mode: the challenger must beat the champion by at "
@@ -255,7 +207,7 @@ class ReviewMode(str, Enum):
     approval = "approval"  # the flow pauses with an approval form in the Prefect UI; publishes when approved
 
 
-class PublishConfig(_Stage):
+class PublishConfig(_Keyed):
     enabled: bool = Field(False, description="Publish the model, its card and the predictions to the Hub.")
     repo_id: str | None = Field(
         None, description="Target model repo ('ns/name'); default: '<token user>/<base model name>-<dataset name>'."
@@ -265,7 +217,6 @@ class PublishConfig(_Stage):
         None, description="Target dataset repo for the predictions; default: '<model repo>-predictions'."
     )
     gate: GateConfig = Field(default_factory=GateConfig)
-    format: PublishFormat = Field(PublishFormat.merged, description="(causal-lm, LoRA) merged model or adapter only.")
     review: ReviewMode = Field(ReviewMode.none, description="none: commit to main; pr: open Hub pull requests that a "
                                "person merges; approval: wait for an approval form in the Prefect UI.")
     review_timeout_seconds: int = Field(24 * 3600, ge=10, description="approval: give up (publish nothing) after this.")
@@ -276,14 +227,13 @@ class PublishConfig(_Stage):
         return None if v is None else check_repo_id(v, f"publish.{info.field_name}")
 
 
-class SpaceConfig(_Stage):
+class SpaceConfig(_Keyed):
     enabled: bool = Field(False, description="Deploy a gradio Space serving the published model.")
     space_id: str | None = Field(None, description="Target Space ('ns/name'); default: '<model repo>-demo'.")
     private: bool = Field(False, description="Create the Space private.")
     hardware: str | None = Field(None, description="Space hardware flavor, e.g. 'cpu-basic' or 't4-small'.")
     sleep_time_seconds: int | None = Field(None, ge=60, description="Put the Space to sleep after this idle time.")
     timeout_seconds: int = Field(600, ge=10, le=7200, description="How long to wait for the Space to reach RUNNING.")
-    max_new_tokens: int = Field(128, ge=1, le=8192, description="(causal-lm) New tokens per chat answer at most.")
 
     @field_validator("space_id")
     @classmethod
@@ -325,10 +275,11 @@ class ExecutionConfig(_Stage):
     )
 
 
-class PipelineConfig(_Stage):
-    """Everything one pipeline run needs. Also the flow's parameters and the Prefect UI run form."""
+class PipelineConfig(_Keyed):
+    """Everything one pipeline run needs. Also the flow's parameters and the Prefect UI run form. Validated, it is
+    the kind's own `Config` (hubflow/kinds/<kind>/settings.py), picked by `task`."""
 
-    task: TaskType = Field(TaskType.text_classification, description="What the model learns to do.")
+    task: str = Field(description="What the model learns to do: a task kind's name (hubflow.kinds entry points).")
     model: ModelConfig
     data: DataConfig
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
@@ -349,13 +300,12 @@ class PipelineConfig(_Stage):
 
     @model_validator(mode="after")
     def _precision_needs_gpu_mode(self) -> "PipelineConfig":
-        # fp16 and 4-bit bases fail deep inside accelerate/bitsandbytes after the model is loaded; say so first.
-        if self.train.precision is Precision.fp16 or self.train.method is TrainMethod.qlora:
+        # fp16 fails deep inside accelerate after the model is loaded; say so first.
+        if self.train.precision is Precision.fp16:
             import torch
 
             if not torch.cuda.is_available():
-                field = "train.method=qlora" if self.train.method is TrainMethod.qlora else "train.precision=fp16"
-                raise ValueError(f"{field} needs a CUDA GPU; on CPU use method lora / precision 'no' or 'bf16'")
+                raise ValueError("train.precision=fp16 needs a CUDA GPU; on CPU use precision 'no' or 'bf16'")
         return self
 
     @model_validator(mode="after")
@@ -365,21 +315,20 @@ class PipelineConfig(_Stage):
 
             # local mode predicts on this machine; a pools worker checks its own device (hubflow.devices)
             local_gpu = self.execution.mode is ExecutionMode.local and torch.cuda.is_available()
-            check_inference_precision(self.inference.precision, self.task, local_gpu)
+            check_inference_precision(self.inference.precision, local_gpu)
         return self
 
-    @model_validator(mode="after")
-    def _settings_fit_the_task(self) -> "PipelineConfig":
-        lm = self.task is TaskType.causal_lm
-        metric = self.publish.gate.metric
-        lm_metrics = (GateMetric.perplexity, GateMetric.exact_match, GateMetric.chrf)
-        if metric is not None and (metric in lm_metrics) != lm:
-            raise ValueError(f"publish.gate.metric={metric.value!r} is not a {self.task.value} metric")
-        if not lm and self.train.method is not TrainMethod.full:
-            raise ValueError(f"train.method={self.train.method.value!r}: text-classification trains every weight (full)")
-        if self.publish.format is PublishFormat.adapter and self.train.method is TrainMethod.full:
-            raise ValueError("publish.format='adapter' needs train.method lora or qlora: a full fine-tune has no adapter")
-        return self
+
+def for_kind(section: BaseModel, task: str) -> BaseModel:
+    """`section` as kind `task`'s own class (a flow given the shared SpaceConfig deploys a chat model's Space with
+    the chat kind's defaults); unchanged when it already is one."""
+    shared = next(c for c in type(section).__mro__ if c in _SHARED)
+    own = kind_settings(shared, task)
+    return section if isinstance(section, own) else own.model_validate(section.model_dump(exclude={"task"}))
+
+
+# The shared classes, which hand a mapping that names a kind to the kind's own class.
+_SHARED = {PipelineConfig, DataConfig, PreprocessConfig, TrainConfig, InferenceConfig, PublishConfig, SpaceConfig}
 
 
 def check_shared_store(execution: ExecutionConfig, artifact_store: str) -> None:
@@ -396,14 +345,9 @@ def _reachable_by_every_worker(uri: str) -> bool:
     return path.startswith("/") or ("://" in path and not uri.startswith("file://"))
 
 
-def check_inference_precision(precision: InferencePrecision, task: TaskType | str, cuda: bool) -> None:
-    """int8 is a CPU path for classifiers: refuse it, in one line, for a causal LM or on a machine with a GPU."""
-    if InferencePrecision(precision) is not InferencePrecision.int8:
-        return
-    if TaskType(task) is not TaskType.text_classification:
-        raise ValueError(f"inference.precision=int8 is for text-classification; {TaskType(task).value} predicts in "
-                         "auto or fp32")
-    if cuda:
+def check_inference_precision(precision: InferencePrecision, cuda: bool) -> None:
+    """int8 is a CPU path: refuse it, in one line, on a machine with a GPU (a kind without it refuses it itself)."""
+    if InferencePrecision(precision) is InferencePrecision.int8 and cuda:
         raise ValueError("inference.precision=int8 is for CPU workers (int8 linear layers have no CUDA kernels "
                          "here); on a GPU use auto (bf16)")
 
@@ -496,6 +440,8 @@ def one_line(error: Exception) -> str:
     first = problems[0]
     loc = ".".join(str(part) for part in first["loc"]) or "recipe"
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    if first["type"] == "extra_forbidden":  # the kinds own their keys: a classifier's recipe has no train.method
+        return f"{loc}: not a setting of this task (a misspelt key, or another task kind's){more}"
     return f"{loc}: {first['msg'].removeprefix('Value error, ')}{more}"
 
 

@@ -1,6 +1,6 @@
 """Where inference runs and in what precision: chosen once here, for every task kind.
 
-    device_and_dtype(precision, task)   (device, dtype) for batch inference; int8 is (cpu, torch.qint8)
+    device_and_dtype(precision)         (device, dtype) for batch inference; int8 is (cpu, torch.qint8)
     quantize_int8(model)                the model with its body's nn.Linear layers quantized to int8 (CPU)
 """
 
@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from .config import InferencePrecision, TaskType, check_inference_precision
+from .config import InferencePrecision, check_inference_precision
 
 
 def device_and_dtype(
     precision: InferencePrecision | str = InferencePrecision.auto,
-    task: TaskType | str = TaskType.text_classification,
 ) -> tuple[torch.device, torch.dtype]:
     """The device and dtype a predictor loads with. `torch.qint8` stands for int8: the model loads in fp32 and its
     linear layers are quantized (`quantize_int8`); the dtype is part of every prediction shard's id."""
     precision = InferencePrecision(precision)
     cuda = torch.cuda.is_available()
-    check_inference_precision(precision, task, cuda)  # one line, before a model is loaded
+    check_inference_precision(precision, cuda)  # one line, before a model is loaded
     if precision is InferencePrecision.int8:
         return torch.device("cpu"), torch.qint8
     if precision is InferencePrecision.fp32:

@@ -60,7 +60,7 @@ def _run_env(summary_uri: str) -> dict[str, str]:
 def serve(env: dict[str, str], port: int | None = None, on_ready=print) -> int:
     """Run the app until it exits or Ctrl-C; calls `on_ready(message)` once it answers. Returns an exit code."""
     from .doors.hub import hf_token
-    from .kinds import kind_for
+    from .kinds import DEFAULT_TASK, kind_for
 
     port = port or _free_port()
     full = {**os.environ, **env, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
@@ -70,7 +70,7 @@ def serve(env: dict[str, str], port: int | None = None, on_ready=print) -> int:
         full["HF_TOKEN"] = token
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="hubflow-preview-") as cwd:  # gradio writes caches into its cwd
-        proc = subprocess.Popen([sys.executable, str(kind_for(env.get(TASK_ENV, "text-classification")).space_app / "app.py")], cwd=cwd, env=full)
+        proc = subprocess.Popen([sys.executable, str(kind_for(env.get(TASK_ENV, DEFAULT_TASK)).space_app / "app.py")], cwd=cwd, env=full)
         try:
             while proc.poll() is None and not _answers(url):
                 time.sleep(0.5)

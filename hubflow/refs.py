@@ -6,11 +6,12 @@ so a ref is cheap to hash for caching, cheap to persist as a Prefect result, and
 
 from __future__ import annotations
 
-from typing import Literal
+import importlib
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializeAsAny, model_validator
 
-from .config import DataShape, PipelineConfig, TaskType
+from .config import PipelineConfig
 
 
 class Ref(BaseModel):
@@ -40,19 +41,32 @@ class RawDataRef(Ref):
 
 
 class ModelFacts(Ref):
-    """What a model is, with one home: what it does, the tokens per input it was trained with, its label space.
+    """What a model is, with one home: what it does and the tokens per input it was trained with; its kind adds the
+    rest (a classifier's label space, a chat model's template) in its own subclass, picked by `task`.
 
     Written next to the weights as `hubflow.json` (and so published with them): batch inference, the Space and the
     preview read these instead of re-defaulting them."""
 
-    task: TaskType
+    task: str
     max_length: int
-    label_names: list[str] = []  # text-classification: index = class id
-    pad_with_eos: bool = False  # text-classification: the base tokenizer had no pad token (decoder-only models)
-    shape: DataShape | None = None  # causal-lm: the data it was trained on
-    chat: bool = False  # causal-lm: prompts are rendered with the tokenizer's chat template
-    chat_template: str | None = None  # causal-lm: a template given in the recipe (the tokenizer had none)
-    adapter_base: PinnedRepo | None = None  # causal-lm adapter repos: the base model the adapter goes on
+    adapter_base: PinnedRepo | None = None  # adapter repos (LoRA): the base model the adapter goes on
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _the_kinds_own(cls, data: Any, handler):
+        if cls is ModelFacts and isinstance(data, dict) and "task" in data:
+            return _kind_facts(data["task"]).model_validate(data)
+        return handler(data)
+
+    def __new__(cls, *args, **kwargs):
+        if cls is ModelFacts and "task" in kwargs:
+            cls = _kind_facts(kwargs["task"])
+        return super().__new__(cls)
+
+
+def _kind_facts(task: str) -> type[ModelFacts]:
+    # The kinds are plugins found through entry points, and they import this module: load them on first use.
+    return importlib.import_module("hubflow.kinds").kind_for(task).facts
 
 
 class TokenizedRef(Ref):
@@ -61,7 +75,7 @@ class TokenizedRef(Ref):
     uri: str
     fingerprint: str
     splits: dict[str, int]
-    facts: ModelFacts
+    facts: SerializeAsAny[ModelFacts]
 
 
 class CheckpointRef(Ref):
@@ -72,7 +86,7 @@ class CheckpointRef(Ref):
     fingerprint: str
     adapter_uri: str | None = None
     adapter_fingerprint: str | None = None
-    facts: ModelFacts
+    facts: SerializeAsAny[ModelFacts]
     base_model: PinnedRepo
     metrics: dict[str, float]
     history_uri: str
@@ -156,7 +170,7 @@ class PipelineResult(Ref):
 
     flow_run_id: str | None
     flow_run_url: str | None = None
-    config: PipelineConfig
+    config: SerializeAsAny[PipelineConfig]
     base_model: PinnedRepo
     dataset: PinnedRepo | None
     raw: RawDataRef

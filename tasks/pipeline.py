@@ -12,7 +12,7 @@ import base64
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from hubflow.config import DataConfig, InferenceConfig, ModelConfig, PreprocessConfig, TaskType, TrainConfig
+from hubflow.config import DataConfig, InferenceConfig, ModelConfig, PreprocessConfig, TrainConfig
 from hubflow.doors import hub, store
 from hubflow.kinds import kind_for
 from hubflow.refs import (
@@ -32,7 +32,7 @@ def pin_inputs(model: ModelConfig, data: DataConfig) -> tuple[PinnedRepo, Pinned
 
 
 @task(name="pull-dataset", cache_key_fn=cache_key("pull-dataset"), persist_result=True, **NETWORK_RETRIES)
-def pull_dataset(data: DataConfig, pinned: PinnedRepo | None, task: TaskType, artifact_store: str) -> RawDataRef:
+def pull_dataset(data: DataConfig, pinned: PinnedRepo | None, task: str, artifact_store: str) -> RawDataRef:
     """Hub dataset at its sha (or s3://, local files) -> raw parquet splits in the store, checked by the task kind."""
     from hubflow.stages import pull
 
@@ -51,7 +51,7 @@ def pull_model(model: PinnedRepo, allow_pickle: bool) -> str:
 
 
 @task(name="preprocess", cache_key_fn=cache_key("preprocess"), persist_result=True)
-def preprocess(raw: RawDataRef, model: PinnedRepo, cfg: PreprocessConfig, data: DataConfig, task: TaskType,
+def preprocess(raw: RawDataRef, model: PinnedRepo, cfg: PreprocessConfig, data: DataConfig, task: str,
                artifact_store: str) -> TokenizedRef:
     """Raw splits -> the task kind's training data (for classifiers: label ids, carved splits, token ids)."""
     out = out_uri("preprocess", dict(raw=raw, model=model, cfg=cfg, data=data, task=task, artifact_store=artifact_store))

@@ -23,19 +23,22 @@ CHAT = str(ROOT / "deployments" / "configs" / "qwen-chat-lora.yaml")
 # (name, recipe, --set overrides, text the one-line message must hold)
 RECIPES = [
     ("negative learning rate", DEMO, ["train.learning_rate=-1"], "train.learning_rate"),
-    ("misspelt key", DEMO, ["train.epoch=3"], "train.epoch: Extra inputs are not permitted"),
+    ("misspelt key", DEMO, ["train.epoch=3"], "train.epoch: not a setting of this task"),
     ("three-part repo id", DEMO, ["model.repo_id=a/b/c"], "model.repo_id='a/b/c' is not a Hub repo id"),
     ("max_length below 8", DEMO, ["preprocess.max_length=4"], "preprocess.max_length"),
     ("fp16 without a GPU", DEMO, ["train.precision=fp16"], "train.precision=fp16 needs a CUDA GPU"),
     ("qlora without a GPU", CHAT, ["train.method=qlora"], "train.method=qlora needs a CUDA GPU"),
-    ("unknown task", DEMO, ["task=summarization"], "task: Input should be"),
+    ("unknown task", DEMO, ["task=summarization"], "task='summarization' has no implementation; known: "),
     ("an LM metric on a classifier", DEMO, ["publish.gate.metric=perplexity"],
-     "publish.gate.metric='perplexity' is not a text-classification metric"),
+     "publish.gate.metric: Input should be 'accuracy' or 'macro_f1'"),
     ("a classifier metric on an LM", CHAT, ["publish.gate.metric=accuracy"],
-     "publish.gate.metric='accuracy' is not a causal-lm metric"),
+     "publish.gate.metric: Input should be 'perplexity'"),
     ("an adapter of a full fine-tune", CHAT, ["train.method=full", "publish.format=adapter"],
      "publish.format='adapter' needs train.method lora"),
-    ("LoRA on a classifier", DEMO, ["train.method=lora"], "text-classification trains every weight"),
+    ("LoRA on a classifier", DEMO, ["train.method=lora"], "train.method: not a setting of this task"),
+    ("generation settings on a classifier", DEMO, ["inference.generation.max_new_tokens=8"],
+     "inference.generation: not a setting of this task"),
+    ("a label column on a causal LM", CHAT, ["data.label_column=y"], "data.label_column: not a setting of this task"),
     ("unknown Space hardware", DEMO, ["space.hardware=gpu-giant"],
      "space.hardware='gpu-giant' is not a Space hardware flavour"),
     ("pools with a local store", DEMO, ["execution.mode=pools"], "needs a shared artifact_store"),
@@ -195,7 +198,7 @@ def case_memory_budget_too_small(tmp_path):
 
     os.environ["HUBFLOW_DEVICE_MEMORY"] = "1MB"
     try:
-        check_memory(str(_llama(tmp_path)), TrainConfig(batch_size=64), 512, None)
+        check_memory(str(_llama(tmp_path)), TrainConfig(batch_size=64), 512, None, kind_for("causal-lm"))
     finally:
         os.environ.pop("HUBFLOW_DEVICE_MEMORY")
 
@@ -208,7 +211,7 @@ def case_memory_budget_not_a_size(tmp_path):
 
     os.environ["HUBFLOW_DEVICE_MEMORY"] = "lots"
     try:
-        check_memory(str(_llama(tmp_path)), TrainConfig(), 64, None)
+        check_memory(str(_llama(tmp_path)), TrainConfig(), 64, None, kind_for("causal-lm"))
     finally:
         os.environ.pop("HUBFLOW_DEVICE_MEMORY")
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, DatasetDict
 
-from hubflow.config import DataConfig, InferenceConfig, PreprocessConfig, TrainConfig
+from hubflow.config import DataConfig, PreprocessConfig
 from hubflow.kinds import kind_for
+from hubflow.kinds.causal_lm.settings import CausalLMInference, CausalLMTrain
 from hubflow.refs import PinnedRepo
 from hubflow.stages import pull
 from hubflow.stages.predict import read_predictions
@@ -23,9 +24,9 @@ from tests.tiny import TINY_CHAT_TEMPLATE, chat_rows, make_tiny_llama
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = PinnedRepo(repo_id="tiny/llama", repo_type="model", revision="main", sha="2" * 40)
-LORA = TrainConfig(method="lora", epochs=3, batch_size=8, learning_rate=3e-2, checkpoint_every_steps=5, seed=0,
+LORA = CausalLMTrain(method="lora", epochs=3, batch_size=8, learning_rate=3e-2, checkpoint_every_steps=5, seed=0,
                    lora={"r": 4, "alpha": 8})
-GEN = InferenceConfig(batch_size=4, shard_size=4, generation={"max_new_tokens": 24})
+GEN = CausalLMInference(batch_size=4, shard_size=4, generation={"max_new_tokens": 24})
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,8 @@ def test_kill_9_during_lora_training_resumes_to_the_same_adapter(setup):
 
 
 def test_kill_9_during_generation_loses_and_duplicates_no_row(setup):
-    from hubflow.stages.predict import predict
     from hubflow.stages.facts import weights_fingerprint
+    from hubflow.stages.predict import predict
 
     root, llama, tokenized = setup
     whole = predict(str(llama), weights_fingerprint(llama), tokenized, "test", GEN, str(root / "whole"))

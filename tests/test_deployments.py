@@ -217,7 +217,12 @@ def test_parameter_schema_is_the_typed_config_and_the_server_enforces_it(deploye
     lr = defs["TrainConfig"]["properties"]["learning_rate"]
     assert lr["description"] == "Peak learning rate of AdamW." and lr["default"] == 5e-5
     assert (lr["exclusiveMinimum"], lr["exclusiveMaximum"]) == (0, 1)
-    assert defs["PipelineConfig"]["properties"]["data"]  # nested models, rendered as nested forms
+    # One typed form per task kind, picked by `task`; each kind's sections carry its own keys and no other kind's.
+    assert {ref["$ref"].rsplit("/", 1)[-1] for ref in schema["properties"]["config"]["oneOf"]} == {
+        "ClassifierConfig", "CausalLMConfig"}
+    assert defs["ClassifierConfig"]["properties"]["data"]  # nested models, rendered as nested forms
+    assert "label_column" in defs["ClassifierData"]["properties"] and "lora" in defs["CausalLMTrain"]["properties"]
+    assert "lora" not in defs["TrainConfig"]["properties"] and "label_column" not in defs["CausalLMData"]["properties"]
     bad = {**dep.parameters["config"], "train": {**dep.parameters["config"]["train"], "learning_rate": -1}}
     with _client() as client, pytest.raises(httpx.HTTPStatusError) as err:
         client.create_flow_run_from_deployment(dep.id, parameters={"config": bad})

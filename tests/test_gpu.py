@@ -14,6 +14,7 @@ from datasets import Dataset, DatasetDict
 from hubflow.config import DataConfig, InferenceConfig, Precision, PreprocessConfig, TrainConfig
 from hubflow.doors import store
 from hubflow.kinds import kind_for
+from hubflow.kinds.causal_lm.settings import CausalLMInference, CausalLMTrain
 from hubflow.refs import PinnedRepo
 from hubflow.stages import pull
 from hubflow.stages.predict import predict, read_predictions
@@ -28,7 +29,7 @@ BERT = PinnedRepo(repo_id="tiny/bert", repo_type="model", revision="main", sha="
 LLAMA = PinnedRepo(repo_id="tiny/llama", repo_type="model", revision="main", sha="1" * 40)
 CLASSIFIER = TrainConfig(epochs=6, batch_size=8, learning_rate=5e-3, warmup_ratio=0.1, seed=0,
                          precision=Precision.bf16)
-LORA = TrainConfig(method="lora", epochs=2, batch_size=16, learning_rate=3e-2, seed=0, lora={"r": 4, "alpha": 8},
+LORA = CausalLMTrain(method="lora", epochs=2, batch_size=16, learning_rate=3e-2, seed=0, lora={"r": 4, "alpha": 8},
                    precision=Precision.bf16)
 
 
@@ -71,7 +72,7 @@ def test_lora_trains_in_bf16_on_the_gpu_and_batch_generation_covers_every_row(tm
     dsd = DatasetDict(train=Dataset.from_list(chat_rows(300, 0)), test=Dataset.from_list(chat_rows(40, 1)))
     raw = pull.write_raw_splits(dsd, data, kind, str(tmp_path / "raw"), "tiny", None)
     tokenized = kind.prepare(raw, str(llama), PreprocessConfig(max_length=96), data, str(tmp_path / "tok"))
-    gen = InferenceConfig(batch_size=16, generation={"max_new_tokens": 12})
+    gen = CausalLMInference(batch_size=16, generation={"max_new_tokens": 12})
 
     ck = train_model(tokenized, str(llama), LLAMA, LORA, str(tmp_path / "train"))
     assert ck.hardware == f"1x {torch.cuda.get_device_name()} (bf16)"

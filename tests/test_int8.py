@@ -10,6 +10,7 @@ import torch
 from hubflow.config import InferenceConfig, InferencePrecision, PipelineConfig, TrainConfig
 from hubflow.devices import device_and_dtype
 from hubflow.doors import store
+from hubflow.kinds.causal_lm.settings import CausalLMInference
 from hubflow.refs import PinnedRepo
 from hubflow.stages.predict import predict, read_manifest, read_predictions
 from hubflow.stages.train import train_model
@@ -76,7 +77,7 @@ def test_shards_are_not_shared_between_precisions(trained, tmp_path, caplog):
 def test_int8_is_refused_for_a_causal_lm_and_on_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # what a CPU worker answers
     with pytest.raises(ValueError, match="inference.precision=int8 is for text-classification; causal-lm"):
-        device_and_dtype(InferencePrecision.int8, "causal-lm")
+        CausalLMInference(precision=InferencePrecision.int8)  # the chat kind's inference settings
     assert device_and_dtype("int8") == (torch.device("cpu"), torch.qint8)
     recipe = {"model": {"repo_id": "a/b"}, "data": {"source": "c/d"}, "inference": {"precision": "int8"}}
     PipelineConfig.model_validate(recipe)  # a classifier on a CPU machine: fine

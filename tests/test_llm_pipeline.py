@@ -119,7 +119,7 @@ def test_the_chat_space_answers_as_hubflow_generates(released):
     from hubflow.kinds import kind_for
 
     want = kind_for("causal-lm").answer_texts(released.checkpoint.uri, [row["message"]], released.checkpoint.facts,
-                                              SpaceConfig(max_new_tokens=8))[0]
+                                              SpaceConfig(task="causal-lm", max_new_tokens=8))[0]
     assert client.predict(row["message"], api_name="/chat").strip() == want.strip()
     # A conversation: the second turn's answer depends on the first (the app renders the history with the template).
     follow_up = client.predict("and the weather?", api_name="/chat")
@@ -137,7 +137,7 @@ def test_the_adapter_reloads_with_peft_on_the_pinned_base(released, llm_repos, l
     target = f"{llm_repos['target']}-adapter"
     os.environ["HF_TOKEN"] = localhub.token("alice")
     try:
-        outcome = publish_run(released.summary_uri, PublishConfig(repo_id=target, format="adapter"),
+        outcome = publish_run(released.summary_uri, PublishConfig(task="causal-lm", repo_id=target, format="adapter"),
                               SpaceConfig(enabled=False))
     finally:
         os.environ.pop("HF_TOKEN", None)

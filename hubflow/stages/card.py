@@ -53,13 +53,14 @@ def model_card(result: PipelineResult, repo_id: str, revision: str, facts: Model
                   dataset_name=data_name, dataset_config=result.config.data.config_name, dataset_split=split,
                   dataset_revision=data_sha)
     metrics = result.evaluation.metrics
+    library = kind.card_metadata(facts)
     card_data = ModelCardData(
         model_name=repo_id.split("/")[-1],
         base_model=result.base_model.repo_id,
-        base_model_relation="adapter" if facts.adapter_base else "finetune",
+        base_model_relation=library["base_model_relation"],
         datasets=[result.dataset.repo_id] if result.dataset else None,
         license=license,
-        library_name="peft" if facts.adapter_base else "transformers",
+        library_name=library["library_name"],
         pipeline_tag=kind.pipeline_tag,
         tags=["hubflow", kind.pipeline_tag],
         eval_results=[EvalResult(**common, **r) for r in kind.card_eval_results(metrics)],
@@ -79,9 +80,7 @@ def _model_body(result: PipelineResult, repo_id: str, revision: str, report: dic
     m = result.evaluation.metrics
     run = result.flow_run_id or "(not run under Prefect)"
     run_link = f"[{run}]({result.flow_run_url})" if result.flow_run_url else f"`{run}`"
-    hyper = cfg.train.model_dump(mode="json", exclude={"lora"} if cfg.train.method.value == "full" else None)
-    hyper.update({f"preprocess.{k}": v for k, v in cfg.preprocess.model_dump(mode="json").items()
-                  if k != "chat_template"})  # a template is code, not a setting: it ships in tokenizer_config.json
+    hyper = kind.card_hyperparameters(cfg)
     lines = [
         f"# {repo_id.split('/')[-1]}",
         "",
@@ -108,7 +107,7 @@ def _model_body(result: PipelineResult, repo_id: str, revision: str, report: dic
         "|---|---|---|",
         *[f"| {role} | {src} | {rows} |" for role, src, rows in _splits(result)],
         "",
-        f"Weights sha256 ({'adapter' if facts.adapter_base else 'model'} fingerprint): `{fingerprint}`.",
+        f"Weights sha256 ({kind.card_metadata(facts)['weights']} fingerprint): `{fingerprint}`.",
         "",
         "## Training",
         "",

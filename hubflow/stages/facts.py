@@ -2,7 +2,8 @@
 its weights' fingerprint (what caches, shard ids and cards name a model by).
 
 hubflow writes them as `hubflow.json` next to the weights (and so publishes them with the model). A model that was
-not trained by hubflow has none: it is read as a classifier, with config.json's labels and the tokenizer's limit.
+not trained by hubflow has none: the kinds are asked in turn (the default kind last) which claims it, with the
+tokenizer's or the positions' limit.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import TaskType
 from ..doors import store
+from ..kinds import DEFAULT_TASK, all_kinds
 from ..refs import ModelFacts
 
 FACTS_FILE = "hubflow.json"
@@ -20,7 +21,9 @@ DEFAULT_MAX_LENGTH = 128  # for a foreign model whose tokenizer and config name 
 
 def write_facts(folder: str | Path, facts: ModelFacts) -> None:
     # Only what differs from the defaults: a classifier's facts do not list the causal-LM fields, and vice versa.
-    Path(folder, FACTS_FILE).write_text(facts.model_dump_json(indent=2, exclude_defaults=True) + "\n")
+    # `task` always: it picks the kind's facts class when read back.
+    record = {"task": facts.task, **facts.model_dump(mode="json", exclude_defaults=True)}
+    Path(folder, FACTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def read_facts(folder: str | Path) -> ModelFacts:
@@ -28,12 +31,15 @@ def read_facts(folder: str | Path) -> ModelFacts:
     if (folder / FACTS_FILE).exists():
         return ModelFacts.model_validate_json((folder / FACTS_FILE).read_text())
     config = json.loads((folder / "config.json").read_text())
-    id2label = config.get("id2label") or {}
     tokenizer_config = folder / "tokenizer_config.json"
     limit = json.loads(tokenizer_config.read_text()).get("model_max_length") if tokenizer_config.exists() else None
     limits = [v for v in (limit, config.get("max_position_embeddings")) if isinstance(v, int) and 8 <= v <= 8192]
-    return ModelFacts(task=TaskType.text_classification, max_length=min(limits) if limits else DEFAULT_MAX_LENGTH,
-                      label_names=[id2label[str(i)] for i in range(len(id2label))])
+    max_length = min(limits) if limits else DEFAULT_MAX_LENGTH
+    for kind in sorted(all_kinds(), key=lambda k: k.task == DEFAULT_TASK):
+        facts = kind.foreign_facts(folder, config)
+        if facts is not None:
+            return facts.model_copy(update={"max_length": max_length})
+    raise ValueError(f"{folder}: no task kind can serve this model (no {FACTS_FILE}, and no kind claims it)")
 
 
 def weights_fingerprint(folder: str | Path) -> str:

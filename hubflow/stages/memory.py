@@ -2,8 +2,8 @@
 
     bytes = weights + gradients + optimizer state + activations + logits, times 1.2 for the allocator and workspace
 
-    weights      P x 4 bytes (fp32 master weights; 0.5 byte + scales for a QLoRA 4-bit base, 2 bytes for its bf16)
-    trainable    T = P (full), or the LoRA matrices: r x (in + out) for each adapted linear layer
+    weights      P x 4 bytes (fp32 master weights), or what the kind says (a QLoRA base: 0.5 byte + scales)
+    trainable    T = P (full), or what the kind trains (a LoRA run: r x (in + out) per adapted linear layer)
     gradients    T x 4 bytes;  AdamW state  T x 8 bytes (two fp32 moments)
     activations  b x s x h x L x 34 bytes without activation checkpointing (per layer: attention and MLP inputs,
                  outputs and masks; Korthikanti et al. 2022 count 34 x s x b x h for 16-bit, we keep fp32's factor in
@@ -23,7 +23,7 @@ import os
 import struct
 from pathlib import Path
 
-from ..config import TrainConfig, TrainMethod
+from ..config import TrainConfig
 from ..errors import PreflightError
 
 log = logging.getLogger("hubflow")
@@ -31,8 +31,8 @@ OVERHEAD = 1.2
 GiB = 1024**3
 
 
-def estimate(model_dir: str, cfg: TrainConfig, seq_len: int) -> dict[str, float]:
-    """The estimate's parts in bytes (see the module docstring), and their total."""
+def estimate(model_dir: str, cfg: TrainConfig, seq_len: int, kind) -> dict[str, float]:
+    """The estimate's parts in bytes (see the module docstring), and their total; `kind` says what it trains."""
     config = json.loads(Path(model_dir, "config.json").read_text())
     config = {**config.get("text_config", {}), **config}
     params = parameter_count(model_dir)
@@ -41,11 +41,8 @@ def estimate(model_dir: str, cfg: TrainConfig, seq_len: int) -> dict[str, float]
     vocab = config.get("vocab_size") or 32000
     inter = config.get("intermediate_size") or 4 * h
     b = cfg.batch_size
-    if cfg.method is TrainMethod.full:
-        trainable = params
-    else:  # attention q, k, v, o (h x h) and the MLP's gate, up, down (h x inter): LoRA's default, all linear layers
-        trainable = layers * cfg.lora.r * (4 * 2 * h + 3 * (h + inter))
-    weight_bytes = {TrainMethod.qlora: 0.6}.get(cfg.method, 4.0)
+    trainable, weight_bytes = kind.trainable_parameters(params, {"hidden": h, "layers": layers, "intermediate": inter},
+                                                        cfg)
     parts = {
         "weights": params * weight_bytes,
         "gradients": trainable * 4.0,
@@ -57,15 +54,15 @@ def estimate(model_dir: str, cfg: TrainConfig, seq_len: int) -> dict[str, float]
     return parts
 
 
-def check_memory(model_dir: str, cfg: TrainConfig, seq_len: int, device) -> None:
+def check_memory(model_dir: str, cfg: TrainConfig, seq_len: int, device, kind) -> None:
     """Refuse, with the figures, a job whose estimate exceeds the device's memory; log the estimate otherwise."""
-    parts = estimate(model_dir, cfg, seq_len)
+    parts = estimate(model_dir, cfg, seq_len, kind)
     have, where = available(device)
     figures = ", ".join(f"{k} {_size(v)}" for k, v in parts.items() if k != "total")
     if parts["total"] > have:
         raise PreflightError(
             f"train: this job needs about {_size(parts['total'])} ({figures}, x{OVERHEAD} overhead) and {where} has "
-            f"{_size(have)}; lower train.batch_size or preprocess.max_length, set train.method=lora, or turn on "
+            f"{_size(have)}; lower train.batch_size or preprocess.max_length, train fewer weights (a causal LM: train.method=lora), or turn on "
             "train.activation_checkpointing")
     log.info("memory estimate %s of %s on %s (%s)", _size(parts["total"]), _size(have), where, figures)
 

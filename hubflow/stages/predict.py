@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from ..config import InferenceConfig
+from ..config import InferenceConfig, for_kind
 from ..devices import device_and_dtype
 from ..doors import store
 from ..kinds import kind_for
@@ -75,7 +75,8 @@ def predict_part(
     n = dsd[split].num_rows
     data_fingerprint = hashlib.sha256(f"{tokenized.fingerprint}/{split}".encode()).hexdigest()[:16]
     kind = kind_for(tokenized.facts.task)
-    device, dtype = device_and_dtype(cfg.precision, kind.task)  # int8 is torch.qint8: its own shard ids
+    cfg = for_kind(cfg, kind.task)  # a batch job given the shared settings: the kind's defaults for the rest
+    device, dtype = device_and_dtype(cfg.precision)  # int8 is torch.qint8: its own shard ids
 
     total = -(-n // cfg.shard_size)
     shards = []
@@ -119,7 +120,7 @@ def predict_part(
         "rows": n,
         "shard_size": cfg.shard_size,
         "dtype": str(dtype),
-        "label_names": list(tokenized.facts.label_names),
+        "facts": tokenized.facts.model_dump(mode="json"),
         "software": software.installed(),  # what made these rows: the Space is pinned to it (stages/space.py)
         "part": part,
         "parts": parts,

@@ -16,7 +16,7 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, ModelCard
 
-from ..config import PublishConfig, PublishFormat, ReviewMode, SpaceConfig, check_repo_id
+from ..config import PublishConfig, ReviewMode, SpaceConfig, check_repo_id, for_kind
 from ..errors import PreflightError
 from ..doors import hub, store
 from ..kinds import kind_for
@@ -120,13 +120,10 @@ def push_model(result: PipelineResult, cfg: PublishConfig, repo_id: str | None =
 
 
 def published_folder(result: PipelineResult, cfg: PublishConfig) -> tuple[str, str, str]:
-    """(store URI, weights fingerprint, weights file) of what `publish.format` publishes: the model, or the adapter."""
-    ck = result.checkpoint
-    if cfg.format is PublishFormat.adapter:
-        if ck.adapter_uri is None or ck.adapter_fingerprint is None:
-            raise PreflightError("publish.format='adapter': this run trained no adapter (train.method=full)")
-        return ck.adapter_uri, ck.adapter_fingerprint, "adapter_model.safetensors"
-    return ck.uri, ck.fingerprint, "model.safetensors"
+    """(store URI, weights fingerprint, weights file) of what the kind publishes (a causal LM: the model, or with
+    publish.format=adapter the adapter alone)."""
+    task = result.checkpoint.facts.task
+    return kind_for(task).published_folder(result.checkpoint, for_kind(cfg, task))
 
 
 # ---- the predictions --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from string import Template
 
-from ..config import SpaceConfig
+from ..config import SpaceConfig, for_kind
 from ..doors import hub
 from ..kinds import kind_for
 from ..refs import ModelFacts, PinnedRepo, PublishedRepo, SpaceDeployment
@@ -48,7 +48,7 @@ def space_variables(model: PublishedRepo, examples: list[str], facts: ModelFacts
                     cfg: SpaceConfig | None = None) -> dict[str, str]:
     """What the app reads from its environment (the kind's space_app/app.py): the model at its sha, examples, and
     the kind's own settings (a classifier's MAX_LENGTH; a chat model's MAX_NEW_TOKENS, CHAT, adapter base)."""
-    kind_settings = kind_for(facts.task).space_variables(facts, cfg or SpaceConfig())
+    kind_settings = kind_for(facts.task).space_variables(facts, for_kind(cfg or SpaceConfig(), facts.task))
     return {"MODEL_ID": model.repo_id, "MODEL_REVISION": model.sha, **kind_settings,
             "EXAMPLES": json.dumps(examples[:10])}
 
@@ -63,10 +63,9 @@ def app_files(model: PublishedRepo, space_id: str, facts: ModelFacts, variables:
              "requirements.txt": pin((kind.space_app / "requirements.txt").read_text(), software).encode()}
     name = model.repo_id.split("/")[-1]
     files["README.md"] = Template((kind.space_app / "README.md").read_text()).substitute(
-        sdk_version=pin("gradio", software).split("==")[1].strip(), title=f"{name} demo", model_id=model.repo_id, model_url=model.url, revision=model.sha[:10],
-        short_description=f"{kind.title} with {name}"[:60], labels=", ".join(facts.label_names),
-        max_length=facts.max_length, space_id=space_id, max_new_tokens=variables.get("MAX_NEW_TOKENS", ""),
-        base_model=facts.adapter_base.repo_id if facts.adapter_base else "",
+        sdk_version=pin("gradio", software).split("==")[1].strip(), title=f"{name} demo", model_id=model.repo_id,
+        model_url=model.url, revision=model.sha[:10], short_description=f"{kind.title} with {name}"[:60],
+        space_id=space_id, **kind.space_readme(facts, variables),
     ).encode()
     record = {"deployed_by": "hubflow", "model": model.repo_id, "revision": model.sha,
               "facts": facts.model_dump(mode="json"), "variables": variables, "software": software}

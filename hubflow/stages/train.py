@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..config import Precision, TrainConfig
+from ..config import TrainConfig
 from ..doors import store
 from ..kinds import kind_for
 from ..refs import CheckpointRef, ModelFacts, PinnedRepo, TokenizedRef
@@ -116,7 +116,7 @@ def train_model(
     progress = on_progress if (on_progress and accelerator.is_main_process) else (lambda f, m: None)
 
     kind, facts = kind_for(tokenized.facts.task), tokenized.facts
-    check_memory(model_dir, cfg, facts.max_length, accelerator.device)  # before a minute of device time is spent
+    check_memory(model_dir, cfg, facts.max_length, accelerator.device, kind)  # before a minute of device time is spent
     model, tokenizer = kind.load_for_training(model_dir, facts, cfg, allow_pickle)
     train_dl, eval_dl = _dataloaders(tokenized, tokenizer, cfg, accelerator, kind)
     optimizer = torch.optim.AdamW(
@@ -185,7 +185,7 @@ def train_model(
         shown = " ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in metrics.items() if k.startswith("eval_"))
         progress(st.step / total_steps, f"epoch {metrics['epoch']:.2f}: {shown}")
 
-    ref = _finalize(run, st, tokenizer, facts, base_model)
+    ref = _finalize(run, st, tokenizer, facts, base_model, cfg)
     progress(1.0, f"model written to {ref.uri}")
     return ref
 
@@ -266,7 +266,8 @@ def _hardware(accelerator, precision: str) -> str:
     return f"cpu x{torch.get_num_threads()} threads{procs} ({precision})"
 
 
-def _finalize(run: resume.Run, st: LoopState, tokenizer, facts: ModelFacts, base_model: PinnedRepo) -> CheckpointRef:
+def _finalize(run: resume.Run, st: LoopState, tokenizer, facts: ModelFacts, base_model: PinnedRepo,
+              cfg: TrainConfig) -> CheckpointRef:
     """Write the best weights as save_pretrained folders (the kind's: `model`, and `adapter` for LoRA), plus history
     and the ref; every process returns the ref."""
     acc = run.accelerator
@@ -276,9 +277,10 @@ def _finalize(run: resume.Run, st: LoopState, tokenizer, facts: ModelFacts, base
         fingerprints = {}
         with tempfile.TemporaryDirectory() as tmp:
             resume.load_weights(model, run.uri("resume", st.best_dir), tmp)
-            for name, folder in kind_for(facts.task).save_model(model, tokenizer, Path(tmp, "out"), base_model).items():
+            kind = kind_for(facts.task)
+            for name, folder in kind.save_model(model, tokenizer, Path(tmp, "out"), base_model).items():
                 # The model's facts travel with its weights (and are published with them); an adapter names its base.
-                write_facts(folder, facts if name == "model" else facts.model_copy(update={"adapter_base": base_model}))
+                write_facts(folder, kind.folder_facts(name, facts, base_model))
                 fingerprints[name] = weights_fingerprint(folder)
                 store.remove(run.uri(name))  # no stale files from an earlier layout survive next to the new ones
                 store.put_dir(folder, run.uri(name))
@@ -293,10 +295,10 @@ def _finalize(run: resume.Run, st: LoopState, tokenizer, facts: ModelFacts, base
             metrics={k: float(v) for k, v in st.best.items() if k.startswith("eval_")},
             history_uri=run.uri("history.json"),
             train_seconds=round(run.seconds(), 3),
-            hardware=_hardware(acc, Precision(st.run_key["config"]["precision"]).name),
+            hardware=_hardware(acc, cfg.precision.name),
         )
         store.write_json(ref_uri, ref.model_dump(mode="json"))
-        if not TrainConfig.model_validate(st.run_key["config"]).keep_resume_checkpoints:
+        if not cfg.keep_resume_checkpoints:
             # Retention: the final model and history are what a finished run needs; its resume checkpoints (for
             # MiniLM ~540 MB) would only fill the store. Removed after the ref is written: a crash in between leaves
             # a finished run with checkpoints, never a run without its model.

@@ -11,14 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ...config import DataConfig, DataShape, InferenceConfig, SpaceConfig, TaskType, TrainConfig
-from ...refs import ModelFacts
-from .. import Direction
-from . import data, metrics
+from ...config import DataConfig, InferenceConfig, PublishConfig, SpaceConfig, TrainConfig
+from ...refs import CheckpointRef, ModelFacts
+from .. import Direction, KindDefaults
+from . import data, metrics, settings
+from .settings import DataShape, Generation, PublishFormat, TrainMethod
 
 
-class CausalLM:
-    task = TaskType.causal_lm
+class CausalLM(KindDefaults):
+    task = settings.TASK
+    facts = settings.CausalLMFacts  # (before the next line rebinds `settings` in the class body)
+    settings = settings.CausalLMConfig
     pipeline_tag = "text-generation"
     title = "Chat"
     metrics = {"perplexity": Direction.lower, "loss": Direction.lower, "exact_match": Direction.higher,
@@ -31,20 +34,26 @@ class CausalLM:
 
     # ---- data
     def raw_columns(self, data_cfg: DataConfig, available: list[str]) -> dict[str, str]:
+        data_cfg = self.own(data_cfg)
         return data.roles(data_cfg, available)
 
     def check_raw(self, splits: dict, data_cfg: DataConfig, columns: dict[str, str]) -> None:
+        data_cfg = self.own(data_cfg)
         data.check_raw(splits, data_cfg, columns)
 
     def prepare(self, raw, model_dir, cfg, data_cfg, out_uri):
+        data_cfg = self.own(data_cfg)
+        cfg = self.own(cfg)
         return data.prepare(raw, model_dir, cfg, data_cfg, out_uri)
 
     def prepare_inference(self, ds, data_cfg: DataConfig, model_dir: str, facts: ModelFacts, out_root: str):
+        data_cfg = self.own(data_cfg)
         return data.prepare_inference(ds, data_cfg, model_dir, facts, out_root, data_cfg.test_split,
                                       data_cfg.max_test_samples)
 
     # ---- training
     def load_for_training(self, model_dir: str, facts: ModelFacts, cfg: TrainConfig, allow_pickle: bool = False):
+        cfg = self.own(cfg)
         from .model import load_for_training
 
         return load_for_training(model_dir, facts, cfg, allow_pickle)
@@ -70,8 +79,21 @@ class CausalLM:
             pin_adapter_base(folders["adapter"], base_model.repo_id, base_model.sha)
         return folders
 
+    def folder_facts(self, name: str, facts: ModelFacts, base_model) -> ModelFacts:
+        return facts.model_copy(update={"adapter_base": base_model}) if name == "adapter" else facts
+
+    def trainable_parameters(self, params: int, arch: dict[str, int], cfg: TrainConfig) -> tuple[float, float]:
+        """LoRA trains r x (in + out) per adapted linear layer: attention q, k, v, o (h x h) and the MLP's gate, up
+        and down (h x inter), its default (all linear layers); a QLoRA base stores 0.5 byte + scales per weight."""
+        if cfg.method is TrainMethod.full:
+            return float(params), 4.0
+        h, layers, inter = arch["hidden"], arch["layers"], arch["intermediate"]
+        trainable = layers * cfg.lora.r * (4 * 2 * h + 3 * (h + inter))
+        return float(trainable), 0.6 if cfg.method is TrainMethod.qlora else 4.0
+
     # ---- inference and evaluation
     def output_settings(self, cfg: InferenceConfig) -> dict[str, Any]:
+        cfg = self.own(cfg)
         return cfg.generation.model_dump(mode="json")  # every generation setting changes the completions
 
     def load_predictor(self, folder, device, dtype):
@@ -81,6 +103,7 @@ class CausalLM:
 
     def predict_shard(self, predictor, part, cfg: InferenceConfig, shard_index: int):
         """Rows of one shard -> completions (when the rows have prompts) and reference NLLs (when they have labels)."""
+        cfg = self.own(cfg)
         import pyarrow as pa
 
         n = part.num_rows
@@ -128,9 +151,9 @@ class CausalLM:
     def champion_rows(self, model_dir: str, table, facts: ModelFacts, cfg: InferenceConfig, metric: str) -> dict:
         """Another model (the champion) on the same rows: the NLL of each answer after its prompt (both tokenized by
         that model's tokenizer) and, for exact match or chrF, its greedy answers with the run's generation limit."""
+        cfg = self.own(cfg)
         import numpy as np
 
-        from ...config import GenerationConfig
         from ...devices import device_and_dtype
         from .model import Generator
 
@@ -144,7 +167,7 @@ class CausalLM:
         out = {"nll": np.array([s for s, _ in scores]), "tokens": np.array([k for _, k in scores]),
                "reference": [r["reference"] for r in rows], "completion": None}
         if metric in ("exact_match", "chrf"):
-            greedy = GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, stop=cfg.generation.stop)
+            greedy = Generation(max_new_tokens=cfg.generation.max_new_tokens, stop=cfg.generation.stop)
             out["completion"] = [c for c, _, _ in gen.generate(prompts, greedy, cfg.batch_size, cfg.max_tokens_per_batch)]
         return out
 
@@ -166,6 +189,29 @@ class CausalLM:
         return CHRF().corpus_score(hyps, [refs]).score / 100
 
     # ---- publishing and the Space
+    def published_folder(self, checkpoint: CheckpointRef, publish: PublishConfig) -> tuple[str, str, str]:
+        """The model, or with publish.format=adapter the adapter alone (it reloads with peft on the pinned base)."""
+        from ...errors import PreflightError
+
+        if publish.format is not PublishFormat.adapter:
+            return super().published_folder(checkpoint, publish)
+        if checkpoint.adapter_uri is None or checkpoint.adapter_fingerprint is None:
+            raise PreflightError("publish.format='adapter': this run trained no adapter (train.method=full)")
+        return checkpoint.adapter_uri, checkpoint.adapter_fingerprint, "adapter_model.safetensors"
+
+    def card_metadata(self, facts: ModelFacts) -> dict[str, str]:
+        if facts.adapter_base is None:
+            return super().card_metadata(facts)
+        return {"library_name": "peft", "base_model_relation": "adapter", "weights": "adapter"}
+
+    def card_hyperparameters(self, config) -> dict[str, Any]:
+        hyper = config.train.model_dump(mode="json", exclude={"task"} | ({"lora"} if config.train.method is
+                                                                          TrainMethod.full else set()))
+        # A chat template is code, not a setting: it ships in tokenizer_config.json.
+        hyper.update({f"preprocess.{k}": v for k, v in config.preprocess.model_dump(mode="json").items()
+                      if k not in ("task", "chat_template")})
+        return hyper
+
     def card_summary(self, facts: ModelFacts, m: dict[str, float], rows: int) -> str:
         shown = [f"perplexity **{m['perplexity']:.3f}**"]
         if "exact_match" in m:
@@ -204,6 +250,7 @@ class CausalLM:
                 ("new_tokens", "tokens generated"), ("finish_reason", "eos, stop (a stop string) or length")]
 
     def space_variables(self, facts: ModelFacts, space: SpaceConfig) -> dict[str, str]:
+        space = self.own(space)
         variables = {"MAX_NEW_TOKENS": str(space.max_new_tokens), "CHAT": "1" if facts.chat else "0"}
         if facts.adapter_base is not None:
             variables.update(BASE_MODEL_ID=facts.adapter_base.repo_id, BASE_MODEL_REVISION=facts.adapter_base.sha)
@@ -211,12 +258,13 @@ class CausalLM:
 
     def reference_answers(self, rows: list[dict], model_dir: str, facts: ModelFacts,
                           space: SpaceConfig) -> list[tuple[str, str]]:
+        space = self.own(space)
         messages = [r["message"] for r in rows if r.get("message")]
         return list(zip(messages, self.answer_texts(model_dir, messages, facts, space)))
 
     def answer_texts(self, model_dir: str, texts: list[str], facts: ModelFacts, space: SpaceConfig) -> list[str]:
         """What the chat app answers: each message alone (no padding), greedy, the Space's max_new_tokens."""
-        from ...config import GenerationConfig
+        space = self.own(space)
         from ...devices import device_and_dtype
         from .model import Generator
 
@@ -224,8 +272,12 @@ class CausalLM:
         prompts = [gen.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
                                                      add_generation_prompt=True) if facts.chat else t for t in texts]
         ids = gen.tokenizer(prompts, add_special_tokens=not facts.chat)["input_ids"]
-        settings = GenerationConfig(max_new_tokens=space.max_new_tokens)
-        return [gen.generate([p], settings, 1, 1 << 62)[0][0] for p in ids]
+        greedy = Generation(max_new_tokens=space.max_new_tokens)
+        return [gen.generate([p], greedy, 1, 1 << 62)[0][0] for p in ids]
+
+    def space_readme(self, facts: ModelFacts, variables: dict[str, str]) -> dict[str, str]:
+        return {"max_new_tokens": variables["MAX_NEW_TOKENS"],
+                "base_model": facts.adapter_base.repo_id if facts.adapter_base else ""}
 
     def ask_space(self, client, text: str) -> str:
         # A ChatInterface keeps the conversation per client session: each smoke question starts a new one, so the

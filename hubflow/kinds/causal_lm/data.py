@@ -26,11 +26,12 @@ import logging
 import numpy as np
 import pyarrow as pa
 
-from ...config import DataConfig, DataShape, LossOn, PreprocessConfig, TaskType
+from ...config import DataConfig, PreprocessConfig
 from ...doors import store
 from ...errors import PreflightError
 from ...refs import ModelFacts, RawDataRef, TokenizedRef
 from ...tokenize import check_text, sha, texts_digest, tokenizer_hash
+from .settings import CausalLMFacts, DataShape, LossOn
 
 log = logging.getLogger("hubflow")
 PREPARE_VERSION = 1
@@ -135,7 +136,7 @@ def prepare(raw: RawDataRef, model_dir: str, cfg: PreprocessConfig, data: DataCo
     uri = store.join(out_uri)
     store.remove(uri)
     out.save_to_disk(uri, storage_options=store.storage_options(uri))
-    facts = ModelFacts(task=TaskType.causal_lm, max_length=cfg.max_length, shape=shape, chat=chat,
+    facts = CausalLMFacts(max_length=cfg.max_length, shape=shape, chat=chat,
                        chat_template=cfg.chat_template)
     return TokenizedRef(uri=uri, fingerprint=fingerprint, splits={s: len(d) for s, d in out.items()}, facts=facts)
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from ...config import Decoding, GenerationConfig, TrainConfig, TrainMethod
+from ...config import TrainConfig
 from ...refs import ModelFacts
 from .data import IGNORE, load_tokenizer
+from .settings import Decoding, Generation, TrainMethod
 
 TRAIN_COLUMNS = ["input_ids", "labels", "position_ids"]  # position_ids only in packed data (the loop drops absent ones)
 
@@ -160,7 +161,7 @@ class Generator:
         return cls(model.to(device).eval(), load_tokenizer(str(folder), facts), device)
 
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[list[int]], gen: GenerationConfig, batch_size: int, max_tokens: int,
+    def generate(self, prompt_ids: list[list[int]], gen: Generation, batch_size: int, max_tokens: int,
                  seed: int = 0) -> list[tuple[str, int, str]]:
         """(completion, new tokens, finish reason) per prompt, in input order."""
         order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
@@ -176,7 +177,7 @@ class Generator:
             i += size
         return out  # type: ignore[return-value]
 
-    def _batch(self, rows: list[list[int]], gen: GenerationConfig) -> list[tuple[str, int, str]]:
+    def _batch(self, rows: list[list[int]], gen: Generation) -> list[tuple[str, int, str]]:
         width = max(len(r) for r in rows)
         ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
@@ -190,7 +191,7 @@ class Generator:
                                   **kwargs)[:, width:].tolist()
         return [self._finish(tokens, gen) for tokens in new]
 
-    def _finish(self, tokens: list[int], gen: GenerationConfig) -> tuple[str, int, str]:
+    def _finish(self, tokens: list[int], gen: Generation) -> tuple[str, int, str]:
         end = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
         if end is not None:
             return self.tokenizer.decode(tokens[:end], skip_special_tokens=True), end + 1, "eos"

@@ -10,14 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ...config import DataConfig, InferenceConfig, SpaceConfig, TaskType, TrainConfig
+from ...config import DataConfig, InferenceConfig, SpaceConfig, TrainConfig
 from ...refs import ModelFacts
-from .. import Direction
-from . import data, metrics
+from .. import Direction, KindDefaults
+from . import data, metrics, settings
 
 
-class TextClassification:
-    task = TaskType.text_classification
+class TextClassification(KindDefaults):
+    task = settings.TASK
+    facts = settings.ClassifierFacts  # (before the next line rebinds `settings` in the class body)
+    settings = settings.ClassifierConfig
     pipeline_tag = "text-classification"
     title = "Text classification"
     metrics = {"accuracy": Direction.higher, "macro_f1": Direction.higher}
@@ -34,22 +36,28 @@ class TextClassification:
 
     # ---- data
     def raw_columns(self, data_cfg: DataConfig, available: list[str]) -> dict[str, str]:
+        data_cfg = self.own(data_cfg)
         if data_cfg.text_column == data_cfg.label_column:
             raise ValueError(f"data.text_column and data.label_column are both {data_cfg.text_column!r}")
         return {"text": data_cfg.text_column, "label": data_cfg.label_column}
 
     def check_raw(self, splits: dict, data_cfg: DataConfig, columns: dict[str, str]) -> None:
+        data_cfg = self.own(data_cfg)
         data.check_raw(splits, data_cfg)
 
     def prepare(self, raw, model_dir, cfg, data_cfg, out_uri):
+        data_cfg = self.own(data_cfg)
+        cfg = self.own(cfg)
         return data.prepare(raw, model_dir, cfg, data_cfg, out_uri)
 
     def prepare_inference(self, ds, data_cfg: DataConfig, model_dir: str, facts: ModelFacts, out_root: str):
+        data_cfg = self.own(data_cfg)
         return data.prepare_inference(ds, data_cfg.text_column, data_cfg.test_split, model_dir, facts, out_root,
                                       data_cfg.max_test_samples)
 
     # ---- training
     def load_for_training(self, model_dir: str, facts: ModelFacts, cfg: TrainConfig, allow_pickle: bool = False):
+        cfg = self.own(cfg)
         from .model import load_for_training
 
         return load_for_training(model_dir, facts, allow_pickle)
@@ -64,25 +72,14 @@ class TextClassification:
 
         return validate(model, eval_dl, accelerator, facts)
 
-    def rank(self, m: dict[str, float]) -> tuple:
-        # Best = highest macro-F1 (accuracy hides a neglected class); on a tie, the lower validation loss.
-        return m["eval_macro_f1"], -m["eval_loss"]
-
-    def save_model(self, model, tokenizer, out: Path, base_model) -> dict[str, Path]:
-        model.save_pretrained(out / "model")  # transformers 5 always writes safetensors
-        tokenizer.save_pretrained(out / "model")
-        return {"model": out / "model"}
-
     # ---- inference and evaluation
     def load_predictor(self, folder, device, dtype):
         from .model import Classifier
 
         return Classifier.load(folder, device, dtype)
 
-    def output_settings(self, cfg: InferenceConfig) -> dict[str, Any]:
-        return {}  # batch size and the token budget change padding, not probabilities (attention masks)
-
     def predict_shard(self, predictor, part, cfg: InferenceConfig, shard_index: int):
+        cfg = self.own(cfg)
         from .model import shard_rows
 
         probs = predictor.probs(part.column("input_ids"), cfg.batch_size, cfg.max_tokens_per_batch)
@@ -113,6 +110,7 @@ class TextClassification:
     def champion_rows(self, model_dir: str, table, facts: ModelFacts, cfg: InferenceConfig, metric: str) -> dict:
         """Another model (the champion) on the same rows' texts, compared by class name: it may order its classes
         differently, or know a class this run's model lacks (then its id is one past this run's last)."""
+        cfg = self.own(cfg)
         import numpy as np
 
         from .model import predict_texts
@@ -168,13 +166,16 @@ class TextClassification:
                 ("score", "probability of the predicted class")]
 
     def space_variables(self, facts: ModelFacts, space: SpaceConfig) -> dict[str, str]:
+        space = self.own(space)
         return {"MAX_LENGTH": str(facts.max_length)}
 
     def reference_answers(self, rows: list[dict], model_dir: str, facts: ModelFacts,
                           space: SpaceConfig) -> list[tuple[str, str]]:
+        space = self.own(space)
         return [(r["text"], r["pred_label"]) for r in rows]  # the batch predictions themselves
 
     def answer_texts(self, model_dir: str, texts: list[str], facts: ModelFacts, space: SpaceConfig) -> list[str]:
+        space = self.own(space)
         from .model import predict_texts
 
         return [p["label"] for p in predict_texts(model_dir, texts, max_length=facts.max_length)]
@@ -184,6 +185,15 @@ class TextClassification:
 
     def answers_match(self, got: str, want: str | None, facts: ModelFacts) -> bool:
         return got == want if want is not None else got in facts.label_names
+
+    def space_readme(self, facts: ModelFacts, variables: dict[str, str]) -> dict[str, str]:
+        return {"labels": ", ".join(facts.label_names), "max_length": str(facts.max_length)}
+
+    def foreign_facts(self, folder: Path, config: dict) -> ModelFacts | None:
+        """A model hubflow did not train (a Hub model) is read as a classifier unless another kind claims it:
+        config.json's labels; its limit is found by the caller."""
+        id2label = config.get("id2label") or {}
+        return settings.ClassifierFacts(max_length=0, label_names=[id2label[str(i)] for i in range(len(id2label))])
 
 
 KIND = TextClassification()

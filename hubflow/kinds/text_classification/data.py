@@ -15,10 +15,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ...config import DataConfig, PreprocessConfig, TaskType
+from ...config import DataConfig, PreprocessConfig
 from ...doors import store
 from ...refs import ModelFacts, RawDataRef, TokenizedRef
 from ...tokenize import arrow_encoder, check_text, sha, texts_digest, tokenizer_hash
+from .settings import ClassifierFacts
 
 PREPROCESS_VERSION = 1  # bump when `prepare` changes its output, so old fingerprints stop matching
 
@@ -98,7 +99,7 @@ def prepare(
     store.remove(uri)  # no stale shards from an earlier run with another shard count
     out.save_to_disk(uri, storage_options=store.storage_options(uri))
     return TokenizedRef(uri=uri, fingerprint=fingerprint, splits={s: len(d) for s, d in out.items()},
-                        facts=ModelFacts(task=TaskType.text_classification, max_length=cfg.max_length, label_names=names,
+                        facts=ClassifierFacts(max_length=cfg.max_length, label_names=names,
                                          pad_with_eos=tokenizer.pad_token is None))
 
 
