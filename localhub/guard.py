@@ -36,7 +36,7 @@ log = logging.getLogger("localhub")
 HEADER_TIMEOUT = float(os.environ.get("LOCALHUB_HEADER_TIMEOUT") or 10)
 BODY_IDLE_TIMEOUT = float(os.environ.get("LOCALHUB_BODY_IDLE_TIMEOUT") or 30)
 MAX_CONNECTIONS_ENV = "LOCALHUB_MAX_CONNECTIONS"
-ACCEPT_BATCH = 64  # connections asyncio accepts per wake-up of the listening socket (localhub/server.py)
+ACCEPT_BATCH = 16  # connections asyncio accepts per wake-up of the listening socket (localhub/server.py)
 _BUSY_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\n"
              b"content-length: 40\r\n\r\nlocalhub: too many connections, retry.\r\n")
 
