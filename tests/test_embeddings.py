@@ -18,7 +18,11 @@ import torch
 from hubflow.kinds.sentence_embedding import KIND, data, metrics
 from hubflow.kinds.sentence_embedding import model as emb_model
 from hubflow.kinds.sentence_embedding.encode import Encoder
-from hubflow.kinds.sentence_embedding.settings import EmbeddingDataSettings, EmbeddingTrainSettings, Pooling
+from hubflow.kinds.sentence_embedding.settings import (
+    EmbeddingDataSettings,
+    EmbeddingTrainSettings,
+    Pooling,
+)
 from hubflow.kinds.sentence_embedding.st_format import save_sentence_transformer
 from tests.tiny import FILLER, KEYWORDS, make_tiny_bert
 
@@ -175,7 +179,7 @@ def test_mnrl_training_lowers_loss_and_improves_retrieval(tiny_bert, tmp_path):
 
     # Batch inference over the test split (queries + corpus) and its evaluation, as the predict/evaluate stages do.
     class Inference:
-        batch_size, max_tokens_per_batch = 16, 256
+        batch_size, max_tokens_per_batch, precision = 16, 256, "fp32"
 
     predictor = KIND.load_predictor(folder, torch.device("cpu"), torch.float32)
     rows = KIND.predict_shard(predictor, dsd["test"].with_format("arrow")[:], Inference(), 0)
@@ -185,6 +189,9 @@ def test_mnrl_training_lowers_loss_and_improves_retrieval(tiny_bert, tmp_path):
     headline = KIND.headline(report)
     own = KIND.own_rows(rows)
     assert KIND.metric(own, "ndcg_at_10", np.arange(report["rows"])) == pytest.approx(headline["ndcg_at_10"])
+    # The gate's champion path re-embeds the same texts: the same model scores every query the same.
+    champion = KIND.champion_rows(str(folder), rows, facts, Inference(), "ndcg_at_10")
+    assert all(np.allclose(champion[k], own[k]) for k in metrics.NAMES)
     assert "| ndcg@10 |" in KIND.render(report, None)[0]
 
 

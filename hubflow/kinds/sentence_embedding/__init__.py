@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import Direction
 from . import data, metrics
@@ -35,7 +35,7 @@ class SentenceEmbedding:
     task = TASK
     pipeline_tag = "sentence-similarity"
     title = "Semantic search"
-    metrics = {name: Direction.higher for name in metrics.NAMES}
+    metrics: ClassVar[dict[str, Direction]] = {name: Direction.higher for name in metrics.NAMES}
     default_metric = "ndcg_at_10"
     batch_invariant = True  # batch size and token budget change padding only (attention masks): vectors stay
     space_app = Path(__file__).parent / "space_app"
@@ -63,28 +63,8 @@ class SentenceEmbedding:
         return data.prepare(raw, model_dir, cfg, data_cfg, data_settings(data_cfg), out_uri, self.facts(cfg.max_length))
 
     def prepare_inference(self, ds, data_cfg, model_dir: str, facts, out_root: str):
-        """A dataset split of texts (corpus_text_column; ids from corpus_id_column or the row index) -> a one-split
-        TokenizedRef at `{out_root}/{fingerprint}`, reused when the same texts come again."""
-        from datasets import Dataset, DatasetDict
-        from datasets.table import InMemoryTable
-
-        from ...doors import store
-        from ...refs import TokenizedRef
-        from ...tokenize import sha, texts_digest, tokenizer_hash
-
-        split, settings = data_cfg.test_split or "test", data_settings(data_cfg)
-        if data_cfg.max_test_samples:
-            ds = ds.select(range(min(data_cfg.max_test_samples, len(ds))))
-        rows = data.corpus_rows(ds.with_format("arrow")[:], settings, model_dir, facts.max_length, split)
-        fingerprint = sha({"v": data.PREPROCESS_VERSION, "kind": "inference", "texts": texts_digest(rows["text"]),
-                           "ids": texts_digest(rows["id"]), "tokenizer": tokenizer_hash(model_dir),
-                           "max_length": facts.max_length})
-        uri = store.join(out_root, fingerprint[:24])
-        if not store.exists(store.join(uri, "dataset_dict.json")):
-            store.remove(uri)
-            DatasetDict({split: Dataset(InMemoryTable(rows), fingerprint=fingerprint[:16])}).save_to_disk(
-                uri, storage_options=store.storage_options(uri))
-        return TokenizedRef(uri=uri, fingerprint=fingerprint, splits={split: rows.num_rows}, facts=facts)
+        return data.prepare_inference(ds, data_settings(data_cfg), data_cfg.test_split or "test", model_dir, facts,
+                                      out_root, data_cfg.max_test_samples)
 
     # ---- training
     def load_for_training(self, model_dir: str, facts, cfg, allow_pickle: bool = False):
@@ -126,7 +106,7 @@ class SentenceEmbedding:
         import pyarrow as pa
 
         vectors = predictor.encode_ids(part.column("input_ids"), cfg.batch_size, cfg.max_tokens_per_batch)
-        n, dim = vectors.shape
+        dim = vectors.shape[1]
         vector = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dim).cast(
             pa.list_(pa.float32()))
         columns = {"row_id": part.column("row_id"), "id": part.column("id"), "text": part.column("text"),
@@ -178,7 +158,7 @@ class SentenceEmbedding:
 
     def card_eval_results(self, m: dict[str, float]) -> list[dict[str, Any]]:
         names = {"ndcg_at_10": "nDCG@10", "mrr_at_10": "MRR@10", "recall_at_1": "Recall@1", "recall_at_10": "Recall@10"}
-        return [dict(metric_type=k, metric_name=v, metric_value=m[k]) for k, v in names.items()]
+        return [{"metric_type": k, "metric_name": v, "metric_value": m[k]} for k, v in names.items()]
 
     def card_usage(self, repo_id: str, revision: str, facts) -> str:
         return "\n".join([

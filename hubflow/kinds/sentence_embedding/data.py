@@ -4,6 +4,7 @@
     build(tables, settings, model_dir, cfg, splits)   {split: pa.Table} -> DatasetDict train/validation/test
     prepare(raw, model_dir, cfg, data, settings, out_uri, facts) -> TokenizedRef (build + save through the store)
     corpus_rows(table, settings, model_dir, max_length)   a text + id table -> rows to embed (id, text, input_ids)
+    prepare_inference(ds, settings, split, model_dir, facts, out_root, max_samples) -> TokenizedRef (one split)
 
 Pair splits (train, validation) hold `input_ids` (the anchor's: the training loop groups batches by its length),
 `positive_input_ids`, [`negative_input_ids`], [`score`], `positive_key` (one id per distinct positive text), `row_id`
@@ -124,6 +125,31 @@ def corpus_rows(table: pa.Table, settings: EmbeddingDataSettings, model_dir: str
     return out.append_column("input_ids", _ids(encode, text))
 
 
+def prepare_inference(ds, settings: EmbeddingDataSettings, split: str, model_dir: str, facts, out_root: str,
+                      max_samples: int | None = None):
+    """A dataset split of texts (corpus_text_column; ids from corpus_id_column, else the row index) -> a one-split
+    DatasetDict at `{out_root}/{fingerprint}` -> TokenizedRef. The fingerprint hashes the texts, ids, tokenizer and
+    max_length, so the same inputs are tokenized once and reused."""
+    from datasets import Dataset, DatasetDict
+    from datasets.table import InMemoryTable
+
+    from ...refs import TokenizedRef
+    from ...tokenize import texts_digest
+
+    if max_samples:
+        ds = ds.select(range(min(max_samples, len(ds))))
+    rows = corpus_rows(ds.with_format("arrow")[:], settings, model_dir, facts.max_length, split)
+    fingerprint = sha({"v": PREPROCESS_VERSION, "kind": "inference", "texts": texts_digest(rows["text"]),
+                       "ids": texts_digest(rows["id"]), "tokenizer": tokenizer_hash(model_dir),
+                       "max_length": facts.max_length, "split": split})
+    uri = store.join(out_root, fingerprint[:24])
+    if not store.exists(store.join(uri, "dataset_dict.json")):  # written last by save_to_disk
+        store.remove(uri)
+        DatasetDict({split: Dataset(InMemoryTable(rows), fingerprint=fingerprint[:16])}).save_to_disk(
+            uri, storage_options=store.storage_options(uri))
+    return TokenizedRef(uri=uri, fingerprint=fingerprint, splits={split: rows.num_rows}, facts=facts)
+
+
 # ----- helpers -------------------------------------------------------------------------------------------------------
 
 
@@ -193,7 +219,7 @@ def _carve(train: pa.Table, positive_column: str, fractions: dict[str, float], s
     perm = np.random.default_rng(seed).permutation(n_groups)
     out, start = {}, 0
     for role, frac in fractions.items():
-        k = max(1, int(round(frac * n_groups)))
+        k = max(1, round(frac * n_groups))
         out[role] = train.take(np.flatnonzero(np.isin(groups, perm[start:start + k])))
         start += k
     out["train"] = train.take(np.flatnonzero(np.isin(groups, perm[start:])))

@@ -19,10 +19,14 @@ from pathlib import Path
 
 SIZES = {"train": 2000, "validation": 200, "test": 400}  # tickets per split of hubflow.demo_data (its defaults)
 
-_STOP = set("""a an the i i'm im my me we our you your u it its it's this that these those is are was were be been am
-to of for on in at by with and or but so if as just really still even also very any some there here have has had do
-does did can could would should will please pls thanks thx thank hi hello hey dear team support there regards best
-cheers""".split())
+_STOP = frozenset({
+    "a", "an", "the", "i", "i'm", "im", "my", "me", "we", "our", "you", "your", "u", "it", "its", "it's", "this",
+    "that", "these", "those", "is", "are", "was", "were", "be", "been", "am", "to", "of", "for", "on", "in", "at",
+    "by", "with", "and", "or", "but", "so", "if", "as", "just", "really", "still", "even", "also", "very", "any",
+    "some", "there", "here", "have", "has", "had", "do", "does", "did", "can", "could", "would", "should", "will",
+    "please", "pls", "thanks", "thx", "thank", "hi", "hello", "hey", "dear", "team", "support", "regards", "best",
+    "cheers"
+})  # dropped from a ticket when it becomes a query
 _SYNONYMS = {"charged": "billed", "billed": "charged", "refund": "money back", "package": "parcel", "parcel": "package",
              "order": "purchase", "arrived": "came", "delivered": "dropped off", "broken": "damaged",
              "damaged": "broken", "password": "login", "account": "profile", "app": "application",

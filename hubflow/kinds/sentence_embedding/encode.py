@@ -34,7 +34,7 @@ class Encoder:
 
     @classmethod
     def load(cls, folder: str | Path, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32) -> "Encoder":
+             dtype: torch.dtype = torch.float32) -> Encoder:
         from transformers import AutoModel, AutoTokenizer
 
         pooling, normalize, max_seq_length = read_layout(folder)
@@ -112,8 +112,8 @@ def _quantize(body: torch.nn.Module) -> None:
 def encode_texts(model_dir: str | Path, texts: list[str], batch_size: int = 64, precision: str = "auto") -> np.ndarray:
     """A few texts through a cached Encoder of `model_dir` (at `precision`, as batch inference would run it)."""
     config = Path(model_dir, "config.json")
-    return _cached(str(Path(model_dir).resolve()), os.stat(config).st_mtime_ns, str(precision)).encode(
-        texts, batch_size)
+    precision = getattr(precision, "value", precision)  # an InferencePrecision member or its value
+    return _cached(str(Path(model_dir).resolve()), os.stat(config).st_mtime_ns, precision).encode(texts, batch_size)
 
 
 @functools.lru_cache(maxsize=2)

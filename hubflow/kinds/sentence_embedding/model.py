@@ -147,7 +147,7 @@ def validate(model, eval_dl, accelerator) -> dict[str, float]:
     keys_np = torch.cat(keys).cpu().numpy()
     if not keyed:  # no keys: every row's positive counts as a document of its own
         keys_np = np.arange(len(keys_np))
-    distinct, first, relevant = np.unique(keys_np, return_index=True, return_inverse=True)
+    _, first, relevant = np.unique(keys_np, return_index=True, return_inverse=True)
     a, p = torch.cat(anchors).cpu().numpy(), torch.cat(positives).cpu().numpy()
     found = retrieval_scores(a, p[first], [np.array([r]) for r in relevant])
     out = {"eval_loss": torch.cat(losses).mean().item(), **{f"eval_{k}": float(v.mean()) for k, v in found.items()}}

@@ -53,7 +53,7 @@ class EmbeddingDataSettings(_Settings):
     corpus_id_column: str = Field("id", description="Column of the corpus split holding the document id.")
 
     @model_validator(mode="after")
-    def _distinct(self) -> "EmbeddingDataSettings":
+    def _distinct(self) -> EmbeddingDataSettings:
         cols = [c for c in (self.anchor_column, self.positive_column, self.negative_column, self.score_column) if c]
         if len(set(cols)) != len(cols):
             raise ValueError(f"anchor, positive, negative and score columns must differ; got {cols}")
