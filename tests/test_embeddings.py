@@ -315,6 +315,38 @@ def test_demo_pairs_are_deterministic_and_minilm_finds_the_tickets(minilm):
     assert scores8["ndcg_at_10"].mean() > scores["ndcg_at_10"].mean() - 0.05
 
 
+def test_space_app_searches_the_corpus_with_the_models_vectors(tiny_bert, tmp_path, monkeypatch):
+    import importlib.util
+    import json
+
+    from datasets import Dataset, DatasetDict
+
+    from hubflow.demo_data import write_hub_layout
+
+    embedder, tokenizer = emb_model.load_for_training(str(tiny_bert), EmbeddingTrainSettings(), max_length=32)
+    folder = save_sentence_transformer(embedder, tokenizer, tmp_path / "model")
+    docs = ["storm cloud rain", "stock market price", "team goal match", "snow wind forecast"]
+
+    # Published test predictions hold queries and corpus rows: the app searches only the corpus rows.
+    rows = {"id": ["q0", *[f"d{i}" for i in range(4)]], "role": ["query"] + ["corpus"] * 4,
+            "text": ["rain storm", *docs]}
+    write_hub_layout(DatasetDict({"test": Dataset.from_dict(rows)}), tmp_path / "corpus", "---\n---\n")
+    monkeypatch.setenv("MODEL_ID", str(folder))
+    monkeypatch.setenv("CORPUS", str(tmp_path / "corpus"))
+    spec = importlib.util.spec_from_file_location("embedding_space_app", KIND.space_app / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    assert app.IDS == ["d0", "d1", "d2", "d3"]
+    vector = np.array(json.loads(app.embed("rain storm")))
+    assert np.abs(vector - Encoder.load(folder).encode(["rain storm"])[0]).max() <= 1e-5
+    assert KIND.answers_match(app.embed("rain storm"), json.dumps(vector.tolist()), None)
+    hits = app.search("rain storm")
+    ours = Encoder.load(folder).encode(["rain storm", *docs])
+    best = int(np.argmax(ours[1:] @ ours[0]))
+    assert [h[0] for h in hits] == [1, 2, 3, 4] and hits[0][2] == f"d{best}" and hits[0][3] == docs[best]
+    app.build_demo()  # the gradio layout builds (both endpoints wired)
+
+
 def test_space_app_is_self_contained():
     app = KIND.space_app
     tree = ast.parse((app / "app.py").read_text())
