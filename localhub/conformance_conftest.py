@@ -90,6 +90,16 @@ def pytest_runtest_makereport(item: pytest.Item, call):
                             "talked": talked, "reason": reason[:2000]}) + "\n")
 
 
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    """A module that cannot be imported (a missing dependency) is one failed, offline entry: listed, not counted."""
+    if _REPORT and report.failed:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        reason = crash.message if crash else (str(report.longrepr).strip().splitlines() or [""])[-1]
+        with open(_REPORT, "a") as f:
+            f.write(json.dumps({"nodeid": report.nodeid, "when": "collect", "outcome": "failed", "talked": False,
+                                "reason": f"collection error: {reason}"[:2000]}) + "\n")
+
+
 @pytest.fixture(autouse=True)
 def patch_constants(monkeypatch: pytest.MonkeyPatch) -> Generator[None, None, None]:
     """A fresh cache and token path per test, as upstream's conftest does."""

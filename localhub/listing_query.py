@@ -20,6 +20,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
+from .http import iso
 from .storage import HubError
 
 SORT_COLUMNS = {"likes": "likes", "downloads": "downloads", "lastModified": "last_modified",
@@ -112,7 +113,7 @@ def next_link(url: str, params, q: Query) -> str:
     return f'<{url}?{urlencode(items)}>; rel="next"'
 
 
-def compact(row: sqlite3.Row, iso) -> dict:
+def compact(row: sqlite3.Row) -> dict:
     """A listed repo in the Hub's default (non-`full`) shape: no siblings, no card."""
     repo_id = f"{row['namespace']}/{row['name']}"
     item = {"_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24], "id": repo_id, "author": row["namespace"],

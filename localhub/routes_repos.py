@@ -190,7 +190,7 @@ async def list_repos(ctx: Ctx) -> Response:
     out = []
     for row in rows:
         if not full:
-            out.append(listing_query.compact(row, iso))
+            out.append(listing_query.compact(row))
             continue
         repo = ctx.storage.get_repo(row["type"], f"{row['namespace']}/{row['name']}")
         if repo is not None and can_read(ctx, repo):
