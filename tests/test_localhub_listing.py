@@ -204,3 +204,34 @@ def test_a_filtered_sorted_page_over_50k_repos_is_answered_quickly(tmp_path: Pat
     assert len(page) == 50 and all("license:mit" in m.tags for m in page)
     assert [m.likes for m in page] == sorted((m.likes for m in page), reverse=True)
     assert elapsed < 2.0, f"{elapsed:.2f}s for one page"
+
+
+def test_a_data_dir_from_before_the_index_is_listed_after_restart(tmp_path: Path):
+    """Upgrading localhub over an existing data dir: the repos it holds are indexed at start, likes included."""
+    import sqlite3
+
+    users = {"u": ("tok-u", "write"), "v": ("tok-v", "write")}
+    hub = LocalHub(tmp_path / "hub", users=users, port=free_port()).start()
+    try:
+        api = HfApi(endpoint=hub.url, token="tok-u")
+        for name in ("one", "two"):
+            api.create_repo(f"u/{name}")
+            api.upload_file(path_or_fileobj=card(license="mit", tags=["old"]), path_in_repo="README.md",
+                            repo_id=f"u/{name}")
+        httpx.post(f"{hub.url}/api/models/u/two/like", headers={"authorization": "Bearer tok-v"}).raise_for_status()
+    finally:
+        hub.stop()
+    db = sqlite3.connect(tmp_path / "hub" / "hub.db")  # back to the schema of before the listing index
+    for (kind, name) in db.execute("SELECT type, name FROM sqlite_master WHERE name LIKE 'listing%' OR "
+                                   "name LIKE 'repo_tags%'").fetchall():
+        if kind in ("table", "trigger"):
+            db.execute(f"DROP {kind} IF EXISTS {name}")
+    db.commit()
+    db.close()
+
+    hub = LocalHub(tmp_path / "hub", users=users, port=free_port()).start()
+    try:
+        listed = list(HfApi(endpoint=hub.url, token="tok-u").list_models(filter=["old", "license:mit"], sort="likes"))
+    finally:
+        hub.stop()
+    assert [(m.id, m.likes) for m in listed] == [("u/two", 1), ("u/one", 0)]
