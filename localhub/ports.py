@@ -44,13 +44,14 @@ def listen(host: str = "127.0.0.1", port: int = 0, fallback: bool = False, backl
     return sock
 
 
-def reserve(host: str = "127.0.0.1") -> socket.socket:
+def reserve(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """Hold a free port for a program that binds it itself (a Space's app): bound with SO_REUSEADDR but not
     listening, the port is never handed to anyone else's bind(port 0) or connect, while an app that binds it with
-    SO_REUSEADDR (uvicorn, gradio, http.server, aiohttp all do) may. Close it once the app listens."""
+    SO_REUSEADDR (uvicorn, gradio, http.server, aiohttp all do) may. Close it once the app listens. LocalHub holds
+    its port so across a stop and a start (`listen` on the held port works: it is not listening)."""
     sock = _socket(host)
     try:
-        sock.bind((host, 0))
+        sock.bind((host, port))
     except BaseException:
         sock.close()
         raise

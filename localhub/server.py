@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from .http import ROLES, User
-from .ports import listen
+from .ports import listen, reserve
 from .sandbox import UNSAFE_ENV
 
 log = logging.getLogger("localhub")
@@ -177,7 +177,8 @@ class LocalHub:
 
     The port is bound when the LocalHub is made (`port`, or any free one; or `sock`, a listening socket of the
     caller's), so `url` holds from then on and nobody can take the port before the server runs: the socket is
-    handed to the server (its fd to the subprocess), which never binds one itself."""
+    handed to the server (its fd to the subprocess), which never binds one itself. The port stays held across
+    stop() and start() for as long as the object lives."""
 
     def __init__(
         self,
@@ -197,7 +198,10 @@ class LocalHub:
         self.allow_private_webhooks = allow_private_webhooks
         self.users = users or {}
         self.orgs = orgs or {}
-        self._sock: socket.socket | None = sock or listen(host, port or 0)
+        # `_hold` keeps the port ours for this object's life (bound, never listening: a stopped hub refuses
+        # connections, and a restart listens on the same port again even if others grab ports meanwhile).
+        self._hold = None if sock else reserve(host, port or 0)
+        self._sock: socket.socket | None = sock or listen(host, self._hold.getsockname()[1])
         self.host, self.port = host, self._sock.getsockname()[1]
         self.seed = seed
         self.log_file = Path(log_file) if log_file else self.data_dir.parent / f"{self.data_dir.name}.log"
