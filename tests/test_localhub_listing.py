@@ -235,3 +235,14 @@ def test_a_data_dir_from_before_the_index_is_listed_after_restart(tmp_path: Path
     finally:
         hub.stop()
     assert [(m.id, m.likes) for m in listed] == [("u/two", 1), ("u/one", 0)]
+
+
+def test_duplicate_a_space_takes_its_settings_from_the_call(hf_api: HfApi, new_repo_id):
+    src = new_repo_id()
+    hf_api.create_repo(src, repo_type="space", space_sdk="static", space_variables=[{"key": "MODE", "value": "src"}])
+    hf_api.upload_file(path_or_fileobj=b"<h1>hi</h1>", path_in_repo="index.html", repo_id=src, repo_type="space")
+    dst = hf_api.duplicate_repo(src, new_repo_id(), repo_type="space",
+                                space_variables=[{"key": "MODE", "value": "copy"}]).repo_id
+    assert hf_api.space_info(dst).sdk == "static"
+    assert hf_api.file_exists(dst, "index.html", repo_type="space")
+    assert hf_api.get_space_variables(dst)["MODE"].value == "copy"
