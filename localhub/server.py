@@ -158,7 +158,7 @@ def serve(host: str, port: int, data_dir: str | Path, users: dict[str, User], se
     sock = sock or listen(host, port)
     host, port = sock.getsockname()[:2]
     hub = build_hub(data_dir, users, orgs, unsafe_spaces, allow_private_webhooks)
-    hub.base_url = f"http://{host}:{port}"
+    hub.base_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     if seed:
         from .seed import seed_hub
 
