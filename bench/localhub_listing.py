@@ -29,11 +29,11 @@ LIBRARIES = ("transformers", "sentence-transformers", "peft", "timm", "diffusers
 PIPELINES = ("text-classification", "token-classification", "text-generation", "fill-mask", "image-classification")
 LICENSES = ("mit", "apache-2.0", "cc-by-4.0", "other")
 QUERIES = {  # name -> list_models kwargs (limit=50 added)
-    "tag+license, by likes": dict(filter=["transformers", "license:mit"], sort="likes"),
-    "pipeline_tag, by last_modified": dict(pipeline_tag="text-classification", sort="last_modified"),
-    "rare tag, by downloads": dict(filter="rare-0", sort="downloads"),
-    "author + search, by created_at": dict(author="user-7", search="model-1", sort="created_at"),
-    "no filter, by likes": dict(sort="likes"),
+    "tag+license, by likes": {"filter": ["transformers", "license:mit"], "sort": "likes"},
+    "pipeline_tag, by last_modified": {"pipeline_tag": "text-classification", "sort": "last_modified"},
+    "rare tag, by downloads": {"filter": "rare-0", "sort": "downloads"},
+    "author + search, by created_at": {"author": "user-7", "search": "model-1", "sort": "created_at"},
+    "no filter, by likes": {"sort": "likes"},
 }
 
 
@@ -49,7 +49,8 @@ def seed_repos(data_dir: Path, n: int, owner: str = "user", seed: int = 0) -> No
         rid = db.execute("INSERT INTO repos(type, namespace, name, private, created_at) VALUES ('model',?,?,0,?)",
                          (f"{owner}-{i % 100}", f"model-{i}", created)).lastrowid
         oid = hashlib.sha1(f"seed-{i}".encode()).hexdigest()
-        db.execute("INSERT INTO commits(oid, rid, parent, title, message, author, date) VALUES (?,?,NULL,'seed','',?,?)",
+        db.execute("INSERT INTO commits(oid, rid, parent, title, message, author, date) "
+                   "VALUES (?,?,NULL,'seed','',?,?)",
                    (oid, rid, owner, created + rng.uniform(0, 1e6)))
         db.execute("INSERT INTO refs(rid, kind, name, oid) VALUES (?, 'branch', 'main', ?)", (rid, oid))
         library, pipeline = rng.choice(LIBRARIES), rng.choice(PIPELINES)

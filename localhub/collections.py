@@ -24,8 +24,7 @@ import time
 from starlette.responses import JSONResponse, Response
 
 from .http import (
-    REPO_PREFIX, Ctx, HubError, Moved, Router, can_read, canonical_namespace, check_write, field, iso, namespace_role,
-    repo_for_read,
+    Ctx, HubError, Moved, Router, can_read, canonical_namespace, check_write, field, iso, namespace_role, repo_for_read,
 )
 
 SCHEMA = """
@@ -123,7 +122,7 @@ class Collections:
         visible = [r for r in rows if not r["private"] or namespace_role(ctx, r["owner"]) is not None]
         limit = min(int(q.get("limit") or LIST_MAX), LIST_MAX) if (q.get("limit") or "").isdigit() else LIST_MAX
         # As the Hub lists them: 4 items each, and no `position` (the client numbers the list itself).
-        listed = [{k: v for k, v in self._json(ctx, r, max_items=4).items() if k != "position"} for r in visible[:limit]]
+        listed = [{k: v for k, v in self._json(ctx, r, 4).items() if k != "position"} for r in visible[:limit]]
         return JSONResponse(listed)
 
     # ---- changes -------------------------------------------------------------------------------------------------
@@ -199,7 +198,8 @@ class Collections:
             if self.storage.db.execute("SELECT 1 FROM collection_items WHERE cid=? AND type=? AND target=?",
                                        (row["id"], kind, target)).fetchone():
                 raise HubError(409, None, f"{kind} {item_id} is already in this collection")
-            count = self.storage.db.execute("SELECT COUNT(*) FROM collection_items WHERE cid=?", (row["id"],)).fetchone()
+            count = self.storage.db.execute("SELECT COUNT(*) FROM collection_items WHERE cid=?",
+                                            (row["id"],)).fetchone()
             self.storage.db.execute("INSERT INTO collection_items(id, cid, type, target, position, note) "
                                     "VALUES (?,?,?,?,?,?)", (secrets.token_hex(12), row["id"], kind, target, count[0],
                                                              field(body, "note", str)))

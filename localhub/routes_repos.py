@@ -151,7 +151,8 @@ def repo_info(ctx: Ctx, repo: Repo, oid: str) -> dict:
         "_id": hashlib.sha1(repo.id.encode()).hexdigest()[:24], "id": repo.id, "author": repo.namespace,
         "sha": oid, "private": repo.private, "gated": repo.gated or False, "disabled": False,
         "lastModified": iso(ctx.storage.commit_info(oid).date), "createdAt": iso(repo.created_at),
-        "downloads": downloads(ctx.storage, repo), "likes": ctx.hub.likes.count(repo), "tags": derive_tags(repo.type, data)[0],
+        "downloads": downloads(ctx.storage, repo), "likes": ctx.hub.likes.count(repo),
+        "tags": derive_tags(repo.type, data)[0],  # the Hub's tags: the card's own and those its metadata implies
         "cardData": data or None,
         "siblings": [_sibling(e) for e in sorted(files.values(), key=lambda e: e.path)],
         "usedStorage": sum(e.size for e in files.values()),

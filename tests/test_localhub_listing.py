@@ -12,7 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 from huggingface_hub import HfApi, hf_hub_download
-from huggingface_hub.errors import BadRequestError, HFValidationError, HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    BadRequestError,
+    HfHubHTTPError,
+    HFValidationError,
+    RepositoryNotFoundError,
+)
 from huggingface_hub.utils import paginate
 
 from bench.localhub_listing import seed_repos
@@ -54,9 +59,11 @@ def test_bad_repo_ids_refused_at_create_move_and_duplicate(hf_api: HfApi, new_re
 
 def test_card_metadata_becomes_tags_and_filters(hf_api: HfApi, new_repo_id, tag: str):
     a, b, c = new_repo_id(), new_repo_id(), new_repo_id()
-    meta = dict(tags=[tag], library_name="transformers", pipeline_tag="text-classification", license="mit",
-                language=["en", "fr"], datasets=["alice/tickets"], base_model="alice/base", base_model_relation="finetune")
-    for repo, extra in ((a, {}), (b, dict(license="apache-2.0", library_name="peft")), (c, dict(pipeline_tag="fill-mask"))):
+    meta = {"tags": [tag], "library_name": "transformers", "pipeline_tag": "text-classification", "license": "mit",
+            "language": ["en", "fr"], "datasets": ["alice/tickets"], "base_model": "alice/base",
+            "base_model_relation": "finetune"}
+    changes = {a: {}, b: {"license": "apache-2.0", "library_name": "peft"}, c: {"pipeline_tag": "fill-mask"}}
+    for repo, extra in changes.items():
         hf_api.create_repo(repo)
         hf_api.upload_file(path_or_fileobj=card(**{**meta, **extra}), path_in_repo="README.md", repo_id=repo)
 
@@ -85,8 +92,9 @@ def test_card_metadata_becomes_tags_and_filters(hf_api: HfApi, new_repo_id, tag:
 
 def test_dataset_facets_spaces_and_gated(hf_api: HfApi, new_repo_id, tag: str):
     d1, d2 = new_repo_id(), new_repo_id()
-    for repo, meta in ((d1, dict(task_categories=["text-classification"], language=["en"], size_categories="n<1K")),
-                       (d2, dict(task_categories=["translation"], language=["en", "de"]))):
+    for repo, meta in ((d1, {"task_categories": ["text-classification"], "language": ["en"],
+                             "size_categories": "n<1K"}),
+                       (d2, {"task_categories": ["translation"], "language": ["en", "de"]})):
         hf_api.create_repo(repo, repo_type="dataset")
         hf_api.upload_file(path_or_fileobj=card(tags=[tag], **meta), path_in_repo="README.md", repo_id=repo,
                            repo_type="dataset")
