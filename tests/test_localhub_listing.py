@@ -79,6 +79,9 @@ def test_card_metadata_becomes_tags_and_filters(hf_api: HfApi, new_repo_id, tag:
     assert {m.id for m in hf_api.list_models(trained_dataset="alice/tickets", filter=tag)} == {a, b, c}
     assert {m.id for m in hf_api.list_models(filter=[tag, "base_model:alice/base"], author="alice")} == {a, b, c}
     assert list(hf_api.list_models(filter=tag, author="bob")) == []
+    assert listed[a].siblings is None  # the compact item; `full` or `cardData` give the whole info
+    full = {m.id: m for m in hf_api.list_models(filter=tag, full=True, cardData=True)}
+    assert full[a].card_data.license == "mit" and "README.md" in {s.rfilename for s in full[a].siblings}
 
     # A commit that changes README.md re-tags the repo; one that does not leaves the tags alone.
     hf_api.upload_file(path_or_fileobj=card(tags=[tag], license="cc-by-4.0"), path_in_repo="README.md", repo_id=a)
