@@ -40,7 +40,7 @@ def app_env(target: str, revision: str | None = None) -> dict[str, str]:
     pinned = pin(target, "model", revision or "main", "model")
     model = PublishedRepo(repo_id=target, repo_type="model", sha=pinned.sha, url=f"{endpoint()}/{target}", created=False)
     facts, examples = space.describe_model(model)
-    return {**space.space_variables(model, examples, facts), TASK_ENV: facts.task.value}
+    return {**space.space_variables(model, examples, facts), TASK_ENV: facts.task}
 
 
 def _run_env(summary_uri: str) -> dict[str, str]:
@@ -54,7 +54,7 @@ def _run_env(summary_uri: str) -> dict[str, str]:
     folder = store.get_dir(ckpt.uri, cache)  # a local store answers with the folder itself, no copy
     texts = read_predictions(result.predictions).column("text").to_pylist()[:PREVIEW_EXAMPLES]
     return {"MODEL_ID": str(Path(folder).resolve()), "MAX_LENGTH": str(ckpt.facts.max_length),
-            "EXAMPLES": json.dumps(texts), TASK_ENV: ckpt.facts.task.value}
+            "EXAMPLES": json.dumps(texts), TASK_ENV: ckpt.facts.task}
 
 
 def serve(env: dict[str, str], port: int | None = None, on_ready=print) -> int:

@@ -178,7 +178,7 @@ def test_batch_generation_over_a_prompts_dataset(released, llm_repos, localhub, 
     try:
         result = batch_inference(released.published.model.repo_id, DataConfig(source=repo, test_split="test"),
                                  model_revision=released.published.model.sha,
-                                 inference=InferenceConfig(batch_size=2, shard_size=2,
+                                 inference=InferenceConfig(task="causal-lm", batch_size=2, shard_size=2,
                                                            generation={"max_new_tokens": 8}),
                                  artifact_store=str(tmp_path / "store"))
     finally:

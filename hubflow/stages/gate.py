@@ -30,7 +30,7 @@ def judge(result: PipelineResult, cfg: PublishConfig, repo_id: str | None = None
     """The decision, plus the champion's metrics (None when it was not scored), for the comparison report."""
     gate, facts = cfg.gate, result.checkpoint.facts
     kind = kind_for(facts.task)
-    metric = gate.metric.value if gate.metric else kind.default_metric
+    metric = getattr(gate.metric, "value", gate.metric) or kind.default_metric  # a kind's enum, or a name
     mine = result.evaluation.metrics
     better = _better(kind.metrics.get(metric, Direction.higher))
 
