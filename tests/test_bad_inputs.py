@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, DatasetDict
 
+from hubflow.kinds import kind_for
+
 ROOT = Path(__file__).resolve().parent.parent
 HUBFLOW = str(Path(sys.executable).with_name("hubflow"))
 DEMO = str(ROOT / "deployments" / "configs" / "demo.yaml")
@@ -129,8 +131,8 @@ def _clf_pull(tmp_path, splits: dict, **data):
     from hubflow.stages import pull
 
     dsd = DatasetDict({s: Dataset.from_dict(cols) for s, cols in splits.items()})
-    return pull.write_raw_splits(dsd, DataConfig(source="x", **data), kind_for("text-classification"),
-                                 str(tmp_path / "raw"), "x", None)
+    data = DataConfig(task="text-classification", source="x", **data)
+    return pull.write_raw_splits(dsd, data, kind_for("text-classification"), str(tmp_path / "raw"), "x", None)
 
 
 def case_no_chat_template(tmp_path):

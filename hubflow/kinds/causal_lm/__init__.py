@@ -85,6 +85,7 @@ class CausalLM(KindDefaults):
     def trainable_parameters(self, params: int, arch: dict[str, int], cfg: TrainConfig) -> tuple[float, float]:
         """LoRA trains r x (in + out) per adapted linear layer: attention q, k, v, o (h x h) and the MLP's gate, up
         and down (h x inter), its default (all linear layers); a QLoRA base stores 0.5 byte + scales per weight."""
+        cfg = self.own(cfg)
         if cfg.method is TrainMethod.full:
             return float(params), 4.0
         h, layers, inter = arch["hidden"], arch["layers"], arch["intermediate"]
