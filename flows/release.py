@@ -53,7 +53,8 @@ def release(result: PipelineResult, publish: PublishConfig, space: SpaceConfig) 
         return record_release(result, outcome)
     if not space.enabled:
         return record_release(result, outcome)
-    return record_release(result, outcome, deploy_space(model, space, *space_inputs(result, model, space)))
+    return record_release(result, outcome,
+                          deploy_space(model, space, *space_inputs(result, model, space), dataset=predictions))
 
 
 def wait_for_approval(summary: str, timeout: int, poll_interval: int = 2) -> None:

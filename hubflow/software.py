@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib.metadata
 
 # What a Space's app may need (each kind's space_app/requirements.txt names its own), and gradio for sdk_version.
-RECORDED = ("torch", "transformers", "peft", "accelerate", "sentence-transformers", "gradio")
+RECORDED = ("torch", "transformers", "peft", "accelerate", "sentence-transformers", "datasets", "huggingface_hub",
+            "gradio")
 
 
 def installed(names: tuple[str, ...] = RECORDED) -> dict[str, str]:

@@ -137,10 +137,11 @@ def reference_predictions(model: PublishedRepo, facts: ModelFacts, texts: list[s
 
 @task(name="deploy-space", **NETWORK_RETRIES)
 def deploy_space(model: PublishedRepo, cfg: SpaceConfig, facts: ModelFacts, examples: list[str],
-                 expected: list[tuple[str, str]] | None, software: dict[str, str]) -> SpaceDeployment:
+                 expected: list[tuple[str, str]] | None, software: dict[str, str],
+                 dataset: PublishedRepo | None = None) -> SpaceDeployment:
     """Deploy the model's demo Space; the outcome and, on failure, the Space's logs become artifacts."""
     try:
-        result = space_lib.deploy(model, cfg, facts, examples, expected, software)
+        result = space_lib.deploy(model, cfg, facts, examples, expected, software, dataset)
     except space_lib.SpaceDeployError as err:
         create_markdown_artifact(key="space-deploy-failure", description=f"Space deploy of {model.repo_id} failed",
                                  markdown=f"## Space deploy failed\n\n{err}\n\n{err.logs}")

@@ -15,12 +15,14 @@ import pyarrow as pa
 import pytest
 import torch
 
+from hubflow.config import PreprocessConfig
 from hubflow.kinds.sentence_embedding import KIND, data, metrics
 from hubflow.kinds.sentence_embedding import model as emb_model
 from hubflow.kinds.sentence_embedding.encode import Encoder
 from hubflow.kinds.sentence_embedding.settings import (
-    EmbeddingDataSettings,
-    EmbeddingTrainSettings,
+    EmbeddingData,
+    EmbeddingFacts,
+    EmbeddingTrain,
     Pooling,
 )
 from hubflow.kinds.sentence_embedding.st_format import save_sentence_transformer
@@ -30,8 +32,8 @@ TEXTS = ["Where is my parcel?", "I was charged twice for order #12345, please re
          "The app keeps crashing on my Pixel after the firmware update. " * 12, "reset password not working"]
 
 
-class Preprocess:  # the preprocess settings `data.build` reads (max_length, carving)
-    max_length, validation_fraction, test_fraction, split_seed = 32, 0.1, 0.1, 42
+def Preprocess() -> PreprocessConfig:  # noqa: N802 - the preprocess settings `data.build` reads
+    return PreprocessConfig(max_length=32)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +86,7 @@ def test_hubflow_encoder_matches_sentence_transformers_on_minilm(minilm, tmp_pat
     st = SentenceTransformer(minilm, device="cpu")
     assert np.abs(ours - st.encode(TEXTS, convert_to_numpy=True)).max() <= 1e-5
     # Loaded for training and saved by hubflow: sentence-transformers reads back the same model.
-    embedder, tokenizer = emb_model.load_for_training(minilm, EmbeddingTrainSettings(), max_length=256)
+    embedder, tokenizer = emb_model.load_for_training(minilm, EmbeddingTrain(), max_length=256)
     assert embedder.pooling is Pooling.mean  # read from the base's 1_Pooling/config.json
     folder = save_sentence_transformer(embedder, tokenizer, tmp_path / "st")
     again = SentenceTransformer(str(folder), device="cpu").encode(TEXTS, convert_to_numpy=True)
@@ -96,7 +98,7 @@ def test_hubflow_encoder_matches_sentence_transformers_on_minilm(minilm, tmp_pat
 def test_tiny_model_round_trips_every_pooling(tiny_bert, tmp_path, pooling, normalize):
     from sentence_transformers import SentenceTransformer
 
-    settings = EmbeddingTrainSettings(pooling=pooling, normalize=normalize)
+    settings = EmbeddingTrain(pooling=pooling, normalize=normalize)
     embedder, tokenizer = emb_model.load_for_training(str(tiny_bert), settings, max_length=32)
     folder = KIND.save_model(embedder, tokenizer, tmp_path, base_model=None)["model"]
     texts = [" ".join(random.Random(i).choices(FILLER, k=3 + 5 * i)) for i in range(5)]
@@ -142,15 +144,12 @@ def test_mnrl_training_lowers_loss_and_improves_retrieval(tiny_bert, tmp_path):
     random.Random(0).shuffle(docs)
     tables = {"train": _toy_pairs(docs[:200] * 2, 1), "validation": _toy_pairs(docs[200:260], 2),
               "test": _toy_pairs(docs[260:], 3)}
-    dsd = data.build(tables, EmbeddingDataSettings(), str(tiny_bert), Preprocess())
-
-    class Train:  # the train config the kind reads (its sentence_embedding section)
-        sentence_embedding = EmbeddingTrainSettings()
+    dsd = data.build(tables, EmbeddingData(source="pairs"), str(tiny_bert), Preprocess())
 
     # The training loop's calls, in its order (hubflow/stages/train.py).
-    facts = type("Facts", (), {"max_length": 32})()
+    facts = EmbeddingFacts(max_length=32)
     torch.manual_seed(0)
-    model, tokenizer = KIND.load_for_training(str(tiny_bert), facts, Train(), False)
+    model, tokenizer = KIND.load_for_training(str(tiny_bert), facts, EmbeddingTrain(), False)
     collate = KIND.collator(tokenizer, on_gpu=False)
     train, val = (dsd[s].select_columns([c for c in KIND.train_columns if c in dsd[s].column_names])
                   for s in ("train", "validation"))
@@ -210,11 +209,11 @@ def test_scored_pairs_with_cosine_loss_and_hard_negatives_with_mnrl_train(tiny_b
                      "score": float(t == u)})
     table = pa.Table.from_pylist(rows)
     tables = {"train": table.slice(0, 64), "validation": table.slice(64), "test": table.slice(64)}
-    for loss, settings in (("cosine", EmbeddingDataSettings(score_column="score")),
-                           ("mnrl", EmbeddingDataSettings(negative_column="negative"))):
+    for loss, settings in (("cosine", EmbeddingData(source="pairs", score_column="score")),
+                           ("mnrl", EmbeddingData(source="pairs", negative_column="negative"))):
         dsd = data.build(tables, settings, str(tiny_bert), Preprocess())
         torch.manual_seed(0)
-        model, tokenizer = emb_model.load_for_training(str(tiny_bert), EmbeddingTrainSettings(loss=loss), 32)
+        model, tokenizer = emb_model.load_for_training(str(tiny_bert), EmbeddingTrain(loss=loss), 32)
         collate = emb_model.collator(tokenizer, on_gpu=False)
         cols = [c for c in KIND.train_columns if c in dsd["train"].column_names]
         train_dl = DataLoader(dsd["train"].select_columns(cols), batch_size=16, collate_fn=collate)
@@ -238,7 +237,7 @@ def test_sentence_transformers_loads_a_pushed_model_at_its_revision(tiny_bert, t
     from sentence_transformers import SentenceTransformer
 
     repo = new_repo_id()
-    embedder, tokenizer = emb_model.load_for_training(str(tiny_bert), EmbeddingTrainSettings(), max_length=32)
+    embedder, tokenizer = emb_model.load_for_training(str(tiny_bert), EmbeddingTrain(), max_length=32)
     folder = save_sentence_transformer(embedder, tokenizer, tmp_path / "st")
     hf_api.create_repo(repo)
     sha = hf_api.upload_folder(folder_path=str(folder), repo_id=repo).oid
@@ -257,12 +256,12 @@ def test_sentence_transformers_loads_a_pushed_model_at_its_revision(tiny_bert, t
 
 def test_data_errors_are_one_line_naming_split_and_column(tiny_bert):
     good = pa.table({"anchor": ["a b", "c d"], "positive": ["e f", "g h"]})
-    settings = EmbeddingDataSettings()
+    settings = EmbeddingData(source="pairs")
     cases = [
         ({"train": good, "validation": pa.table({"anchor": ["x"], "pos": ["y"]})}, settings,
          "split 'validation' has no column 'positive' (positive_column)"),
         ({"train": good.slice(0, 0)}, settings, "split 'train' is empty"),
-        ({"train": good}, EmbeddingDataSettings(negative_column="hard"),
+        ({"train": good}, EmbeddingData(source="pairs", negative_column="hard"),
          "split 'train' has no column 'hard' (negative_column)"),
         ({"train": pa.table({"anchor": [1, 2], "positive": ["e", "f"]})}, settings,
          "text column 'anchor' of split 'train' holds int64"),
@@ -281,7 +280,7 @@ def test_test_split_with_relevance_lists_searches_the_corpus_split(tiny_bert):
     tables = {"train": pairs, "test": pa.table({"anchor": ["rain today", "bank price"],
                                                 "relevant_ids": [["7", "9"], ["8"]]}),
               "corpus": pa.table({"id": [7, 8, 9], "text": ["storm cloud", "stock market", "wind snow"]})}
-    dsd = data.build(tables, EmbeddingDataSettings(), str(tiny_bert), Preprocess())
+    dsd = data.build(tables, EmbeddingData(source="pairs"), str(tiny_bert), Preprocess())
     test = dsd["test"]
     assert test["role"] == ["query", "query", "corpus", "corpus", "corpus"]
     assert test["id"][2:] == ["7", "8", "9"] and test["relevant_ids"][:2] == [["7", "9"], ["8"]]
@@ -323,7 +322,7 @@ def test_space_app_searches_the_corpus_with_the_models_vectors(tiny_bert, tmp_pa
 
     from hubflow.demo_data import write_hub_layout
 
-    embedder, tokenizer = emb_model.load_for_training(str(tiny_bert), EmbeddingTrainSettings(), max_length=32)
+    embedder, tokenizer = emb_model.load_for_training(str(tiny_bert), EmbeddingTrain(), max_length=32)
     folder = save_sentence_transformer(embedder, tokenizer, tmp_path / "model")
     docs = ["storm cloud rain", "stock market price", "team goal match", "snow wind forecast"]
 

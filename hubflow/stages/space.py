@@ -45,11 +45,13 @@ def default_space_id(model_repo_id: str, cfg: SpaceConfig) -> str:
 
 
 def space_variables(model: PublishedRepo, examples: list[str], facts: ModelFacts,
-                    cfg: SpaceConfig | None = None) -> dict[str, str]:
-    """What the app reads from its environment (the kind's space_app/app.py): the model at its sha, examples, and
-    the kind's own settings (a classifier's MAX_LENGTH; a chat model's MAX_NEW_TOKENS, CHAT, adapter base)."""
+                    cfg: SpaceConfig | None = None, dataset: PublishedRepo | None = None) -> dict[str, str]:
+    """What the app reads from its environment (the kind's space_app/app.py): the model at its sha, examples, the
+    predictions dataset published with it at its sha when there is one (a search demo searches it), and the kind's
+    own settings (a classifier's MAX_LENGTH; a chat model's MAX_NEW_TOKENS, CHAT, adapter base)."""
     kind_settings = kind_for(facts.task).space_variables(facts, for_kind(cfg or SpaceConfig(), facts.task))
-    return {"MODEL_ID": model.repo_id, "MODEL_REVISION": model.sha, **kind_settings,
+    published = {"DATASET_ID": dataset.repo_id, "DATASET_REVISION": dataset.sha} if dataset else {}
+    return {"MODEL_ID": model.repo_id, "MODEL_REVISION": model.sha, **published, **kind_settings,
             "EXAMPLES": json.dumps(examples[:10])}
 
 
@@ -75,7 +77,7 @@ def app_files(model: PublishedRepo, space_id: str, facts: ModelFacts, variables:
 
 def deploy(
     model: PublishedRepo, cfg: SpaceConfig, facts: ModelFacts, examples: list[str],
-    expected: list[tuple[str, str]] | None, software: dict[str, str],
+    expected: list[tuple[str, str]] | None, software: dict[str, str], dataset: PublishedRepo | None = None,
 ) -> SpaceDeployment:
     """Create or update the Space, wait for RUNNING and smoke-test it; on failure roll back and raise.
 
@@ -83,7 +85,7 @@ def deploy(
     reference is computed here); the Space's requirements and sdk_version are pinned to them."""
     token = hub.hf_token()
     space_id = default_space_id(model.repo_id, cfg)
-    variables = space_variables(model, examples, facts, cfg)
+    variables = space_variables(model, examples, facts, cfg, dataset)
     files = app_files(model, space_id, facts, variables, software)
     serving = _already_serving(space_id, files, cfg)
     if serving is not None:  # a rerun with nothing changed: no restart, no smoke test, no new commit, no waiting

@@ -1,13 +1,10 @@
 """Sentence embeddings: fine-tune an encoder so that texts that mean the same are close (cosine similarity).
 
-Data: pairs (anchor, positive, optional hard negative, optional score; settings.EmbeddingDataSettings). Training:
-in-batch negatives (MNRL) or cosine-similarity regression (settings.EmbeddingTrainSettings). Metrics: retrieval of
+Data: pairs (anchor, positive, optional hard negative, optional score; settings.EmbeddingData). Training:
+in-batch negatives (MNRL) or cosine-similarity regression (settings.EmbeddingTrain). Metrics: retrieval of
 the test queries' relevant documents from a corpus (recall@1, recall@10, MRR@10, nDCG@10; the best checkpoint has the
 highest validation nDCG@10). Model: the sentence-transformers layout. Predictions: id, text, vector per row.
 Space: a gradio semantic search over a corpus dataset (space_app/).
-
-Settings: this kind reads `data.sentence_embedding` (EmbeddingDataSettings) and `train.sentence_embedding`
-(EmbeddingTrainSettings) when the configs carry them, else the defaults.
 """
 
 from __future__ import annotations
@@ -16,23 +13,15 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .. import Direction
+from .. import Direction, KindDefaults
 from . import data, metrics
-from .settings import EmbeddingDataSettings, EmbeddingTrainSettings
-
-TASK = "sentence-embedding"
+from .settings import TASK, EmbeddingConfig, EmbeddingFacts
 
 
-def data_settings(data_cfg) -> EmbeddingDataSettings:
-    return getattr(data_cfg, "sentence_embedding", None) or EmbeddingDataSettings()
-
-
-def train_settings(train_cfg) -> EmbeddingTrainSettings:
-    return getattr(train_cfg, "sentence_embedding", None) or EmbeddingTrainSettings()
-
-
-class SentenceEmbedding:
+class SentenceEmbedding(KindDefaults):
     task = TASK
+    settings = EmbeddingConfig
+    facts = EmbeddingFacts
     pipeline_tag = "sentence-similarity"
     title = "Semantic search"
     metrics: ClassVar[dict[str, Direction]] = {name: Direction.higher for name in metrics.NAMES}
@@ -47,30 +36,28 @@ class SentenceEmbedding:
 
         return TRAIN_COLUMNS
 
-    def facts(self, max_length: int):
-        from ...refs import ModelFacts
-
-        return ModelFacts(task=TASK, max_length=max_length)
-
     # ---- data
     def raw_columns(self, data_cfg, available: list[str]) -> dict[str, str]:
-        return data_settings(data_cfg).pair_columns()
+        return self.own(data_cfg).pair_columns()
 
     def check_raw(self, splits: dict, data_cfg, columns: dict[str, str]) -> None:
-        data.check_raw(splits, data_settings(data_cfg), data_cfg.test_split)
+        data_cfg = self.own(data_cfg)
+        data.check_raw(splits, data_cfg, data_cfg.test_split)
 
     def prepare(self, raw, model_dir, cfg, data_cfg, out_uri):
-        return data.prepare(raw, model_dir, cfg, data_cfg, data_settings(data_cfg), out_uri, self.facts(cfg.max_length))
+        data_cfg = self.own(data_cfg)
+        return data.prepare(raw, model_dir, cfg, data_cfg, data_cfg, out_uri, EmbeddingFacts(max_length=cfg.max_length))
 
     def prepare_inference(self, ds, data_cfg, model_dir: str, facts, out_root: str):
-        return data.prepare_inference(ds, data_settings(data_cfg), data_cfg.test_split or "test", model_dir, facts,
+        data_cfg = self.own(data_cfg)
+        return data.prepare_inference(ds, data_cfg, data_cfg.test_split or "test", model_dir, facts,
                                       out_root, data_cfg.max_test_samples)
 
     # ---- training
     def load_for_training(self, model_dir: str, facts, cfg, allow_pickle: bool = False):
         from .model import load_for_training
 
-        return load_for_training(model_dir, train_settings(cfg), facts.max_length, allow_pickle)
+        return load_for_training(model_dir, self.own(cfg), facts.max_length, allow_pickle)
 
     def collator(self, tokenizer, on_gpu):
         from .model import collator
@@ -93,9 +80,6 @@ class SentenceEmbedding:
         return {"model": save_sentence_transformer(model, tokenizer, Path(out) / "model")}
 
     # ---- inference and evaluation
-    def output_settings(self, cfg) -> dict[str, Any]:
-        return {}  # batch size and the token budget change padding, not vectors
-
     def load_predictor(self, folder, device, dtype):
         from .encode import Encoder
 
@@ -167,6 +151,13 @@ class SentenceEmbedding:
             'vectors = model.encode(["How do I reset my password?", "I forgot my login details"])',
             "print(model.similarity(vectors[:1], vectors[1:]))"])
 
+    def foreign_facts(self, folder: Path, config: dict):
+        """A sentence-transformers folder hubflow did not train (modules.json with a Pooling module): this kind."""
+        modules = Path(folder, "modules.json")
+        if not modules.exists() or "Pooling" not in modules.read_text():
+            return None
+        return EmbeddingFacts(max_length=0)
+
     def prediction_files_table(self, table, facts):
         return table.select([c for c in ("row_id", "id", "role", "text", "relevant_ids", "vector")
                              if c in table.column_names])
@@ -178,7 +169,10 @@ class SentenceEmbedding:
                 ("vector", "sentence embedding (float32; unit length when the model normalizes)")]
 
     def space_variables(self, facts, space) -> dict[str, str]:
-        return {"MAX_LENGTH": str(facts.max_length)}
+        return {"MAX_LENGTH": str(facts.max_length)}  # the corpus: the predictions published with the model
+
+    def space_readme(self, facts, variables: dict[str, str]) -> dict[str, str]:
+        return {"max_length": str(facts.max_length)}
 
     def reference_answers(self, rows: list[dict], model_dir: str, facts, space) -> list[tuple[str, str]]:
         return [(r["text"], json.dumps(r["vector"])) for r in rows]  # the batch vectors themselves

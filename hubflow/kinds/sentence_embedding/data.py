@@ -22,14 +22,14 @@ import pyarrow.compute as pc
 
 from ...doors import store
 from ...tokenize import arrow_encoder, check_text, sha, tokenizer_hash
-from .settings import EmbeddingDataSettings
+from .settings import EmbeddingData
 
 PREPROCESS_VERSION = 1  # bump when `build` changes its output, so old fingerprints stop matching
 _SETTING = {"anchor": "anchor_column", "positive": "positive_column", "negative": "negative_column",
             "score": "score_column"}
 
 
-def check_raw(splits: dict, settings: EmbeddingDataSettings, test_split: str | None = None) -> None:
+def check_raw(splits: dict, settings: EmbeddingData, test_split: str | None = None) -> None:
     """{split: Dataset or pa.Table} -> raises one line naming the split and column for a missing column, an empty
     split, or text that is not strings or has missing values. The corpus split and a test split with relevance
     lists are checked for their own columns."""
@@ -50,7 +50,7 @@ def check_raw(splits: dict, settings: EmbeddingDataSettings, test_split: str | N
                                  "not numbers")
 
 
-def build(tables: dict[str, pa.Table], settings: EmbeddingDataSettings, model_dir: str, cfg,
+def build(tables: dict[str, pa.Table], settings: EmbeddingData, model_dir: str, cfg,
           train_split: str = "train", validation_split: str | None = "validation",
           test_split: str | None = "test"):
     """Raw tables + a fast tokenizer -> DatasetDict(train, validation, test) in memory (see the module docstring)."""
@@ -84,7 +84,7 @@ def build(tables: dict[str, pa.Table], settings: EmbeddingDataSettings, model_di
     return out
 
 
-def prepare(raw, model_dir: str, cfg, data, settings: EmbeddingDataSettings, out_uri: str, facts):
+def prepare(raw, model_dir: str, cfg, data, settings: EmbeddingData, out_uri: str, facts):
     """RawDataRef (`{uri}/{split}.parquet`) -> `build` saved with save_to_disk at out_uri (through the store door)
     -> TokenizedRef carrying `facts`."""
     from ...refs import TokenizedRef
@@ -103,7 +103,7 @@ def prepare(raw, model_dir: str, cfg, data, settings: EmbeddingDataSettings, out
     return TokenizedRef(uri=uri, fingerprint=fingerprint, splits={s: len(d) for s, d in out.items()}, facts=facts)
 
 
-def corpus_rows(table: pa.Table, settings: EmbeddingDataSettings, model_dir: str, max_length: int,
+def corpus_rows(table: pa.Table, settings: EmbeddingData, model_dir: str, max_length: int,
                 split: str = "corpus") -> pa.Table:
     """A corpus table (text + id columns; no id column: the row index) -> id (string), text, row_id, input_ids."""
     from transformers import AutoTokenizer
@@ -125,7 +125,7 @@ def corpus_rows(table: pa.Table, settings: EmbeddingDataSettings, model_dir: str
     return out.append_column("input_ids", _ids(encode, text))
 
 
-def prepare_inference(ds, settings: EmbeddingDataSettings, split: str, model_dir: str, facts, out_root: str,
+def prepare_inference(ds, settings: EmbeddingData, split: str, model_dir: str, facts, out_root: str,
                       max_samples: int | None = None):
     """A dataset split of texts (corpus_text_column; ids from corpus_id_column, else the row index) -> a one-split
     DatasetDict at `{out_root}/{fingerprint}` -> TokenizedRef. The fingerprint hashes the texts, ids, tokenizer and
@@ -153,7 +153,7 @@ def prepare_inference(ds, settings: EmbeddingDataSettings, split: str, model_dir
 # ----- helpers -------------------------------------------------------------------------------------------------------
 
 
-def _needed(split: str, columns: list[str], s: EmbeddingDataSettings, test_split: str | None) -> dict[str, str]:
+def _needed(split: str, columns: list[str], s: EmbeddingData, test_split: str | None) -> dict[str, str]:
     """{setting name: column} a split must hold."""
     if split == s.corpus_split:
         return {"corpus_id_column": s.corpus_id_column, "corpus_text_column": s.corpus_text_column}
@@ -170,7 +170,7 @@ def _ids(encode, text: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
     return pa.chunked_array(chunks, pa.list_(pa.int32()))
 
 
-def _pair_rows(table: pa.Table, s: EmbeddingDataSettings, encode) -> pa.Table:
+def _pair_rows(table: pa.Table, s: EmbeddingData, encode) -> pa.Table:
     positives = table.column(s.positive_column)
     distinct = pc.unique(positives)
     out = {"text": table.column(s.anchor_column), "positive_text": positives,
@@ -185,7 +185,7 @@ def _pair_rows(table: pa.Table, s: EmbeddingDataSettings, encode) -> pa.Table:
     return pa.table(out)
 
 
-def _retrieval_rows(test: pa.Table, corpus: pa.Table | None, s: EmbeddingDataSettings, encode) -> pa.Table:
+def _retrieval_rows(test: pa.Table, corpus: pa.Table | None, s: EmbeddingData, encode) -> pa.Table:
     """Test queries, then the corpus they search, as one table of rows to embed."""
     anchors = test.column(s.anchor_column)
     if s.relevant_column in test.column_names and corpus is not None:

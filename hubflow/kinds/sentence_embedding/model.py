@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .metrics import retrieval_scores
-from .settings import EmbeddingTrainSettings, Loss, Pooling, resolve_pooling
+from .settings import EmbeddingTrain, Loss, Pooling, resolve_pooling
 
 TRAIN_COLUMNS = ["input_ids", "positive_input_ids", "negative_input_ids", "score", "positive_key"]
 SIDES = ("", "positive_", "negative_")  # column prefixes: anchor, positive, hard negative
@@ -84,7 +84,7 @@ class Embedder(nn.Module):
         return EmbedderOutput(loss, anchor, positive)
 
 
-def load_for_training(model_dir: str, settings: EmbeddingTrainSettings, max_length: int | None = None,
+def load_for_training(model_dir: str, settings: EmbeddingTrain, max_length: int | None = None,
                       allow_pickle: bool = False):
     """A model folder (plain transformers or sentence-transformers, body at the root) -> (Embedder, tokenizer).
 

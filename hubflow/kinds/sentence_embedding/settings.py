@@ -1,11 +1,9 @@
-"""Settings only sentence embeddings need: which columns hold the pairs and the corpus, the loss, the pooling.
+"""What only a sentence-embedding recipe says, composed into `EmbeddingConfig` (the pipeline config of
+`task: sentence-embedding`): which columns hold the pairs and the corpus, the loss, the pooling, the gate's metrics.
 
-    EmbeddingDataSettings    data side: anchor/positive/negative/score columns, test relevance, the corpus split
-    EmbeddingTrainSettings   model side: loss (mnrl | cosine), pooling (mean | cls | max | from the base), normalize
+    EmbeddingData    data: anchor/positive/negative/score columns, test relevance, the corpus split
+    EmbeddingTrain   train: loss (mnrl | cosine), pooling (mean | cls | max | from the base), normalize
     resolve_pooling(model_dir, pooling)   None -> the base model's sentence-transformers pooling, else mean
-
-They are pydantic models like hubflow's stage configs (extra fields refused, every field described), so they render
-as Prefect UI forms wherever the pipeline config composes them.
 """
 
 from __future__ import annotations
@@ -14,7 +12,14 @@ import json
 from enum import Enum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from ...config import DataConfig, GateConfig, PipelineConfig, PublishConfig, TrainConfig
+from ...refs import ModelFacts
+
+TASK = "sentence-embedding"
 
 
 class Loss(str, Enum):
@@ -32,11 +37,8 @@ class Pooling(str, Enum):
     max = "max"  # per-dimension maximum over the real tokens
 
 
-class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EmbeddingDataSettings(_Settings):
+class EmbeddingData(DataConfig):
+    task: Literal["sentence-embedding"] = TASK
     anchor_column: str = Field("anchor", description="Column holding the anchor text (the query).")
     positive_column: str = Field("positive", description="Column holding the text that matches the anchor.")
     negative_column: str | None = Field(
@@ -53,7 +55,7 @@ class EmbeddingDataSettings(_Settings):
     corpus_id_column: str = Field("id", description="Column of the corpus split holding the document id.")
 
     @model_validator(mode="after")
-    def _distinct(self) -> EmbeddingDataSettings:
+    def _distinct(self) -> EmbeddingData:
         cols = [c for c in (self.anchor_column, self.positive_column, self.negative_column, self.score_column) if c]
         if len(set(cols)) != len(cols):
             raise ValueError(f"anchor, positive, negative and score columns must differ; got {cols}")
@@ -66,7 +68,8 @@ class EmbeddingDataSettings(_Settings):
         return {role: col for role, col in roles.items() if col}
 
 
-class EmbeddingTrainSettings(_Settings):
+class EmbeddingTrain(TrainConfig):
+    task: Literal["sentence-embedding"] = TASK
     loss: Loss = Field(Loss.mnrl, description="mnrl: in-batch negatives (pairs, optional hard negatives). cosine: "
                        "regress cosine similarity onto data.score_column.")
     scale: float = Field(20.0, gt=0, le=100, description="mnrl: similarities are multiplied by this before the "
@@ -75,6 +78,48 @@ class EmbeddingTrainSettings(_Settings):
         None, description="Token pooling; default: the base model's sentence-transformers pooling "
         "(1_Pooling/config.json) when it has one, else mean.")
     normalize: bool = Field(True, description="L2-normalise sentence vectors (then dot product = cosine similarity).")
+
+
+class EmbeddingMetric(str, Enum):
+    """The test metrics the gate may compare (higher is better)."""
+
+    ndcg_at_10 = "ndcg_at_10"
+    mrr_at_10 = "mrr_at_10"
+    recall_at_1 = "recall_at_1"
+    recall_at_10 = "recall_at_10"
+
+
+class EmbeddingGate(GateConfig):
+    metric: EmbeddingMetric | None = Field(None, description="Test-split metric the gate compares; default ndcg_at_10.")
+
+
+class EmbeddingPublish(PublishConfig):
+    task: Literal["sentence-embedding"] = TASK
+    gate: EmbeddingGate = Field(default_factory=EmbeddingGate)
+
+
+class EmbeddingConfig(PipelineConfig):
+    """A sentence-embedding model's pipeline: the shared sections with this kind's keys."""
+
+    model_config = ConfigDict(extra="forbid", title="sentence-embedding pipeline")
+
+    task: Literal["sentence-embedding"] = Field(TASK, description="What the model learns to do.")
+    data: EmbeddingData
+    train: EmbeddingTrain = Field(default_factory=EmbeddingTrain)
+    publish: EmbeddingPublish = Field(default_factory=EmbeddingPublish)
+
+    @model_validator(mode="after")
+    def _loss_has_its_data(self) -> EmbeddingConfig:
+        if self.train.loss is Loss.cosine and not self.data.score_column:
+            raise ValueError("train.loss=cosine regresses a similarity score: set data.score_column")
+        return self
+
+
+class EmbeddingFacts(ModelFacts):
+    """An embedding model's facts: its tokens per input (the pooling and normalization live in its
+    sentence-transformers files)."""
+
+    task: Literal["sentence-embedding"] = TASK
 
 
 def resolve_pooling(model_dir: str | Path, pooling: Pooling | str | None) -> Pooling:

@@ -9,6 +9,7 @@ its own files and requirements.txt, so nothing here imports hubflow. Everything 
                      `id`; rows with a `role` column are searched only where role == "corpus", as in hubflow's
                      published test predictions). Optional: without it the app only embeds.
     CORPUS_REVISION  the dataset commit to read; CORPUS_SPLIT its split (default: the first)
+    DATASET_ID, DATASET_REVISION   the predictions hubflow published with the model: the corpus when CORPUS is unset
     MAX_CORPUS       documents embedded at start-up at most (default 5000)
     EXAMPLES         JSON list of example queries (optional)
     HF_TOKEN         a Space *secret*, set only when the model or dataset repo is private
@@ -29,8 +30,8 @@ from sentence_transformers import SentenceTransformer
 
 MODEL_ID = os.environ["MODEL_ID"]
 MODEL_REVISION = os.environ.get("MODEL_REVISION") or None
-CORPUS = os.environ.get("CORPUS") or None
-CORPUS_REVISION = os.environ.get("CORPUS_REVISION") or None
+CORPUS = os.environ.get("CORPUS") or os.environ.get("DATASET_ID") or None
+CORPUS_REVISION = os.environ.get("CORPUS_REVISION") or os.environ.get("DATASET_REVISION") or None
 CORPUS_SPLIT = os.environ.get("CORPUS_SPLIT") or None
 MAX_CORPUS = int(os.environ.get("MAX_CORPUS") or 5000)
 EXAMPLES = json.loads(os.environ.get("EXAMPLES") or "[]")
