@@ -57,8 +57,8 @@ def run(root: Path, clf_dir: str, clf_fp: str, tokenized, wanted: set[str], plan
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     from hubflow.config import InferenceConfig
-    from hubflow.tokenize import load_tokenized
     from hubflow.stages.predict import predict, read_predictions
+    from hubflow.tokenize import load_tokenized
 
     test = load_tokenized(tokenized)["test"]
     texts, ids = list(test["text"]), list(test["input_ids"])

@@ -25,7 +25,17 @@ from __future__ import annotations
 import posixpath
 from pathlib import Path
 
-from bench.common import Plan, Report, base_model_dir, describe, interleave, paired_ratio, raw_splits, timed, timed_result
+from bench.common import (
+    Plan,
+    Report,
+    base_model_dir,
+    describe,
+    interleave,
+    paired_ratio,
+    raw_splits,
+    timed,
+    timed_result,
+)
 
 
 def run(root: Path, wanted: set[str], plan: Plan, report: Report) -> None:

@@ -27,21 +27,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.common import (BATCH_SIZE, LABELS, Plan, Report, base_model_dir, describe, interleave, paired_ratio,
-                          timed_result)
+from bench.common import (
+    BATCH_SIZE,
+    LABELS,
+    Plan,
+    Report,
+    base_model_dir,
+    describe,
+    interleave,
+    paired_ratio,
+    timed_result,
+)
 
 LR, SEED = 5e-5, 42
 
 
 def run(root: Path, tokenized, wanted: set[str], plan: Plan, report: Report) -> None:
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+    )
 
     from hubflow.config import TrainConfig
     from hubflow.doors import store
-    from hubflow.tokenize import load_tokenized
     from hubflow.refs import PinnedRepo
     from hubflow.stages.train import train_model
+    from hubflow.tokenize import load_tokenized
 
     base = base_model_dir()
     pinned = PinnedRepo(repo_id="sentence-transformers/all-MiniLM-L6-v2", repo_type="model", revision="main",
@@ -113,4 +127,4 @@ def run(root: Path, tokenized, wanted: set[str], plan: Plan, report: Report) -> 
         report.figure(f"  Trainer ... group_by_length (whole job):        "
                       f"{describe(times['trainer_grouped'], rows, 'samples')}")
         report.ratios["train_vs_trainer_grouped"] = paired_ratio(times["trainer_grouped"], times["ours"])
-    report.figure(f"  work check, optimizer steps per run: " + ", ".join(f"{k} {sorted(v)}" for k, v in steps.items() if v))
+    report.figure("  work check, optimizer steps per run: " + ", ".join(f"{k} {sorted(v)}" for k, v in steps.items() if v))

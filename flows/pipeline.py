@@ -19,7 +19,6 @@ from hubflow.tasks import pipeline as stages
 from hubflow.tasks.records import record_run
 from hubflow.tasks.release import check_release_targets
 
-
 # The run form: one typed form per installed task kind, picked by `task` (each kind's own sections and keys).
 PipelineConfig = config_form()
 

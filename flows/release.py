@@ -20,7 +20,12 @@ from hubflow.config import PublishConfig, ReviewMode, SpaceConfig
 from hubflow.refs import PipelineResult, PublishOutcome
 from hubflow.tasks.records import record_release
 from hubflow.tasks.release import (
-    deploy_space, gate, publish_model, publish_predictions, review_summary, space_inputs,
+    deploy_space,
+    gate,
+    publish_model,
+    publish_predictions,
+    review_summary,
+    space_inputs,
 )
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import re
 from contextlib import asynccontextmanager
 

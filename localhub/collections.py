@@ -24,7 +24,17 @@ import time
 from starlette.responses import JSONResponse, Response
 
 from .http import (
-    Ctx, HubError, Moved, Router, can_read, canonical_namespace, check_write, field, iso, namespace_role, repo_for_read,
+    Ctx,
+    HubError,
+    Moved,
+    Router,
+    can_read,
+    canonical_namespace,
+    check_write,
+    field,
+    iso,
+    namespace_role,
+    repo_for_read,
 )
 
 SCHEMA = """

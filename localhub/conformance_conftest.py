@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 import httpx2
 import pytest
-
 from huggingface_hub import HfApi, RepoUrl, constants
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import SoftTemporaryDirectory

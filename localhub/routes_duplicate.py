@@ -13,7 +13,16 @@ from __future__ import annotations
 from starlette.responses import JSONResponse, Response
 
 from .http import (
-    REPO_PREFIX, TYPE_OF_PLURAL, Ctx, HubError, Moved, Router, can_read, canonical_namespace, check_write, field,
+    REPO_PREFIX,
+    TYPE_OF_PLURAL,
+    Ctx,
+    HubError,
+    Moved,
+    Router,
+    can_read,
+    canonical_namespace,
+    check_write,
+    field,
     repo_for_read,
 )
 from .repo_ids import check_new_repo_id

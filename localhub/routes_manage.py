@@ -16,8 +16,20 @@ from starlette.responses import JSONResponse, Response
 
 from . import history
 from .http import (
-    NAME_RE, NAMESPACE_RE, REPO_PREFIX, TYPE_OF_PLURAL, Ctx, HubError, Moved, Router, canonical_namespace, check_write,
-    field, iso, repo_for_read, repo_for_write,
+    NAME_RE,
+    NAMESPACE_RE,
+    REPO_PREFIX,
+    TYPE_OF_PLURAL,
+    Ctx,
+    HubError,
+    Moved,
+    Router,
+    canonical_namespace,
+    check_write,
+    field,
+    iso,
+    repo_for_read,
+    repo_for_write,
 )
 from .repo_ids import check_new_repo_id
 from .storage import check_sha256

@@ -11,11 +11,24 @@ from starlette.responses import JSONResponse, Response
 
 from . import cards, listing_query
 from .history import last_commits
-from .listing import derive_tags, downloads
 from .http import (
-    NAME_RE, NAMESPACE_RE, REPO_PREFIX, TYPE_OF_PLURAL, Ctx, Moved, Router, can_read, canonical_namespace, check_write,
-    field, iso, namespace_role, repo_for_read, repo_for_write,
+    NAME_RE,
+    NAMESPACE_RE,
+    REPO_PREFIX,
+    TYPE_OF_PLURAL,
+    Ctx,
+    Moved,
+    Router,
+    can_read,
+    canonical_namespace,
+    check_write,
+    field,
+    iso,
+    namespace_role,
+    repo_for_read,
+    repo_for_write,
 )
+from .listing import derive_tags, downloads
 from .repo_ids import check_new_repo_id
 from .storage import SHA_RE, FileEntry, HubError, Repo
 

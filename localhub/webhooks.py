@@ -36,8 +36,8 @@ import hashlib
 import heapq
 import http.client
 import ipaddress
-import json
 import itertools
+import json
 import logging
 import secrets
 import socket

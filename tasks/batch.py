@@ -16,8 +16,7 @@ from hubflow.tasks.common import NETWORK_RETRIES
 @task(name="stage-model", **NETWORK_RETRIES)
 def stage_model(model_dir: str, model: PinnedRepo, artifact_store: str) -> CheckpointRef:
     """Copy the pulled model into the store (once per repo sha) -> a CheckpointRef any worker can load."""
-    from hubflow.stages.facts import read_facts
-    from hubflow.stages.facts import weights_fingerprint
+    from hubflow.stages.facts import read_facts, weights_fingerprint
 
     root = store.join(artifact_store, "models", model.repo_id.replace("/", "--"), model.sha)
     ref_uri = store.join(root, "checkpoint_ref.json")

@@ -13,10 +13,16 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from hubflow.config import DataConfig, InferenceConfig, ModelConfig, PreprocessConfig, TrainConfig
-from hubflow.doors import hub, store
+from hubflow.doors import hub
 from hubflow.kinds import kind_for
 from hubflow.refs import (
-    CheckpointRef, EvalRef, PinnedRepo, PredictionsPart, PredictionsRef, RawDataRef, TokenizedRef,
+    CheckpointRef,
+    EvalRef,
+    PinnedRepo,
+    PredictionsPart,
+    PredictionsRef,
+    RawDataRef,
+    TokenizedRef,
 )
 from hubflow.tasks.common import NETWORK_RETRIES, Progress, cache_key, out_uri
 
@@ -70,8 +76,9 @@ def train(tokenized: TokenizedRef, model: PinnedRepo, cfg: TrainConfig, artifact
                                 allow_pickle=allow_pickle))
     model_dir = hub.model_dir(model, allow_pickle)
     if torch.cuda.device_count() > 1:  # a multi-GPU worker: one process per GPU, the same training code
-        from hubflow.stages.launch import accelerate_launch
         from prefect import get_run_logger
+
+        from hubflow.stages.launch import accelerate_launch
 
         return accelerate_launch(tokenized, model_dir, model, cfg, out, torch.cuda.device_count(), allow_pickle,
                                  get_run_logger().info)

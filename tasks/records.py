@@ -8,7 +8,14 @@ from prefect.runtime import flow_run
 from hubflow.config import PipelineConfig
 from hubflow.doors import store
 from hubflow.refs import (
-    CheckpointRef, EvalRef, PinnedRepo, PipelineResult, PredictionsRef, PublishOutcome, RawDataRef, SpaceDeployment,
+    CheckpointRef,
+    EvalRef,
+    PinnedRepo,
+    PipelineResult,
+    PredictionsRef,
+    PublishOutcome,
+    RawDataRef,
+    SpaceDeployment,
     TokenizedRef,
 )
 

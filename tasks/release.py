@@ -10,11 +10,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from hubflow import software
 from hubflow.config import PublishConfig, SpaceConfig
 from hubflow.doors import hub
 from hubflow.kinds import kind_for
 from hubflow.refs import GateDecision, ModelFacts, PinnedRepo, PipelineResult, PublishedRepo, SpaceDeployment
-from hubflow import software
 from hubflow.stages import gate as gate_lib
 from hubflow.stages import publish as publish_lib
 from hubflow.stages import space as space_lib

@@ -60,10 +60,9 @@ def test_the_train_key_covers_the_code_that_picks_the_best_checkpoint(tmp_path, 
     """The validation scores that rank checkpoints live in the task kind's package; the train stage's key hashes
     every module of it, so editing any of them retrains instead of reusing a stale model."""
     from hubflow.caching import code_version
+    from hubflow.refs import ModelFacts, TokenizedRef
     from hubflow.tasks.common import _modules
     from tests.tiny import LABELS
-
-    from hubflow.refs import ModelFacts, TokenizedRef
 
     tokenized = TokenizedRef(uri="/x", fingerprint="f", splits={"train": 1},
                              facts=ModelFacts(task="text-classification", max_length=8, label_names=LABELS))

@@ -10,8 +10,8 @@ import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 from transformers import AutoTokenizer
 
-from hubflow.demo_data import DEMO_LABELS, build_demo_dataset, write_demo_parquet
 from hubflow.config import DataConfig, PreprocessConfig
+from hubflow.demo_data import DEMO_LABELS, build_demo_dataset, write_demo_parquet
 from hubflow.kinds import kind_for
 from hubflow.kinds.text_classification import data as tc
 from hubflow.refs import RawDataRef

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import re
 import subprocess
 import sys
 import time
@@ -235,8 +234,13 @@ def test_parameter_schema_is_the_typed_config_and_the_server_enforces_it(deploye
 @pytest.mark.parametrize("name, cron", [("hubflow-pipeline/retrain", "0 3 * * 1"),
                                         ("hubflow-batch-inference/nightly", "30 1 * * *")])
 def test_cron_schedules_run_at_the_expected_times(deployed, name, cron):
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
-    from prefect.client.schemas.filters import FlowRunFilterState, FlowRunFilterStateName
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
     from prefect.server.schemas.schedules import CronSchedule
 
     dep = _deployment(deployed, name)
@@ -347,10 +351,10 @@ def batch_repos(localhub, tmp_path_factory):
 
 
 def test_batch_inference_keeps_every_row_and_reruns_from_the_store(batch_repos, localhub, tmp_path, monkeypatch):
-    from hubflow.flows.batch import batch_inference
     from hubflow.config import DataConfig, InferenceConfig
-    from hubflow.stages.predict import read_predictions
+    from hubflow.flows.batch import batch_inference
     from hubflow.stages.facts import weights_fingerprint
+    from hubflow.stages.predict import read_predictions
 
     monkeypatch.setenv("HF_TOKEN", localhub.token("alice"))
     args = dict(model_repo_id=batch_repos["model"], data=DataConfig(source=batch_repos["data"], test_split="test"),
@@ -375,8 +379,8 @@ def test_batch_inference_keeps_every_row_and_reruns_from_the_store(batch_repos, 
 def test_batch_inference_reads_a_folder_of_files_and_ignores_labels(batch_repos, localhub, tmp_path, monkeypatch):
     import json
 
-    from hubflow.flows.batch import batch_inference
     from hubflow.config import DataConfig
+    from hubflow.flows.batch import batch_inference
     from hubflow.stages.predict import read_predictions
 
     monkeypatch.setenv("HF_TOKEN", localhub.token("alice"))
@@ -400,8 +404,8 @@ def _task_states(flow_run_id) -> dict[str, str]:
 
 
 def test_batch_inference_refuses_a_relative_store_in_pools_mode():
-    from hubflow.flows.batch import batch_inference
     from hubflow.config import DataConfig, ExecutionConfig
+    from hubflow.flows.batch import batch_inference
 
     # Relative: a different folder in each worker's directory (an absolute path is a store every worker may see).
     with pytest.raises(ValueError, match="shared artifact_store"):

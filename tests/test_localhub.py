@@ -19,10 +19,18 @@ from pathlib import Path
 import httpx
 import pytest
 from huggingface_hub import (
-    CommitOperationAdd, CommitOperationDelete, HfApi, HfFileSystem, hf_hub_download, snapshot_download,
+    CommitOperationAdd,
+    CommitOperationDelete,
+    HfApi,
+    HfFileSystem,
+    hf_hub_download,
+    snapshot_download,
 )
 from huggingface_hub.errors import (
-    EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError,
+    EntryNotFoundError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoFile, RepoFolder
 

@@ -164,10 +164,10 @@ def test_store_gc_frees_what_no_kept_run_needs_and_a_kept_run_still_hits(first_r
     import sys
     from pathlib import Path
 
+    from prefect.settings import get_current_settings
+
     from hubflow.doors import store as door
     from hubflow.flows.pipeline import pipeline
-
-    from prefect.settings import get_current_settings
 
     store, first = first_run
     hubflow = str(Path(sys.executable).with_name("hubflow"))
@@ -211,8 +211,8 @@ def test_store_gc_frees_what_no_kept_run_needs_and_a_kept_run_still_hits(first_r
 
 
 def _fails_before_training(config, match):
-    from hubflow.flows.pipeline import pipeline
     from hubflow.doors import store
+    from hubflow.flows.pipeline import pipeline
 
     with pytest.raises(Exception, match=match):
         pipeline(config)

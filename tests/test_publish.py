@@ -69,8 +69,8 @@ def runs(prefect_api, hub_inputs, localhub, tmp_path_factory):
 
 def publish(result, localhub, **cfg):
     """Run the publish flow as alice; returns (PublishOutcome, flow run id)."""
-    from hubflow.flows.publish import publish_run
     from hubflow.config import PublishConfig
+    from hubflow.flows.publish import publish_run
 
     os.environ["HF_TOKEN"] = localhub.token("alice")
     try:
@@ -177,10 +177,10 @@ def test_publishing_the_same_content_again_makes_no_commit(published, runs, loca
 def test_a_publish_cut_at_the_commit_leaves_the_previous_commit(runs, localhub, hf_api, alice_env):
     from huggingface_hub.errors import HfHubHTTPError
 
-    from localhub.faults import admin_token, clear_faults, set_faults
     from hubflow.config import PublishConfig
     from hubflow.stages.publish import push_model
     from hubflow.tasks.release import publish_model
+    from localhub.faults import admin_token, clear_faults, set_faults
 
     cfg = PublishConfig(repo_id=repo("cut"))
     before = push_model(runs["weak"], cfg)

@@ -32,8 +32,8 @@ def inputs(localhub, tmp_path_factory):
 
 
 def release(inputs, store, **train):
-    from hubflow.flows.pipeline import pipeline
     from hubflow.config import PipelineConfig
+    from hubflow.flows.pipeline import pipeline
 
     config = PipelineConfig.model_validate({
         "model": {"repo_id": inputs["model"]},

@@ -7,7 +7,6 @@ importing gradio + torch + transformers dominates).
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from pathlib import Path
 

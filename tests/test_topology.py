@@ -185,12 +185,12 @@ def pipeline_run(topology, localhub, tmp_path_factory):
         "execution": {"mode": "pools", "timeout_seconds": 900},
         "artifact_store": topology["env"]["HUBFLOW_STORE"],
     }
-    script = f"""
+    script = """
 import json, sys
 from prefect.deployments import run_deployment
-run = run_deployment("hubflow-pipeline/pipeline", parameters={{"config": json.loads(sys.argv[1])}}, timeout=1200,
+run = run_deployment("hubflow-pipeline/pipeline", parameters={"config": json.loads(sys.argv[1])}, timeout=1200,
                      poll_interval=2)
-print(json.dumps({{"id": str(run.id), "state": run.state.name}}))
+print(json.dumps({"id": str(run.id), "state": run.state.name}))
 """
     proc = subprocess.run([sys.executable, "-c", script, json.dumps(config)], env=topology["env"], cwd=ROOT,
                           capture_output=True, text=True, timeout=1500)

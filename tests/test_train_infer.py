@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from hubflow.doors import store
 from hubflow.config import InferenceConfig, Precision, TrainConfig
+from hubflow.doors import store
 from hubflow.kinds.text_classification.metrics import build_report, render_figures, render_markdown
-from hubflow.stages.evaluate import evaluate_predictions
 from hubflow.kinds.text_classification.model import predict_texts
-from hubflow.stages.predict import merge_parts, predict, predict_part, read_manifest, read_predictions
 from hubflow.refs import CheckpointRef, PinnedRepo
+from hubflow.stages.evaluate import evaluate_predictions
 from hubflow.stages.facts import weights_fingerprint
+from hubflow.stages.predict import merge_parts, predict, predict_part, read_manifest, read_predictions
 from hubflow.stages.train import main, train_model
 from tests.tiny import LABELS, make_tiny_bert, make_tiny_llama, make_tiny_tokenized
 
@@ -360,7 +360,6 @@ def test_pickle_weights_load_only_when_allowed_and_only_as_tensors(tiny, tmp_pat
     weights-only unpickler), is refused otherwise, and a pickle that would run code is refused even when allowed."""
     import shutil
 
-    import torch
     from safetensors.torch import load_file
 
     model_dir, tokenized = tiny

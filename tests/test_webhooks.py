@@ -23,8 +23,8 @@ import httpx
 import pytest
 from prefect import flow
 
-from localhub import free_port
 from hubflow.events import SeenRevisions, emit_hub_update, hub_event_id
+from localhub import free_port
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 SECRET = f"whsec_{secrets.token_hex(16)}"  # random per session: the "never logged" check cannot pass by accident

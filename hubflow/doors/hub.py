@@ -12,13 +12,16 @@ call time (`hf_token`), never taken as a parameter.
 from __future__ import annotations
 
 from functools import lru_cache
-
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.errors import (
-    EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError,
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
 )
 
 from ..errors import PreflightError

@@ -23,12 +23,12 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
+from .. import software
 from ..config import InferenceConfig, for_kind
 from ..devices import device_and_dtype
 from ..doors import store
 from ..kinds import kind_for
 from ..refs import PredictionsPart, PredictionsRef, TokenizedRef
-from .. import software
 from .facts import weights_fingerprint
 
 Progress = Callable[[float, str], None]

@@ -17,12 +17,12 @@ from typing import Any
 from huggingface_hub import DatasetCard, ModelCard
 
 from ..config import PublishConfig, ReviewMode, SpaceConfig, check_repo_id, for_kind
-from ..errors import PreflightError
 from ..doors import hub, store
+from ..errors import PreflightError
 from ..kinds import kind_for
 from ..refs import GateDecision, PinnedRepo, PipelineResult, PublishedRepo
-from .facts import read_facts
 from .card import MODEL_LINEAGE, PREDICTIONS_LINEAGE, model_card, model_lineage, predictions_card, predictions_lineage
+from .facts import read_facts
 
 ROWS_PER_FILE = 100_000
 _DEFAULT_NAME_MAX = 96 - len("-predictions")  # the Hub's name limit, less the suffix of the predictions repo

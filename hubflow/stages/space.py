@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from string import Template
 
 from ..config import SpaceConfig, for_kind

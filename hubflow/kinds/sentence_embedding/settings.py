@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-
 from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
