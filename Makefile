@@ -27,7 +27,9 @@ sandbox:
 	@command -v bwrap >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap) \
 	  || echo "bubblewrap could not be installed (needs root): localhub will refuse to start Spaces"
 
+# The linter first (pyproject.toml's [tool.ruff]): a finding fails the run before the tests spend their minutes.
 test: install browser sandbox
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
 test-all: install sandbox
