@@ -112,7 +112,8 @@ def raw_splits(root: Path, name: str, sizes: dict[str, int], seed: int = 0):
                                        features=features)
         start += n
     data_cfg = DataConfig(source=str(root / name))
-    raw = write_raw_splits(dsd, data_cfg, kind_for("text-classification"), str(root / name / "raw"), source=name, source_sha=None)
+    raw = write_raw_splits(dsd, data_cfg, kind_for("text-classification"), str(root / name / "raw"),
+                           source=name, source_sha=None)
     return raw, data_cfg
 
 

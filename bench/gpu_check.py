@@ -77,7 +77,8 @@ def probe(python: str) -> tuple[str | None, str | None, bool, str]:
 
 def pip(python: str, *args: str) -> None:
     print(f"gpu-check: pip install {' '.join(args)}", flush=True)
-    if subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *args], cwd=ROOT).returncode:
+    if subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *args],
+                      cwd=ROOT).returncode:
         fail(f"pip install {' '.join(args)} failed (see above)")
 
 
@@ -103,7 +104,8 @@ def check(python: str, smi_said: str) -> str:
     if version is None:
         fail(f"no torch in {python} (drop --no-install to install the CUDA build)")
     if not ok:
-        build = f"CUDA {cuda} build" if cuda else "a CPU build: install the CUDA one (pip install torch on Linux x86_64)"
+        build = (f"CUDA {cuda} build" if cuda
+                 else "a CPU build: install the CUDA one (pip install torch on Linux x86_64)")
         fail(f"no CUDA GPU visible (torch.cuda.is_available() is False with torch {version}, {build}; {smi_said}) "
              f"— {HINT}")
     return name
@@ -216,7 +218,8 @@ def train(root: Path, tokenized, name: str, report, values: dict) -> None:
     flops = 6 * matmul_params * loop_rate * tokens / n
     peak = peak_tflops(name)
     report.figure(f"\n# bf16 training: demo classifier, {n} rows x 1 epoch, batch {batch}, {tokens / n:.0f} non-pad "
-                  f"tokens per row, {matmul_params / 1e6:.1f} M matmul parameters (+{embeddings / 1e6:.1f} M embedding)")
+                  f"tokens per row, {matmul_params / 1e6:.1f} M matmul parameters "
+                  f"(+{embeddings / 1e6:.1f} M embedding)")
     report.figure(f"  whole job (load, loop, validation, save): {seconds:.1f} s = {n / seconds:,.0f} samples/s")
     report.figure(f"  training loop: {loop_rate:,.0f} samples/s = {loop_rate * tokens / n:,.0f} tokens/s; "
                   f"6 x N x tokens/s = {flops / 1e12:.1f} TFLOP/s" + (f" of {peak} peak" if peak else ""))

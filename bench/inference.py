@@ -149,7 +149,8 @@ def run(root: Path, clf_dir: str, clf_fp: str, tokenized, wanted: set[str], plan
         report.figure(f"           of which model load: median {statistics.median(load_seconds):.2f} s")
         line("bare     forward only:", "bare_forward")
         if "ours" in times:
-            report.figure(f"           ours vs bare forward only: {paired_ratio(times['bare_forward'], times['ours']):.2f}")
+            report.figure("           ours vs bare forward only: "
+                          f"{paired_ratio(times['bare_forward'], times['ours']):.2f}")
             report.ratios["inference_vs_bare"] = paired_ratio(times["bare"], times["ours"])
         if "ours_int8" in times:
             report.ratios["inference_int8_vs_bare"] = paired_ratio(times["bare"], times["ours_int8"])

@@ -48,7 +48,8 @@ def run(root: Path, quick: bool, report: Report) -> None:
         seconds[precision], ref = timed_result(lambda: predict(
             ckpt.uri, ckpt.fingerprint, tokenized, "test", cfg, str(root / "demo" / f"predict-{precision}")))
         table = read_predictions(ref)
-        label, probs[precision] = np.array(table.column("label").to_pylist()), np.array(table.column("probs").to_pylist())
+        label, probs[precision] = (np.array(table.column("label").to_pylist()),
+                                   np.array(table.column("probs").to_pylist()))
     fresh = _fresh_accuracy(root, recipe, ckpt, 500 if quick else 4000)
 
     p32, p8 = probs["fp32"], probs["int8"]

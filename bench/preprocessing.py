@@ -1,4 +1,5 @@
-"""Preprocessing: `the kind's prepare (hubflow.kinds.text_classification.data)` vs a per-example `Dataset.map` with the same tokenizer.
+"""Preprocessing: `the kind's prepare (hubflow.kinds.text_classification.data)` vs a per-example `Dataset.map`
+with the same tokenizer.
 
 Same raw parquet splits (train/validation/test, 80/10/10 of the rows), same tokenizer, truncation at the same
 max_length. Each clock covers parquet in → tokenized DatasetDict saved to disk:
@@ -99,9 +100,11 @@ def run(root: Path, wanted: set[str], plan: Plan, report: Report) -> None:
 
     report.figure(f"\n# preprocess: {rows:,} rows (80/10/10 splits), max_length {plan.max_length}, "
                   f"{plan.reps} repetitions")
-    report.figure(f"  ours        the kind's prepare (hubflow.kinds.text_classification.data):             {describe(times['ours'], rows, 'rows')}")
+    report.figure("  ours        the kind's prepare (hubflow.kinds.text_classification.data):             "
+                  f"{describe(times['ours'], rows, 'rows')}")
     if "per_example" in times:
-        report.figure(f"  per-example Dataset.map(tok(ex['text'])):      {describe(times['per_example'], rows, 'rows')}")
+        report.figure("  per-example Dataset.map(tok(ex['text'])):      "
+                      f"{describe(times['per_example'], rows, 'rows')}")
     if "tokenizer" in times:
         report.figure(f"  tokenizer   one batched tok(texts) in memory:  {describe(times['tokenizer'], rows, 'rows')}")
     report.figure(f"  (context)   Rust encode_batch_fast alone:      {describe(times['rust_only'], rows, 'rows')}")

@@ -53,7 +53,8 @@ def run(root: Path, quick: bool, report: Report) -> None:
 
 def breakdown(phases: dict, wall: float, process: float) -> str:
     """The rerun's seconds by phase, as indented `phase  seconds` lines (tasks under the flow run)."""
-    lines = ["  rerun breakdown (s):", f"    {'outside run_demo (Python start, CLI imports, exit)':<56}{process - wall:6.1f}"]
+    lines = ["  rerun breakdown (s):",
+             f"    {'outside run_demo (Python start, CLI imports, exit)':<56}{process - wall:6.1f}"]
     for name, seconds in phases["wall"].items():
         lines.append(f"    {name:<56}{seconds:6.1f}")
         if name.startswith("flow run ("):

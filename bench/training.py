@@ -119,12 +119,15 @@ def run(root: Path, tokenized, wanted: set[str], plan: Plan, report: Report) -> 
 
     report.figure(f"\n# training: {rows} train rows x 1 epoch, batch {BATCH_SIZE}, "
                   f"{tokenized.splits['validation']} validation rows, {plan.reps} repetitions")
-    report.figure(f"  ours    hubflow.stages.train.train_model (whole job):    {describe(times['ours'], rows, 'samples')}")
+    report.figure("  ours    hubflow.stages.train.train_model (whole job):    "
+                  f"{describe(times['ours'], rows, 'samples')}")
     if "trainer" in times:
-        report.figure(f"  Trainer transformers.Trainer (whole job):       {describe(times['trainer'], rows, 'samples')}")
+        report.figure("  Trainer transformers.Trainer (whole job):       "
+                      f"{describe(times['trainer'], rows, 'samples')}")
         report.ratios["train_vs_trainer"] = paired_ratio(times["trainer"], times["ours"])
     if "trainer_grouped" in times:
         report.figure(f"  Trainer ... group_by_length (whole job):        "
                       f"{describe(times['trainer_grouped'], rows, 'samples')}")
         report.ratios["train_vs_trainer_grouped"] = paired_ratio(times["trainer_grouped"], times["ours"])
-    report.figure("  work check, optimizer steps per run: " + ", ".join(f"{k} {sorted(v)}" for k, v in steps.items() if v))
+    report.figure("  work check, optimizer steps per run: "
+                  + ", ".join(f"{k} {sorted(v)}" for k, v in steps.items() if v))

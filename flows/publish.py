@@ -20,8 +20,10 @@ from hubflow.tasks.release import check_release_targets, load_run
 
 
 @flow(name="hubflow-publish", persist_result=True, log_prints=True)
-def publish_run(summary_uri: str, publish: PublishConfig | None = None, space: SpaceConfig | None = None) -> PublishOutcome:
-    """Gate the run's model against the published champion; if promoted, publish the model, its predictions and Space."""
+def publish_run(summary_uri: str, publish: PublishConfig | None = None,
+                space: SpaceConfig | None = None) -> PublishOutcome:
+    """Gate the run's model against the published champion; if promoted, publish the model, its predictions and
+    Space."""
     result = load_run(summary_uri)
     publish, space = publish or result.config.publish, space or result.config.space
     check_release_targets(result.base_model.repo_id, result.dataset.repo_id if result.dataset else result.raw.source,

@@ -73,7 +73,8 @@ def wait_for_approval(summary: str, timeout: int, poll_interval: int = 2) -> Non
         answer = pause_flow_run(wait_for_input=Approval.with_initial_data(description=summary, approve=False),
                                 timeout=timeout, poll_interval=poll_interval)
     except FlowPauseTimeout:
-        raise NotApproved(f"publish.review=approval: nobody approved within {timeout} s; nothing was published") from None
+        raise NotApproved(f"publish.review=approval: nobody approved within {timeout} s; "
+                          "nothing was published") from None
     get_run_logger().info("review: %s%s", "approved" if answer.approve else "rejected",
                           f" ({answer.comment})" if answer.comment else "")
     if not answer.approve:

@@ -136,7 +136,9 @@ class DataConfig(_Keyed):
 
 class PreprocessConfig(_Keyed):
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
-    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train carved out when no validation split.")
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="Share of train carved out when no validation split."
+    )
     test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train carved out when no test split.")
     split_seed: int = Field(42, description="Seed of the deterministic split.")
 
@@ -148,7 +150,9 @@ class TrainConfig(_Keyed):
     eval_batch_size: int = Field(128, ge=1, le=8192, description="Examples per device per evaluation step.")
     learning_rate: float = Field(5e-5, gt=0, lt=1, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW weight decay.")
-    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming the LR up (then linear decay).")
+    warmup_ratio: float = Field(
+        0.06, ge=0, lt=1, description="Share of steps spent warming the LR up (then linear decay)."
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     precision: Precision = Field(Precision.fp32, description="Mixed precision: no (fp32), bf16 or fp16 (GPU only).")
     seed: int = Field(42, description="Seed for model init of the head, shuffling and dropout.")

@@ -62,7 +62,8 @@ def demo_seed(workdir: Path) -> list[str]:
 
 
 @contextmanager
-def demo_hub(workdir: Path, seed: Callable[[Path], list[str]], wait_for_prefect: bool = True) -> Iterator[PrefectServer]:
+def demo_hub(workdir: Path, seed: Callable[[Path], list[str]],
+             wait_for_prefect: bool = True) -> Iterator[PrefectServer]:
     """A localhub under DIR/hub, seeded with the folders `seed(workdir)` names, Prefect's server on DIR/prefect, and
     this process's environment pointed at both; stopped on the way out. Yields the Prefect server: with
     `wait_for_prefect=False` the caller calls its `wait()` before the first flow (and may import meanwhile)."""
@@ -207,7 +208,8 @@ def write_summary(workdir: Path, result, stages: dict[str, str], seconds: float,
         "predictions": _repo(published.get("predictions")),
     }
     space = r.get("space")
-    summary["space"] = {"id": space["space_id"], "commit": space["sha"], "url": space["url"], "stage": space["stage"]} if space else None
+    summary["space"] = ({"id": space["space_id"], "commit": space["sha"], "url": space["url"], "stage": space["stage"]}
+                        if space else None)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -43,7 +43,8 @@ class EmitError(RuntimeError):
 
 def state_dir(path: str | os.PathLike | None = None) -> Path:
     """Where hubflow keeps its small local state: `path`, else $HUBFLOW_STATE_DIR, else ~/.local/state/hubflow."""
-    chosen = path or os.environ.get(STATE_DIR_ENV) or Path(os.environ.get("XDG_STATE_HOME", "~/.local/state")) / "hubflow"
+    chosen = (path or os.environ.get(STATE_DIR_ENV)
+              or Path(os.environ.get("XDG_STATE_HOME", "~/.local/state")) / "hubflow")
     return Path(chosen).expanduser()
 
 

@@ -38,7 +38,8 @@ def app_env(target: str, revision: str | None = None) -> dict[str, str]:
     from .stages import space
 
     pinned = pin(target, "model", revision or "main", "model")
-    model = PublishedRepo(repo_id=target, repo_type="model", sha=pinned.sha, url=f"{endpoint()}/{target}", created=False)
+    model = PublishedRepo(repo_id=target, repo_type="model", sha=pinned.sha, url=f"{endpoint()}/{target}",
+                          created=False)
     facts, examples = space.describe_model(model)
     return {**space.space_variables(model, examples, facts), TASK_ENV: facts.task}
 
@@ -70,7 +71,8 @@ def serve(env: dict[str, str], port: int | None = None, on_ready=print) -> int:
         full["HF_TOKEN"] = token
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="hubflow-preview-") as cwd:  # gradio writes caches into its cwd
-        proc = subprocess.Popen([sys.executable, str(kind_for(env.get(TASK_ENV, DEFAULT_TASK)).space_app / "app.py")], cwd=cwd, env=full)
+        proc = subprocess.Popen([sys.executable, str(kind_for(env.get(TASK_ENV, DEFAULT_TASK)).space_app / "app.py")],
+                                cwd=cwd, env=full)
         try:
             while proc.poll() is None and not _answers(url):
                 time.sleep(0.5)

@@ -5,8 +5,9 @@
 What it does: `pip download` the source archive of the installed huggingface_hub (its tests are in it, its conftest.py
 is not: localhub/conformance_conftest.py stands in), rewrite tests/testing_constants.py so ENDPOINT_STAGING is a
 fresh localhub with the users, tokens and orgs those tests expect, run test_file_download, test_snapshot_download,
-test_hf_api and test_repocard (or any modules of the suite given with --modules, e.g. test_hf_file_system) with pytest (tests marked `production` or `xet` are deselected: they need huggingface.co
-or Xet; the production Space tests, which create their own Space, run here too), and print passed/failed per test
+test_hf_api and test_repocard (or any modules of the suite given with --modules, e.g. test_hf_file_system) with
+pytest (tests marked `production` or `xet` are deselected: they need huggingface.co or Xet; the production Space
+tests, which create their own Space, run here too), and print passed/failed per test
 class. The rate counts only tests that sent a Hub API request to the localhub; the
 others are unit tests of the client and are listed apart. pytest-mock (the `mocker` fixture) and jedi are installed
 with pip into the run's temp dir, never into the environment.

@@ -193,7 +193,8 @@ for _prefix in ("", "datasets/", "spaces/"):
             oid, size = (obj.get("oid"), obj.get("size")) if isinstance(obj, dict) else (None, None)
             if not isinstance(oid, str) or not SHA256_RE.match(oid) or not isinstance(size, int) or size < 0:
                 objects.append({"oid": str(oid)[:100], "size": size if isinstance(size, int) else None,
-                                "error": {"code": 422, "message": "oid must be a lowercase hex sha256, size an int >= 0"}})
+                                "error": {"code": 422,
+                                          "message": "oid must be a lowercase hex sha256, size an int >= 0"}})
                 continue
             if ctx.storage.has_blob(oid) and may_reference(ctx, repo, oid):
                 history.record_repo_upload(ctx.storage, repo.rid, oid)  # the repo's now: its client will commit it
@@ -206,7 +207,8 @@ for _prefix in ("", "datasets/", "spaces/"):
             sig = _sign(ctx, user, oid, size, expires, nonce)
             # The PUT carries no Authorization: the href authorises itself, once, for this user, oid and size only.
             href = f"{ctx.base_url}/_localhub/lfs/{user}/{oid}/{size}/{expires}/{nonce}/{sig}"
-            objects.append({"oid": oid, "size": size, "authenticated": True, "actions": {"upload": {"href": href, "expires_in": UPLOAD_TTL}}})
+            objects.append({"oid": oid, "size": size, "authenticated": True,
+                            "actions": {"upload": {"href": href, "expires_in": UPLOAD_TTL}}})
         return JSONResponse({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
                             media_type="application/vnd.git-lfs+json")
 
@@ -283,7 +285,8 @@ async def commit(ctx: Ctx) -> Response:
                 header = value
             elif key == "file":
                 content, path = value["content"], check_path(value["path"])
-                data = base64.b64decode(content, validate=True) if value.get("encoding") == "base64" else content.encode()
+                data = (base64.b64decode(content, validate=True) if value.get("encoding") == "base64"
+                        else content.encode())
                 del content, item, value
                 if len(data) >= LFS_THRESHOLD:
                     raise _too_big(path, len(data))

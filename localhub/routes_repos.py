@@ -1,4 +1,5 @@
-"""Repo-level API routes: whoami, create/delete/settings, info, listings, tree, paths-info, refs, commits, branches, tags."""
+"""Repo-level API routes: whoami, create/delete/settings, info, listings, tree, paths-info, refs, commits, branches,
+tags."""
 
 from __future__ import annotations
 

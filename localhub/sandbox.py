@@ -245,7 +245,8 @@ def _diagnose(box: Sandbox, done: subprocess.CompletedProcess | str, dirs: tuple
     needed = [sys.executable, os.path.realpath(sys.executable), *box.python_dirs]
     look = 'for p in "$@"; do [ -e "$p" ] || echo "$p"; done'
     found = _run(box.command(["/bin/sh", "-c", look, "sh", *needed], *dirs), timeout)
-    missing = found.stdout.decode(errors="replace").split() if not isinstance(found, str) and not found.returncode else []
+    missing = (found.stdout.decode(errors="replace").split() if not isinstance(found, str) and not found.returncode
+               else [])
     if missing:
         return (f"the Python that runs localhub ({sys.executable}) is not visible inside the sandbox: {missing[0]} is "
                 f"missing there (bwrap could not run a trivial command: {said})",

@@ -437,7 +437,8 @@ class Storage:
     ) -> str:
         """Insert a commit and point `ref` (a branch name, or refs/pr/N) at it; the caller holds the transaction."""
         now = time.time()
-        manifest = json.dumps([parent, title, message, now, uuid.uuid4().hex, sorted((p, e.sha256) for p, e in files.items())])
+        manifest = json.dumps([parent, title, message, now, uuid.uuid4().hex,
+                               sorted((p, e.sha256) for p, e in files.items())])
         oid = hashlib.sha1(manifest.encode()).hexdigest()
         self.db.execute(
             "INSERT INTO commits(oid, rid, parent, title, message, author, date) VALUES (?,?,?,?,?,?,?)",
@@ -479,7 +480,8 @@ class Storage:
     def put_webhook(self, hook: dict) -> None:
         with self.lock:
             self.db.execute(
-                "INSERT OR REPLACE INTO webhooks(id, owner, body) VALUES (?,?,?)", (hook["id"], hook["owner"], json.dumps(hook))
+                "INSERT OR REPLACE INTO webhooks(id, owner, body) VALUES (?,?,?)",
+                (hook["id"], hook["owner"], json.dumps(hook)),
             )
 
     def delete_webhook(self, hook_id: str) -> None:

@@ -60,7 +60,8 @@ def pull_model(model: PinnedRepo, allow_pickle: bool) -> str:
 def preprocess(raw: RawDataRef, model: PinnedRepo, cfg: PreprocessConfig, data: DataConfig, task: str,
                artifact_store: str) -> TokenizedRef:
     """Raw splits -> the task kind's training data (for classifiers: label ids, carved splits, token ids)."""
-    out = out_uri("preprocess", dict(raw=raw, model=model, cfg=cfg, data=data, task=task, artifact_store=artifact_store))
+    out = out_uri("preprocess", dict(raw=raw, model=model, cfg=cfg, data=data, task=task,
+                                     artifact_store=artifact_store))
     return kind_for(task).prepare(raw, hub.model_dir(model), cfg, data, out)
 
 

@@ -43,7 +43,8 @@ def gate(result: PipelineResult, publish: PublishConfig) -> GateDecision:
     decision, champion = gate_lib.judge(result, publish)
     metrics = list(kind_for(result.checkpoint.facts.task).metrics)
     markdown = gate_lib.gate_markdown(decision, result.evaluation.metrics, champion, metrics)
-    create_markdown_artifact(key="promotion-gate", markdown=markdown, description="Promotion gate: challenger vs champion")
+    create_markdown_artifact(key="promotion-gate", markdown=markdown,
+                             description="Promotion gate: challenger vs champion")
     return decision
 
 
@@ -152,7 +153,8 @@ def deploy_space(model: PublishedRepo, cfg: SpaceConfig, facts: ModelFacts, exam
         f"| [{result.space_id}]({page}) | {result.url or '(starting)'} | {result.stage} | `{result.sha[:10]}` | "
         f"{model.repo_id}@`{model.sha[:10]}` |"))
     if result.url:
-        get_run_logger().info("Space %s %s at %s (commit %s)", result.space_id, result.stage, result.url, result.sha[:10])
+        get_run_logger().info("Space %s %s at %s (commit %s)",
+                              result.space_id, result.stage, result.url, result.sha[:10])
     else:  # unchanged, and the hub is (re)starting it by itself: nothing to wait for
         get_run_logger().info("Space %s %s (commit %s, unchanged: the hub is starting it)", result.space_id,
                               result.stage, result.sha[:10])

@@ -83,7 +83,8 @@ def new_repo_id(request: pytest.FixtureRequest):
     """`new_repo_id()` -> "alice/<test name>-<random>"; `new_repo_id("bob")` for another namespace."""
 
     def make(user: str = "alice") -> str:
-        stem = request.node.name.split("[")[0].removeprefix("test_").replace("_", "-")[:40].strip("-")  # "--" is no valid id
+        # "--" is no valid id
+        stem = request.node.name.split("[")[0].removeprefix("test_").replace("_", "-")[:40].strip("-")
         return f"{user}/{stem}-{uuid.uuid4().hex[:8]}"
 
     return make

@@ -96,7 +96,8 @@ def test_prompt_completion_without_a_template_is_prompt_then_completion(tmp_path
     plain = make_tiny_llama(tmp_path / "plain")  # no chat template
     rows = [{"prompt": r["messages"][0]["content"], "completion": " " + r["messages"][1]["content"]}
             for r in chat_rows(40, 2)]
-    raw = pull.write_raw_splits(DatasetDict(train=Dataset.from_list(rows)), DATA, KIND, str(tmp_path / "raw"), "x", None)
+    raw = pull.write_raw_splits(DatasetDict(train=Dataset.from_list(rows)), DATA, KIND, str(tmp_path / "raw"),
+                                "x", None)
     assert raw.columns == {"prompt": "prompt", "completion": "completion"}
     ref = KIND.prepare(raw, str(plain), CausalLMPreprocess(max_length=64), DATA, str(tmp_path / "tok"))
     assert not ref.facts.chat and ref.facts.shape == "prompt-completion"
@@ -124,7 +125,8 @@ def test_packed_chat_rows_never_attend_across_examples(llama, tmp_path):
 
     from tests.tiny import KEYWORDS
 
-    short = [{"messages": [{"role": "user", "content": f"topic of: {w}"}, {"role": "assistant", "content": f"topic: {t}"}]}
+    short = [{"messages": [{"role": "user", "content": f"topic of: {w}"},
+                           {"role": "assistant", "content": f"topic: {t}"}]}
              for t, words in KEYWORDS.items() for w in words]
     raw = pull.write_raw_splits(DatasetDict(train=Dataset.from_list(short)), DATA, KIND, str(tmp_path / "r"), "x", None)
     packed = KIND.prepare(raw, str(llama), CausalLMPreprocess(max_length=128, packing=True), DATA, str(tmp_path / "p"))

@@ -134,7 +134,8 @@ def test_raw_fingerprint_hashes_content_not_location(tmp_path):
     dsdict = DatasetDict(train=_tickets(20))
     a = pull.write_raw_splits(dsdict, _cfg(), KIND, str(tmp_path / "a"), source="x", source_sha=None)
     b = pull.write_raw_splits(dsdict, _cfg(), KIND, str(tmp_path / "b"), source="y", source_sha=None)
-    c = pull.write_raw_splits(DatasetDict(train=_tickets(21)), _cfg(), KIND, str(tmp_path / "c"), source="x", source_sha=None)
+    c = pull.write_raw_splits(DatasetDict(train=_tickets(21)), _cfg(), KIND, str(tmp_path / "c"),
+                              source="x", source_sha=None)
     assert a.fingerprint == b.fingerprint != c.fingerprint
 
 
@@ -168,8 +169,8 @@ def test_label_names_of_rejects_unusable_stored_splits(tmp_path, rows, words):
     features = Features(text=Value("string"), label=Value("string"))
     stored = Dataset.from_dict({"text": ["t"] * len(rows), "label": rows}, features=features)
     stored.to_parquet(tmp_path / "train.parquet")
-    raw = RawDataRef(uri=str(tmp_path), fingerprint="f", splits={"train": len(rows)}, columns={"text": "text", "label": "label"},
-                     source="elsewhere")
+    raw = RawDataRef(uri=str(tmp_path), fingerprint="f", splits={"train": len(rows)},
+                     columns={"text": "text", "label": "label"}, source="elsewhere")
     with pytest.raises(ValueError) as err:
         tc.label_names_of(raw)
     assert all(w in str(err.value) for w in words)

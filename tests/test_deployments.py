@@ -159,7 +159,8 @@ def test_gpu_limit_is_set_on_request_and_otherwise_left_alone(deployed):
     assert pools_up("process", gpu_limit=2) == {"cpu": "updated", "gpu": "updated"}
     pools_up("process")
     with _client() as client:
-        assert (client.read_work_pool("cpu").concurrency_limit, client.read_work_pool("gpu").concurrency_limit) == (None, 2)
+        assert (client.read_work_pool("cpu").concurrency_limit,
+                client.read_work_pool("gpu").concurrency_limit) == (None, 2)
         client.update_work_pool("gpu", WorkPoolUpdate(concurrency_limit=None))
         assert client.read_work_pool("gpu").concurrency_limit is None
 

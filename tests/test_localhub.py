@@ -423,7 +423,8 @@ def test_commit_payload_cannot_escape_the_blob_store(localhub: LocalHub, repo: s
                                            "size": size}}
     assert commit(escape).status_code == 400
     for bad in ("../up.txt", "/abs.txt", "a//b.txt", ".git/config", "a/./b"):
-        assert commit({"key": "file", "value": {"path": bad, "content": "eA==", "encoding": "base64"}}).status_code == 400
+        assert commit({"key": "file",
+                       "value": {"path": bad, "content": "eA==", "encoding": "base64"}}).status_code == 400
     clash = commit({"key": "file", "value": {"path": "d", "content": "eA==", "encoding": "base64"}},
                    {"key": "file", "value": {"path": "d/e", "content": "eA==", "encoding": "base64"}})
     assert clash.status_code == 400

@@ -1,6 +1,7 @@
 """Collections on localhub through the real HfApi: create, list, get, update, delete, and their items.
 
-Run: `.venv/bin/pytest tests/test_localhub_collections.py -q` (the `localhub` fixture in conftest.py serves HF_ENDPOINT).
+Run: `.venv/bin/pytest tests/test_localhub_collections.py -q` (the `localhub` fixture in conftest.py serves
+HF_ENDPOINT).
 """
 
 from __future__ import annotations

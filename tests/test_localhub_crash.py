@@ -27,7 +27,8 @@ def start_lfs_put(hub: LocalHub, repo: str, total: int, sent_enough: threading.E
     batch = httpx.post(
         f"{hub.url}/{repo}.git/info/lfs/objects/batch",
         headers={"authorization": f"Bearer {hub.token('alice')}", "content-type": "application/vnd.git-lfs+json"},
-        json={"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": size}], "hash_algo": "sha256"},
+        json={"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": size}],
+              "hash_algo": "sha256"},
     ).json()
     href = batch["objects"][0]["actions"]["upload"]["href"]
 

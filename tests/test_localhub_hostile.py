@@ -136,7 +136,8 @@ def test_a_hostile_client_does_not_starve_a_good_one(hub: LocalHub):
             proc.wait()
     log_text = hub.log_file.read_text(errors="replace")
     print(f"\nhostile: {len(latencies)} good requests, max {max(latencies) * 1000:.0f} ms, "
-          f"median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms; new connections: {len(fresh_latencies)}, max "
+          f"median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms; "
+          f"new connections: {len(fresh_latencies)}, max "
           f"{max(fresh_latencies) * 1000:.0f} ms; attackers ready: {ready}; "
           f"server files: {files_before} before, {attack_files} under attack, {files_after} after; "
           f"slow bodies cut: {cut}/{SLOW_BODIES}; log growth {log_growth} bytes")

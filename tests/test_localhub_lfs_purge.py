@@ -32,7 +32,8 @@ def api(hub: LocalHub, user: str) -> HfApi:
 
 
 def purge(hub: LocalHub, user: str, repo_id: str, sha: str) -> httpx.Response:
-    return httpx.post(f"{hub.url}/api/models/{repo_id}/lfs-files/batch", json={"deletions": {"sha": [sha], "rewriteHistory": True}},
+    return httpx.post(f"{hub.url}/api/models/{repo_id}/lfs-files/batch",
+                      json={"deletions": {"sha": [sha], "rewriteHistory": True}},
                       headers={"authorization": f"Bearer {hub.token(user)}"}, timeout=30)
 
 
@@ -55,7 +56,8 @@ def test_a_writer_cannot_purge_another_users_pending_upload(hub: LocalHub):
     assert blob(hub, sha).is_file(), "alice's purge of her own repo removed bob's upload"
 
     bob.create_commit("bob/weights", [op], commit_message="add weights")  # bob's commit still finds his bytes
-    got = httpx.get(f"{hub.url}/bob/weights/resolve/main/weights.bin", headers={"authorization": f"Bearer {hub.token('bob')}"})
+    got = httpx.get(f"{hub.url}/bob/weights/resolve/main/weights.bin",
+                    headers={"authorization": f"Bearer {hub.token('bob')}"})
     assert got.status_code == 200 and got.content == data
 
     # Now committed to bob's repo: alice's purge of her repo still leaves it, bob's own purge removes it.
@@ -78,7 +80,8 @@ def test_an_object_two_repos_hold_outlives_one_purge(hub: LocalHub):
     assert purge(hub, "alice", "alice/shared-a", sha).json() == {"deleted": 1}  # alice's own: gone from her repo
     assert blob(hub, sha).is_file(), "bob's pending upload of the same bytes lost its blob"
     bob.create_commit("bob/shared-b", [pending], commit_message="b")
-    got = httpx.get(f"{hub.url}/bob/shared-b/resolve/main/w.bin", headers={"authorization": f"Bearer {hub.token('bob')}"})
+    got = httpx.get(f"{hub.url}/bob/shared-b/resolve/main/w.bin",
+                    headers={"authorization": f"Bearer {hub.token('bob')}"})
     assert got.content == data
 
 

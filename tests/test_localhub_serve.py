@@ -111,7 +111,8 @@ def test_a_sandbox_that_cannot_see_the_python_names_the_missing_path(tmp_path: P
     assert "Install bubblewrap" not in reason
 
 
-@pytest.mark.parametrize("command", [[sys.executable, "-m", "localhub"], [str(Path(sys.executable).parent / "hubflow"), "hub"]],
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "localhub"],
+                                     [str(Path(sys.executable).parent / "hubflow"), "hub"]],
                          ids=["localhub", "hubflow"])
 def test_serve_seed_demo_refuses_in_one_line_and_leaves_nothing(tmp_path: Path, command: list[str]):
     data = tmp_path / "hub"

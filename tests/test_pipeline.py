@@ -244,7 +244,8 @@ def _dataset_repo(hub_repos, tmp_path, rows: dict[str, list[tuple[str, str]]]) -
 
 
 def test_empty_split(hub_repos, tmp_path, alice_env):
-    good = [(f"my invoice {i} is wrong", "billing") for i in range(10)] + [(f"parcel {i} lost", "shipping") for i in range(10)]
+    good = ([(f"my invoice {i} is wrong", "billing") for i in range(10)]
+            + [(f"parcel {i} lost", "shipping") for i in range(10)])
     repo = _dataset_repo(hub_repos, tmp_path, {"train": good, "validation": good, "test": []})
     config = tiny_config(hub_repos, tmp_path / "store", data__source=repo, data__max_test_samples=None)
     _fails_before_training(config, r"test.*empty|empty.*test")
@@ -253,7 +254,8 @@ def test_empty_split(hub_repos, tmp_path, alice_env):
 def test_single_class_labels(hub_repos, tmp_path, alice_env):
     same = [(f"my invoice {i} is wrong", "billing") for i in range(20)]
     repo = _dataset_repo(hub_repos, tmp_path, {"train": same, "validation": same, "test": same})
-    _fails_before_training(tiny_config(hub_repos, tmp_path / "store", data__source=repo), r"single-class|one class|label")
+    _fails_before_training(tiny_config(hub_repos, tmp_path / "store", data__source=repo),
+                           r"single-class|one class|label")
 
 
 def test_pickle_only_weights_are_refused(hub_repos, tmp_path, alice_env):
@@ -285,7 +287,8 @@ def test_invalid_recipe_values_name_the_field(tmp_path):
         load_recipe("deployments/configs/demo.yaml", ["model.repo_id=a/b/c"])
 
 
-@pytest.mark.parametrize("recipe", sorted(str(p) for p in __import__("pathlib").Path("deployments/configs").glob("*.yaml")))
+@pytest.mark.parametrize("recipe",
+                         sorted(str(p) for p in __import__("pathlib").Path("deployments/configs").glob("*.yaml")))
 def test_shipped_recipes_validate(recipe):
     from hubflow.config import load_recipe
 

@@ -57,7 +57,8 @@ def test_localhub_subprocess_keeps_its_port_through_a_slow_start(tmp_path: Path,
     time.sleep(3)  # ...and the demo seeds for a while before the server starts
     hub.start()
     try:
-        assert httpx.get(f"{hub.url}/api/whoami-v2", headers={"authorization": "Bearer hf_alice_ports_tok"}).json()["name"] == "alice"
+        assert httpx.get(f"{hub.url}/api/whoami-v2",
+                         headers={"authorization": "Bearer hf_alice_ports_tok"}).json()["name"] == "alice"
         hub.stop()
         hub.start()  # a restart binds the same port again
         assert httpx.get(f"{hub.url}/api/health").status_code == 200

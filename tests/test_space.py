@@ -47,7 +47,8 @@ def artifacts_and_logs(flow_run_id) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     return "\n".join([f"[{a.key}] {a.data}" for a in arts] + [log.message for log in logs])
 
@@ -189,7 +190,8 @@ def test_a_version_that_crashes_is_rolled_back(deployed, model_repo, alice, hf_a
 
     head = hf_api.space_info(deployment.space_id)
     assert head.runtime.stage == "RUNNING" and head.sha != deployment.sha  # a new commit, with the good files
-    record = json.loads(Path(hf_api.hf_hub_download(deployment.space_id, "hubflow.json", repo_type="space")).read_text())
+    record = json.loads(Path(hf_api.hf_hub_download(deployment.space_id, "hubflow.json",
+                                                    repo_type="space")).read_text())
     assert record["revision"] == good.sha
     variables = {k: v.value for k, v in hf_api.get_space_variables(deployment.space_id).items()}
     assert variables["MODEL_REVISION"] == good.sha

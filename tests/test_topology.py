@@ -383,9 +383,11 @@ print(json.dumps({"id": str(run.id), "state": run.state.name}))
     assert run["state"] == "Completed", {n: topology["procs"].tail(n) for n in ("cpu-1", "gpu-1", "gpu-2")}
     client = _client(topology)
     children = [r for name in ("hubflow-train", "hubflow-predict") for r in _runs_of(client, name)
-                if r.parent_task_run_id and client.read_task_run(r.parent_task_run_id).flow_run_id == uuid.UUID(run["id"])]
+                if r.parent_task_run_id
+                and client.read_task_run(r.parent_task_run_id).flow_run_id == uuid.UUID(run["id"])]
     # one train run; generation over 2 shards fans out into one predict run per gpu worker
-    train, predict = [r for r in children if "part" not in r.parameters], [r for r in children if "part" in r.parameters]
+    train, predict = ([r for r in children if "part" not in r.parameters],
+                      [r for r in children if "part" in r.parameters])
     assert len(train) == 1 and sorted(r.parameters["part"] for r in predict) == [0, 1]
     assert all(r.work_pool_name == "gpu" and r.state.is_completed() for r in children)
     result = _result(topology, run["id"])

@@ -65,7 +65,8 @@ def receiver(prefect_api, tmp_path_factory) -> Receiver:
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "HUBFLOW_WEBHOOK_SECRET": SECRET}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [Path(sys.executable).parent / "hubflow", "webhooks", "serve", "--port", str(port), "--state-dir", str(state)],
+            [Path(sys.executable).parent / "hubflow", "webhooks", "serve", "--port", str(port),
+             "--state-dir", str(state)],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"
@@ -102,7 +103,8 @@ def runs_for(deployment_id, sha: str, timeout: float = 30, settle: float = 2.0) 
 
     def read() -> list:
         with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
         return [r for r in runs if r.parameters.get("revision") == sha]
 
     deadline = time.monotonic() + timeout
@@ -228,7 +230,8 @@ def _start_receiver(api_url: str, state: Path) -> tuple[subprocess.Popen, Receiv
     env = {**os.environ, "PREFECT_API_URL": api_url, "HUBFLOW_WEBHOOK_SECRET": SECRET}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [Path(sys.executable).parent / "hubflow", "webhooks", "serve", "--port", str(port), "--state-dir", str(state)],
+            [Path(sys.executable).parent / "hubflow", "webhooks", "serve", "--port", str(port),
+             "--state-dir", str(state)],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
     while True:

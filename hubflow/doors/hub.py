@@ -124,10 +124,12 @@ def _unreadable_split(data: PinnedRepo, config_name: str | None, token, error: E
         try:
             rows = datasets.load_dataset(builder.name, data_files={split: files}, split=split).num_rows
         except Exception as e:  # noqa: BLE001 - any reader error here is the answer we are looking for
-            return f"data.source={data.repo_id!r}@{data.sha[:10]}: split {split!r} is empty or unreadable ({e.__cause__ or e})"
+            return (f"data.source={data.repo_id!r}@{data.sha[:10]}: split {split!r} is empty or unreadable "
+                    f"({e.__cause__ or e})")
         if rows == 0:
             return f"data.source={data.repo_id!r}@{data.sha[:10]}: split {split!r} is empty"
-    return f"data.source={data.repo_id!r}@{data.sha[:10]}: datasets could not build the splits ({error.__cause__ or error})"
+    return (f"data.source={data.repo_id!r}@{data.sha[:10]}: datasets could not build the splits "
+            f"({error.__cause__ or error})")
 
 
 def _status(e: HfHubHTTPError) -> str:
@@ -240,7 +242,8 @@ def open_pull_request(repo_id: str, repo_type: str, files: dict[str, bytes | Pat
             head = api.repo_info(repo_id, repo_type=repo_type, revision=f"refs/pr/{d.num}").sha
             return d.num, d.url, head
     keep = set(files) | {".gitattributes"}
-    stale = sorted(f for f in api.list_repo_files(repo_id, repo_type=repo_type) if f not in keep and f.startswith(prefix))
+    stale = sorted(f for f in api.list_repo_files(repo_id, repo_type=repo_type)
+                   if f not in keep and f.startswith(prefix))
     ops = [CommitOperationAdd(path, data if isinstance(data, bytes) else str(data)) for path, data in files.items()]
     ops += [CommitOperationDelete(path) for path in stale]
     info = api.create_commit(repo_id, ops, repo_type=repo_type, commit_message=title, commit_description=description,

@@ -169,7 +169,8 @@ class KindDefaults:
     def card_hyperparameters(self, config: PipelineConfig) -> dict[str, Any]:
         """The card's hyper-parameter table: the train section, then the preprocess one."""
         hyper = config.train.model_dump(mode="json", exclude={"task"})
-        hyper.update({f"preprocess.{k}": v for k, v in config.preprocess.model_dump(mode="json", exclude={"task"}).items()})
+        hyper.update({f"preprocess.{k}": v
+                      for k, v in config.preprocess.model_dump(mode="json", exclude={"task"}).items()})
         return hyper
 
     def prediction_files_table(self, table, facts: ModelFacts):

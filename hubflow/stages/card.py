@@ -2,8 +2,9 @@
 
 PipelineResult (+ the evaluation report) -> `ModelCard` (base model and dataset pinned to shas, model-index with the
 test metrics, hyper-parameters, hardware, the kind's report tables, the Prefect run, a usage snippet) and, for the
-predictions, a `DatasetCard`. What depends on the task (summary, metrics, usage, columns) comes from its kind. Lineage is also kept machine-readable under the `hubflow:` front-matter key, which is
-what publish compares to decide that a repo already holds this exact content. Pure: no Hub calls, no token.
+predictions, a `DatasetCard`. What depends on the task (summary, metrics, usage, columns) comes from its kind.
+Lineage is also kept machine-readable under the `hubflow:` front-matter key, which is what publish compares to decide
+that a repo already holds this exact content. Pure: no Hub calls, no token.
 """
 
 from __future__ import annotations

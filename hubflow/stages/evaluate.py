@@ -14,7 +14,8 @@ from ..refs import EvalRef, ModelFacts, PredictionsRef
 from .predict import read_manifest, read_predictions
 
 
-def evaluate_predictions(pred: PredictionsRef, facts: ModelFacts, out_uri: str, history_uri: str | None = None) -> EvalRef:
+def evaluate_predictions(pred: PredictionsRef, facts: ModelFacts, out_uri: str,
+                         history_uri: str | None = None) -> EvalRef:
     """Score the predictions against their references; write report.json and the figures under `out_uri`."""
     kind = kind_for(facts.task)
     manifest = read_manifest(pred)

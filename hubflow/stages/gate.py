@@ -114,7 +114,8 @@ def gate_markdown(decision: GateDecision, challenger: dict[str, Any], champion: 
     lines += ["", f"threshold: {decision.threshold:.4f}; champion commit: `{decision.champion_sha or 'none'}`"]
     if decision.p_value is not None:
         lines += [f"improvement: {decision.improvement:+.4f} (needed {decision.min_improvement:g}); paired bootstrap "
-                  f"p = {decision.p_value:.4f} (needed <= {1 - decision.confidence:.3f}, {BOOTSTRAP_SAMPLES} resamples)"]
+                  f"p = {decision.p_value:.4f} (needed <= {1 - decision.confidence:.3f}, "
+                  f"{BOOTSTRAP_SAMPLES} resamples)"]
     return "\n".join(lines) + "\n"
 
 

@@ -62,7 +62,8 @@ def check_memory(model_dir: str, cfg: TrainConfig, seq_len: int, device, kind) -
     if parts["total"] > have:
         raise PreflightError(
             f"train: this job needs about {_size(parts['total'])} ({figures}, x{OVERHEAD} overhead) and {where} has "
-            f"{_size(have)}; lower train.batch_size or preprocess.max_length, train fewer weights (a causal LM: train.method=lora), or turn on "
+            f"{_size(have)}; lower train.batch_size or preprocess.max_length, "
+            "train fewer weights (a causal LM: train.method=lora), or turn on "
             "train.activation_checkpointing")
     log.info("memory estimate %s of %s on %s (%s)", _size(parts["total"]), _size(have), where, figures)
 

@@ -93,7 +93,8 @@ def predict_part(
     reused = [s for s in shards if s["file"] in existing]
     reused_rows = sum(s["rows"] for s in reused)
     if reused:
-        log.info("reused %d of %d prediction shards (%d rows) from an earlier run", len(reused), len(shards), reused_rows)
+        log.info("reused %d of %d prediction shards (%d rows) from an earlier run",
+                 len(reused), len(shards), reused_rows)
     todo = [s for s in shards if s["file"] not in existing]
     table = dsd[split].with_format("arrow")[:] if todo else None  # a finished part never reads its inputs
     started, part_rows, rows_done = time.perf_counter(), sum(s["rows"] for s in shards), reused_rows

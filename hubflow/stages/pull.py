@@ -186,7 +186,8 @@ def _nothing_found(source: str, split: str, found: dict, fmt: DataFormat | None,
             "(train.csv, train-0000.parquet, train/…) and set data.format for other extensions")
 
 
-def _discover(source: str, splits: list[str], forced: DataFormat | None = None) -> dict[str, tuple[DataFormat, list[str]]]:
+def _discover(source: str, splits: list[str],
+              forced: DataFormat | None = None) -> dict[str, tuple[DataFormat, list[str]]]:
     """Folder → {split: (format, [relative paths])}, by file name or folder name; `forced` reads every file so."""
     if not store.is_dir(source):
         raise ValueError(f"data source {source} is not a folder")

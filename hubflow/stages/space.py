@@ -28,7 +28,8 @@ MANIFEST = "hubflow.json"  # the deployment record: model, revision, variables (
 LAST_GOOD_TAG = "hubflow-last-good"
 TOKEN_SECRET = "HF_TOKEN"
 SPACE_TOKEN_ENV = "HUBFLOW_SPACE_TOKEN"  # a fine-grained read token for Spaces on hubs that mint none
-GENERIC_EXAMPLES = ["I really enjoyed this, it was great.", "This was a complete waste of time.", "It arrived on Tuesday."]
+GENERIC_EXAMPLES = ["I really enjoyed this, it was great.", "This was a complete waste of time.",
+                    "It arrived on Tuesday."]
 
 
 class SpaceDeployError(RuntimeError):
@@ -103,7 +104,8 @@ def deploy(
     except SpaceDeployError as err:
         logs = _redact(_logs(space_id), token)
         restored = roll_back(space_id, sha, cfg.timeout_seconds)
-        raise SpaceDeployError(f"Space {space_id} at {sha[:10]}: {_redact(str(err), token)}; {restored}", logs) from None
+        raise SpaceDeployError(f"Space {space_id} at {sha[:10]}: {_redact(str(err), token)}; {restored}",
+                               logs) from None
     hub.tag(space_id, "space", LAST_GOOD_TAG, sha, "RUNNING, smoke-tested", move=True)
     return SpaceDeployment(space_id=space_id, sha=sha, stage="RUNNING", url=host, model=model)
 

@@ -169,7 +169,8 @@ class CausalLM(KindDefaults):
                "reference": [r["reference"] for r in rows], "completion": None}
         if metric in ("exact_match", "chrf"):
             greedy = Generation(max_new_tokens=cfg.generation.max_new_tokens, stop=cfg.generation.stop)
-            out["completion"] = [c for c, _, _ in gen.generate(prompts, greedy, cfg.batch_size, cfg.max_tokens_per_batch)]
+            out["completion"] = [c for c, _, _ in gen.generate(prompts, greedy, cfg.batch_size,
+                                                               cfg.max_tokens_per_batch)]
         return out
 
     def metric(self, rows: dict[str, Any], name: str, idx) -> float:

@@ -287,7 +287,8 @@ def _check_positions(model_dir: str, max_length: int) -> None:
     from pathlib import Path
 
     config = json.loads(Path(model_dir, "config.json").read_text())
-    positions = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
+    positions = (config.get("max_position_embeddings")
+                 or (config.get("text_config") or {}).get("max_position_embeddings"))
     if positions and max_length > positions:
         raise PreflightError(f"preprocess.max_length={max_length} is more than the model's {positions} positions")
 

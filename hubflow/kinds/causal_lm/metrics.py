@@ -55,7 +55,8 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"| finish reasons | {', '.join(f'{k}: {v}' for k, v in report['finish_reasons'].items()) or '—'} |"]
     if report.get("examples"):
         lines += ["", "| message | reference | generated | finish |", "|---|---|---|---|"]
-        lines += [f"| {_cell(e['message'])} | {_cell(e['reference'])} | {_cell(e['completion'])} | {e['finish_reason']} |"
+        lines += [f"| {_cell(e['message'])} | {_cell(e['reference'])} | {_cell(e['completion'])} | "
+                  f"{e['finish_reason']} |"
                   for e in report["examples"]]
     return "\n".join(lines) + "\n"
 

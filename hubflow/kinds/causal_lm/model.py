@@ -76,7 +76,8 @@ class Collator:
             pad = width - len(f["input_ids"])
             ids.append(list(f["input_ids"]) + [self.pad_id] * pad)
             labels.append(list(f["labels"]) + [IGNORE] * pad)
-            extra.append(list(f["position_ids"]) + list(range(pad)) if packed else [1] * len(f["input_ids"]) + [0] * pad)
+            extra.append(list(f["position_ids"]) + list(range(pad)) if packed
+                         else [1] * len(f["input_ids"]) + [0] * pad)
         batch = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
         batch["position_ids" if packed else "attention_mask"] = torch.tensor(extra)
         return batch

@@ -1,8 +1,8 @@
 """What only a causal-LM recipe says, composed into `CausalLMConfig` (the pipeline config of `task: causal-lm`).
 
 Each section here extends the shared one (hubflow.config) with this kind's keys: the data's shape and columns, the
-chat template and loss mask, LoRA, batch generation, what a LoRA run publishes, the chat CausalLMSpace's answer length. A
-classifier's recipe cannot carry any of them: its sections are the shared ones, which forbid unknown keys.
+chat template and loss mask, LoRA, batch generation, what a LoRA run publishes, the chat CausalLMSpace's answer length.
+A classifier's recipe cannot carry any of them: its sections are the shared ones, which forbid unknown keys.
 """
 
 from __future__ import annotations
@@ -169,7 +169,8 @@ class CausalLMConfig(PipelineConfig):
             if not torch.cuda.is_available():  # a 4-bit base fails deep inside bitsandbytes once loaded: say so first
                 raise ValueError("train.method=qlora needs a CUDA GPU; on CPU use method lora")
         if self.publish.format is PublishFormat.adapter and self.train.method is TrainMethod.full:
-            raise ValueError("publish.format='adapter' needs train.method lora or qlora: a full fine-tune has no adapter")
+            raise ValueError("publish.format='adapter' needs train.method lora or qlora: "
+                             "a full fine-tune has no adapter")
         return self
 
 

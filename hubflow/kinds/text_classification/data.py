@@ -116,7 +116,8 @@ def prepare_inference(
     from transformers import AutoTokenizer
 
     if text_column not in ds.column_names:
-        raise ValueError(f"text column {text_column!r} not found in split {split!r}; available columns: {ds.column_names}")
+        raise ValueError(f"text column {text_column!r} not found in split {split!r}; "
+                         f"available columns: {ds.column_names}")
     if len(ds) == 0:
         raise ValueError(f"split {split!r} is empty")
     if max_samples:
