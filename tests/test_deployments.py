@@ -32,6 +32,7 @@ DEPLOYMENTS = {  # flow/deployment -> pool
     "hubflow-train/gpu": "gpu",
     "hubflow-predict/gpu": "gpu",
     "hubflow-batch-inference/nightly": "cpu",
+    "hubflow-batch-inference/re-embed": "cpu",
     "hubflow-publish/on-train-complete": "cpu",
     "hubflow-watch/sensor": "cpu",
     "hubflow-deploy-space/cpu": "cpu",
@@ -219,7 +220,7 @@ def test_parameter_schema_is_the_typed_config_and_the_server_enforces_it(deploye
     assert (lr["exclusiveMinimum"], lr["exclusiveMaximum"]) == (0, 1)
     # One typed form per task kind, picked by `task`; each kind's sections carry its own keys and no other kind's.
     assert {ref["$ref"].rsplit("/", 1)[-1] for ref in schema["properties"]["config"]["oneOf"]} == {
-        "ClassifierConfig", "CausalLMConfig"}
+        "ClassifierConfig", "CausalLMConfig", "EmbeddingConfig"}
     assert defs["ClassifierConfig"]["properties"]["data"]  # nested models, rendered as nested forms
     assert "label_column" in defs["ClassifierData"]["properties"] and "lora" in defs["CausalLMTrain"]["properties"]
     assert "lora" not in defs["TrainConfig"]["properties"] and "label_column" not in defs["CausalLMData"]["properties"]
@@ -229,11 +230,12 @@ def test_parameter_schema_is_the_typed_config_and_the_server_enforces_it(deploye
     assert err.value.response.status_code in (409, 422)
     # The form is a union of the kinds' configs: the server reports a failure of one of them (which one is
     # jsonschema's pick), always under `config`.
-    assert "Validation failed for field 'config." in err.value.response.text, err.value.response.text
+    assert "Validation failed for field 'config" in err.value.response.text, err.value.response.text
 
 
 @pytest.mark.parametrize("name, cron", [("hubflow-pipeline/retrain", "0 3 * * 1"),
-                                        ("hubflow-batch-inference/nightly", "30 1 * * *")])
+                                        ("hubflow-batch-inference/nightly", "30 1 * * *"),
+                                        ("hubflow-batch-inference/re-embed", "0 2 * * *")])
 def test_cron_schedules_run_at_the_expected_times(deployed, name, cron):
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -304,6 +306,28 @@ def test_dataset_update_event_starts_a_retrain_at_the_new_sha(deployed):
     assert config["data"]["revision"] == sha
     assert config["data"]["source"] == "hubflow/support-tickets" and config["artifact_store"] == STORE
     assert config["publish"]["enabled"] is False  # the chained publish deployment publishes
+
+
+def test_a_new_corpus_revision_re_embeds_it_at_that_sha(deployed):
+    """The embedding corpus's deployment: a hub.dataset.updated event for the corpus starts one batch run over the
+    new revision; another dataset's event starts none."""
+    from prefect.events import emit_event
+
+    dep_id = deployed["hubflow-batch-inference/re-embed"]
+    automation = _automation_for(dep_id)
+    assert automation.trigger.match.model_dump() == {"prefect.resource.id": "hub.dataset.hubflow/support-corpus"}
+    before = {r.id for r in _runs_of(dep_id)}
+    sha = uuid.uuid4().hex + "01234567"
+    emit_event(event="hub.dataset.updated", resource={"prefect.resource.id": "hub.dataset.hubflow/support-tickets"},
+               payload={"revision": "nope"})
+    emit_event(event="hub.dataset.updated", resource={"prefect.resource.id": "hub.dataset.hubflow/support-corpus"},
+               payload={"repo": "hubflow/support-corpus", "repo_type": "dataset", "revision": sha})
+    _wait_for(lambda: [r for r in _runs_of(dep_id) if r.id not in before], 30, "the triggered re-embed run")
+    time.sleep(1.0)
+    (run,) = [r for r in _runs_of(dep_id) if r.id not in before]
+    data = run.parameters["data"]
+    assert (data["source"], data["revision"], data["test_split"]) == ("hubflow/support-corpus", sha, "corpus")
+    assert run.parameters["model_repo_id"] == "demo/minilm-support-search"
 
 
 def test_a_completed_retrain_chains_into_publish_and_a_failed_one_does_not(deployed):
