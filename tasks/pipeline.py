@@ -68,21 +68,13 @@ def preprocess(raw: RawDataRef, model: PinnedRepo, cfg: PreprocessConfig, data: 
 @task(name="train", cache_key_fn=cache_key("train"), persist_result=True, retries=1)
 def train(tokenized: TokenizedRef, model: PinnedRepo, cfg: TrainConfig, artifact_store: str,
           allow_pickle: bool = False) -> CheckpointRef:
-    """Fine-tune with accelerate; a retry resumes from the last checkpoint in the store."""
-    import torch
-
+    """Fine-tune with accelerate (one process per GPU on a multi-GPU worker: the stage decides); a retry resumes
+    from the last checkpoint in the store."""
     from hubflow.stages.train import train_model
 
     out = out_uri("train", dict(tokenized=tokenized, model=model, cfg=cfg, artifact_store=artifact_store,
                                 allow_pickle=allow_pickle))
     model_dir = hub.model_dir(model, allow_pickle)
-    if torch.cuda.device_count() > 1:  # a multi-GPU worker: one process per GPU, the same training code
-        from prefect import get_run_logger
-
-        from hubflow.stages.launch import accelerate_launch
-
-        return accelerate_launch(tokenized, model_dir, model, cfg, out, torch.cuda.device_count(), allow_pickle,
-                                 get_run_logger().info)
     progress = Progress("train-progress", f"Fine-tuning {model.repo_id}@{model.sha[:10]}", "train")
     return train_model(tokenized, model_dir, model, cfg, out, on_progress=progress, allow_pickle=allow_pickle)
 

@@ -143,8 +143,9 @@ def test_the_checkpoint_loads_and_predicts(two_nodes):
 
 
 def test_one_machine_launches_one_process_per_device(tmp_path, monkeypatch):
-    """The train task's multi-GPU call (launch.accelerate_launch), here two CPU processes: torchrun --standalone."""
-    from hubflow.stages.launch import accelerate_launch
+    """A multi-GPU worker's training (the stage launches a rank per device), here two CPU processes: torchrun
+    --standalone; and the one decision of how a training runs."""
+    from hubflow.stages.launch import World, launch, ranks_to_launch
     from tests.tiny import make_tiny_bert
 
     for var in ("HUBFLOW_WORLD", "LOCAL_RANK"):
@@ -154,7 +155,9 @@ def test_one_machine_launches_one_process_per_device(tmp_path, monkeypatch):
     tokenized = make_tiny_tokenized(tmp_path / "tokenized", model_dir, sizes=SIZES)
     base = PinnedRepo(repo_id="tiny/bert", repo_type="model", revision="main", sha="0" * 40)
     lines: list[str] = []
-    ref = accelerate_launch(tokenized, str(model_dir), base, CFG, str(tmp_path / "run"), 2, False, lines.append)
+    assert (ranks_to_launch(None, 0), ranks_to_launch(None, 1), ranks_to_launch(None, 2)) == (0, 0, 2)
+    assert ranks_to_launch(World(3, 2, 0, "127.0.0.1:29500", "job"), 1) == 2  # node 0 of three nodes x 2
+    ref = launch(tokenized, str(model_dir), base, CFG, str(tmp_path / "run"), 2, False, lines.append)
     assert ref.hardware.endswith("x2 processes (fp32)"), "\n".join(lines[-40:])
     # (The two ranks share one pipe: a line may start with the other's progress bar.)
     assert sorted(re.findall(r"rank (\d) of 2 \(node", "\n".join(lines))) == ["0", "1"]

@@ -89,6 +89,17 @@ def under_launcher() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+def ranks_to_launch(world: World | None, devices: int) -> int:
+    """The one decision of how a training runs: 0 = in this process (it is a rank already, or there is one device);
+    N = launch N local ranks with torchrun (every GPU of a multi-GPU worker; on node 0 of a multi-node job, its
+    share of the world's ranks, the other nodes joining)."""
+    if under_launcher():
+        return 0
+    if world and world.multinode:
+        return world.procs_per_node
+    return devices if devices > 1 else 0
+
+
 def launch(tokenized: TokenizedRef, model_dir: str, model: PinnedRepo, cfg: TrainConfig, out: str, nproc: int,
            allow_pickle: bool, log: Callable[[str], None], world: World | None = None) -> CheckpointRef:
     """Train with torchrun: `nproc` processes here, plus the other nodes' when this is node 0 of a multi-node job."""
@@ -104,12 +115,6 @@ def launch(tokenized: TokenizedRef, model_dir: str, model: PinnedRepo, cfg: Trai
     if code:
         raise RuntimeError(f"torchrun ({where} processes) exited with {code}")
     return CheckpointRef.model_validate(store.read_json(store.join(out, "checkpoint_ref.json")))
-
-
-def accelerate_launch(tokenized: TokenizedRef, model_dir: str, model: PinnedRepo, cfg: TrainConfig, out: str,
-                      gpus: int, allow_pickle: bool, log: Callable[[str], None]) -> CheckpointRef:
-    """Every GPU of this worker (and, on node 0 of a multi-node job, every node's): the train task's multi-GPU call."""
-    return launch(tokenized, model_dir, model, cfg, out, gpus, allow_pickle, log)
 
 
 def join(world: World, log: Callable[[str], None]) -> int:

@@ -86,15 +86,17 @@ def train_model(
 ) -> CheckpointRef:
     """Fine-tune `model_dir` on `tokenized` (train split; validation each epoch); keep the best evaluation's weights.
 
-    On node 0 of a multi-node job (HUBFLOW_WORLD, see launch.py) this call launches the training's ranks with
-    torchrun instead, and returns the ref they wrote."""
+    On a multi-GPU worker, and on node 0 of a multi-node job (HUBFLOW_WORLD, see launch.py), this call launches
+    the training's ranks with torchrun instead (launch.ranks_to_launch decides, once), and returns the ref they
+    wrote."""
     world = launch.World.from_env()
-    if world and world.multinode and not launch.under_launcher():
+    ranks = launch.ranks_to_launch(world, torch.cuda.device_count())
+    if ranks:
         log = logging.getLogger(__name__).info  # the run log: the gpu pool lists hubflow in the extra loggers
+        where = f"{world.nodes} nodes x {ranks}" if world and world.multinode else f"{ranks}"
         if on_progress:
-            on_progress(0.0, f"training on {world.nodes} nodes x {world.procs_per_node} processes (torchrun)")
-        ref = launch.launch(tokenized, model_dir, base_model, cfg, out_uri, world.procs_per_node, allow_pickle, log,
-                            world)
+            on_progress(0.0, f"training on {where} processes (torchrun)")
+        ref = launch.launch(tokenized, model_dir, base_model, cfg, out_uri, ranks, allow_pickle, log, world)
         if on_progress:
             on_progress(1.0, f"model written to {ref.uri}")
         return ref
@@ -194,10 +196,9 @@ def _dataloaders(tokenized: TokenizedRef, tokenizer, cfg: TrainConfig, accelerat
     """Length-grouped shuffled train batches and length-sorted eval batches, both padded per batch (the kind's
     collator)."""
     import pyarrow.compute as pc
-    from datasets import load_from_disk
     from torch.utils.data import DataLoader
 
-    dsd = load_from_disk(tokenized.uri, storage_options=store.storage_options(tokenized.uri))
+    dsd = store.load_dataset(tokenized.uri)
     # The kind's training columns that this data has (packed causal-LM rows also carry position ids).
     train, val = (dsd[s].select_columns([c for c in kind.train_columns if c in dsd[s].column_names])
                   for s in ("train", "validation"))
