@@ -63,19 +63,21 @@ def serve(env: dict[str, str], port: int | None = None, on_ready=print) -> int:
     from .doors.hub import hf_token
     from .kinds import DEFAULT_TASK, kind_for
 
-    port = port or _free_port()
+    held = _reserve(port or 0)  # the port is ours from here until the app listens on it: no other bind takes it
+    port = held.getsockname()[1]
     full = {**os.environ, **env, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
             "GRADIO_ANALYTICS_ENABLED": "False"}
     token = hf_token()  # may come from a Prefect Secret block; the app reads HF_TOKEN, as on a Space
     if token and not os.path.isdir(env["MODEL_ID"]):
         full["HF_TOKEN"] = token
     url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="hubflow-preview-") as cwd:  # gradio writes caches into its cwd
+    with held, tempfile.TemporaryDirectory(prefix="hubflow-preview-") as cwd:  # gradio writes caches into its cwd
         proc = subprocess.Popen([sys.executable, str(kind_for(env.get(TASK_ENV, DEFAULT_TASK)).space_app / "app.py")],
                                 cwd=cwd, env=full)
         try:
             while proc.poll() is None and not _answers(url):
                 time.sleep(0.5)
+            held.close()
             if proc.poll() is None:
                 on_ready(f"Preview of {env['MODEL_ID']} at {url}  (Ctrl-C stops it)")
             return proc.wait()
@@ -93,7 +95,15 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _reserve(port: int) -> socket.socket:
+    """Hold 127.0.0.1:port (0: a free one) for the app, which binds it itself: bound with SO_REUSEADDR and not
+    listening, the port is handed to no one else's bind or connect, while gradio's own bind (SO_REUSEADDR) succeeds.
+    A port chosen and then bound later could be taken in between."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as err:
+        sock.close()
+        raise OSError(f"--port {port}: {err.strerror}") from None
+    return sock

@@ -218,6 +218,50 @@ def test_preview_env_for_a_repo_pins_the_revision(model_repo, alice):
     assert json.loads(env["EXAMPLES"]) == WIDGET and "HF_TOKEN" not in env
 
 
+def test_space_preview_serves_the_app_on_a_port_held_for_it(model_repo, alice, localhub, tmp_path):
+    """`hubflow space preview REPO --port P` as a user runs it: the port is held from the start (a port another
+    program holds is refused in one line), the app answers there like batch inference, Ctrl-C stops it."""
+    import os
+    import re
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from gradio_client import Client
+
+    from hubflow.kinds.text_classification.model import predict_texts
+
+    repo_id, sha, folder = model_repo
+    hubflow = str(Path(sys.executable).with_name("hubflow"))
+    env = {**os.environ, "HF_TOKEN": alice, "HF_ENDPOINT": localhub.url}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        refused = subprocess.run([hubflow, "space", "preview", repo_id, "--port", str(busy)], env=env,
+                                 capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines() == [f"hubflow space: --port {busy}: Address already in use "
+                                                   "(--verbose shows the traceback)"], refused.stderr
+    proc = subprocess.Popen([hubflow, "space", "preview", repo_id], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, url = time.monotonic() + TIMEOUT, None
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stdout.readline()
+            found = re.search(r"Preview of \S+ at (http://127\.0\.0\.1:\d+)", line)
+            url = found.group(1) if found else None
+        assert url, "the preview never said where it serves"
+        answer = Client(url, verbose=False, analytics_enabled=False, download_files=False).predict(
+            TEXTS[0], api_name="/predict")
+        assert answer["label"] == predict_texts(folder, TEXTS[:1], max_length=128)[0]["label"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+
+
 def test_a_wrong_answer_is_rolled_back(deployed, hf_api):
     """The new version runs, but the live app disagrees with the batch label: that is a failed deploy too."""
     from hubflow.stages.space import SpaceDeployError, deploy
