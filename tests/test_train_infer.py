@@ -199,6 +199,36 @@ def test_a_rerun_writes_no_shard_and_a_lost_shard_is_redone_alone(predicted, tra
     assert not list(folder.glob("*.tmp-*"))
 
 
+def test_a_new_revision_with_rows_appended_reuses_every_unchanged_shard(trained, tiny, tmp_path, caplog):
+    """Batch inference over a dataset that grew (a new revision: 20 rows appended to 50): the three full shards the
+    old revision's job wrote (another folder of the same store) are taken over; only the last two are predicted, and
+    the rows equal a fresh prediction's."""
+    import logging
+
+    from datasets import Dataset
+
+    from hubflow.config import DataConfig
+    from hubflow.kinds import kind_for
+    from tests.tiny import synthetic_rows
+
+    ref, _ = trained
+    model_dir, _ = tiny
+    kind, data = kind_for("text-classification"), DataConfig(source="x", test_split="test")
+    texts = [t for t, _ in synthetic_rows(70, 11)]
+    old, new = (kind.prepare_inference(Dataset.from_dict({"text": texts[:n]}), data, str(model_dir), ref.facts,
+                                       str(tmp_path / "inputs")) for n in (50, 70))
+    cfg = InferenceConfig(batch_size=8, shard_size=16)
+    jobs = tmp_path / "store" / "predict"  # two jobs' folders in one store, as the predict task names them
+    first = predict(ref.uri, ref.fingerprint, old, "test", cfg, str(jobs / "old"))
+    with caplog.at_level(logging.INFO, logger="hubflow"):
+        grown = predict(ref.uri, ref.fingerprint, new, "test", cfg, str(jobs / "new"))
+    assert "reused 3 of 5 prediction shards (48 rows)" in caplog.text
+    old_ids, new_ids = ([s["id"] for s in read_manifest(p)["shards"]] for p in (first, grown))
+    assert new_ids[:3] == old_ids[:3] and new_ids[3] != old_ids[3]
+    fresh = predict(ref.uri, ref.fingerprint, new, "test", cfg, str(tmp_path / "elsewhere" / "fresh"))
+    assert read_predictions(grown).to_pylist() == read_predictions(fresh).to_pylist()
+
+
 def test_other_batching_gives_the_same_predictions(predicted, trained, tiny, tmp_path):
     pref, cfg = predicted
     ref, _ = trained
@@ -303,27 +333,6 @@ def test_one_process_trains_at_another_precision_after_the_first(tiny, trained, 
     cfg = CFG.model_copy(update={"max_steps": 2, "precision": Precision.bf16})
     ref = train_model(tokenized, str(model_dir), BASE, cfg, str(tmp_path / "bf16"))
     assert ref.hardware.endswith("(bf16)")
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    """A real S3 API on loopback (moto's server), reached by s3fs exactly as a cluster's store would be."""
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    from localhub import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for key, value in dict(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}",
-    ).items():
-        monkeypatch.setenv(key, value)
-    s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"}).mkdir("hubflow")
-    yield "s3://hubflow"
-    server.stop()
 
 
 def test_an_s3_store_carries_resume_state_datasets_shards_and_reports(tiny, s3, tmp_path, monkeypatch):

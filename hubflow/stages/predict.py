@@ -67,11 +67,9 @@ def predict_part(
     on_progress: Progress | None = None,
 ) -> PredictionsPart:
     """Predict the shards of one part; finished shards (from any earlier run or part) are skipped."""
-    from datasets import load_from_disk
-
     if not 0 <= part < parts:
         raise ValueError(f"part {part} of {parts}: a part index is 0..parts-1")
-    dsd = load_from_disk(tokenized.uri, storage_options=store.storage_options(tokenized.uri))
+    dsd = store.load_dataset(tokenized.uri)
     n = dsd[split].num_rows
     data_fingerprint = hashlib.sha256(f"{tokenized.fingerprint}/{split}".encode()).hexdigest()[:16]
     kind = kind_for(tokenized.facts.task)
@@ -79,24 +77,26 @@ def predict_part(
     device, dtype = device_and_dtype(cfg.precision)  # int8 is torch.qint8: its own shard ids
 
     total = -(-n // cfg.shard_size)
+    table = dsd[split].with_format("arrow")[:]  # memory-mapped: hashing a shard's rows reads them, nothing more
     shards = []
     for i in part_bounds(total, part, parts):
         start = i * cfg.shard_size
-        # batch_size and max_tokens_per_batch are left out: with attention masks they change padding, not results;
-        # the kind names the settings that do change them (a causal LM's generation settings).
-        key = [FORMAT, model_fingerprint, data_fingerprint, i, cfg.shard_size, str(dtype), kind.output_settings(cfg)]
-        sid = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
         rows = min(cfg.shard_size, n - start)
+        # A shard is named by its own input rows, the model and the settings that change outputs, so an unchanged
+        # shard of a new revision of the data (rows appended, or edited in another shard) is found again. Batch size
+        # and max_tokens_per_batch are left out: with attention masks they change padding, not results; the kind
+        # names the settings that do change them (a causal LM's generation settings).
+        key = [FORMAT, model_fingerprint, _digest(table.slice(start, rows)), str(dtype), kind.output_settings(cfg)]
+        sid = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
         shards.append({"index": i, "id": sid, "file": f"shard-{i:05d}-{sid}.parquet", "start": start, "rows": rows})
 
     existing = store.ls(out_uri)  # one listing, not a request per shard
+    existing |= _adopt(out_uri, [s["file"] for s in shards if s["file"] not in existing])
     reused = [s for s in shards if s["file"] in existing]
     reused_rows = sum(s["rows"] for s in reused)
     if reused:
         log.info("reused %d of %d prediction shards (%d rows) from an earlier run",
                  len(reused), len(shards), reused_rows)
-    todo = [s for s in shards if s["file"] not in existing]
-    table = dsd[split].with_format("arrow")[:] if todo else None  # a finished part never reads its inputs
     started, part_rows, rows_done = time.perf_counter(), sum(s["rows"] for s in shards), reused_rows
     predictor = None  # loaded on the first shard that needs it: a finished rerun never loads the model
     for done, shard in enumerate(shards):
@@ -166,6 +166,32 @@ def merge_parts(parts: list[PredictionsPart]) -> PredictionsRef:
     store.write_json(store.join(uri, "manifest.json"), manifest)
     return PredictionsRef(uri=uri, rows=first["rows"], shards=len(shards),
                           model_fingerprint=first["model_fingerprint"], data_fingerprint=first["data_fingerprint"])
+
+
+def _digest(rows: pa.Table) -> str:
+    """sha256 (16 hex) of a slice of input rows: their Arrow IPC bytes (schema and values, whatever the slice's
+    offset in its table)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        writer.write_table(rows)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]
+
+
+def _adopt(out_uri: str, wanted: list[str]) -> set[str]:
+    """Shard files this job needs that another predictions folder of the store already holds (the same rows, model
+    and settings: an earlier revision of the data), copied in; returns their names."""
+    if not wanted:
+        return set()
+    stage = out_uri.rstrip("/").rsplit("/", 1)[0]  # {store}/predict: every job's folder
+    names = set(wanted)
+    found = {}
+    for path in store.find(stage):
+        name = path.rsplit("/", 1)[-1]
+        if name in names and name not in found:
+            found[name] = store.join(stage, path)
+    for name, uri in found.items():
+        store.write_parquet(store.join(out_uri, name), store.read_parquet(uri))
+    return set(found)
 
 
 def read_manifest(ref: PredictionsRef) -> dict[str, Any]:
