@@ -111,8 +111,6 @@ def sha256_bytes(data: bytes) -> str:
 
 def load_tokenized(ref):
     """TokenizedRef -> the DatasetDict saved under `ref.uri`."""
-    from datasets import load_from_disk
-
     from .doors import store
 
-    return load_from_disk(ref.uri, storage_options=store.storage_options(ref.uri))
+    return store.load_dataset(ref.uri)

@@ -131,3 +131,24 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A real S3 API on loopback (moto's server), reached by s3fs exactly as a cluster's store would be."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    from localhub import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for key, value in dict(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}",
+    ).items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"}).mkdir("hubflow")
+    yield "s3://hubflow"
+    server.stop()

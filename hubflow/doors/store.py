@@ -2,7 +2,9 @@
 
 Every stage writes under the store URI and passes URIs on, so no stage assumes another worker's local disk.
 S3 credentials and endpoint come from the environment (AWS_* variables, `AWS_ENDPOINT_URL_S3`), never parameters.
-Writes are atomic where it matters: a file is absent or complete (local: temp file + rename; an S3 PUT is atomic).
+Writes are atomic where it matters: a file is absent or complete (local: temp file + rename; an S3 PUT is atomic),
+and so is a saved DatasetDict (local: temp folder + rename; S3: its `dataset_dict.json` marker written last).
+`datasets` reaches the store only through this module: save_dataset / load_dataset / has_dataset, and load_files.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import io
 import json
 import os
 import posixpath
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,12 +33,16 @@ def join(uri: str, *parts: str) -> str:
     return posixpath.join(_normalise(uri), *parts)
 
 
+# The file that makes a folder a DatasetDict to `load_from_disk` (datasets.config.DATASETDICT_JSON_FILENAME).
+DATASET_MARKER = "dataset_dict.json"
+
+
 def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(_normalise(uri), **storage_options(uri))
 
 
 def storage_options(uri: str) -> dict[str, Any]:
-    """Options for `datasets` calls that take a URI: the S3 endpoint from the environment, nothing for local paths."""
+    """fsspec options for `uri`: the S3 endpoint from the environment, nothing for local paths."""
     if not uri.startswith("s3://"):
         return {}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -191,3 +199,79 @@ def modified(uri: str) -> float:
 def size(uri: str) -> int:
     """Bytes of every file under `uri`."""
     return sum(int(info.get("size") or 0) for info in _entries(uri))
+
+
+# ----- datasets: the DatasetDicts that stages hand on (tokenized splits), saved in `save_to_disk`'s layout ----------
+
+def save_dataset(dsd, uri: str) -> str:
+    """A `datasets.DatasetDict` -> `save_to_disk`'s folder at `uri`, replacing whatever was there, atomically: readers
+    (and `has_dataset`) see the old folder or none until the new one is complete, never a half-written one.
+
+    Local: saved into a hidden temp sibling, then renamed into place (the old folder is renamed aside first and
+    removed after, so it too disappears at once). S3 has no rename: the old marker goes first, then the old objects,
+    then each split, and the marker last (`save_to_disk` itself writes it first, so a crash would leave a folder that
+    looks complete). The files are the same either way.
+    """
+    fs, path = _fs(uri)
+    if is_local(uri):
+        parent, name = os.path.split(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+        try:
+            dsd.save_to_disk(tmp)
+            _move_into_place(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already unless the save failed
+        return uri
+    marker = posixpath.join(path, DATASET_MARKER)
+    if fs.exists(marker):
+        fs.rm_file(marker)
+    remove(uri)  # no stale shards from an earlier save with another shard count
+    for split, ds in dsd.items():
+        ds.save_to_disk(join(uri, split), storage_options=storage_options(uri))
+    fs.pipe_file(marker, json.dumps({"splits": list(dsd)}).encode())  # byte for byte what save_to_disk writes
+    return uri
+
+
+def has_dataset(uri: str) -> bool:
+    """Is a complete DatasetDict saved at `uri` (by `save_dataset`)?"""
+    return exists(join(uri, DATASET_MARKER))
+
+
+def load_dataset(uri: str):
+    """The DatasetDict saved at `uri` (memory-mapped when local; an S3 copy is downloaded by `datasets`)."""
+    from datasets import load_from_disk
+
+    return load_from_disk(uri, storage_options=storage_options(uri))
+
+
+def load_files(builder: str, split: str, uris: list[str], **options):
+    """Data files in the store or a source folder (parquet, csv, json, arrow: `builder`) -> one `datasets.Dataset`
+    named `split`. `options` go to the builder (e.g. `sep` for tsv)."""
+    from datasets import load_dataset as build
+
+    return build(builder, data_files={split: uris}, split=split,
+                 storage_options=storage_options(uris[0]) if uris else {}, **options)
+
+
+def _move_into_place(tmp: str, path: str, tries: int = 3) -> None:
+    """Rename the folder `tmp` to `path`; a folder already there is renamed aside first and removed after. A rename
+    onto a folder that a concurrent writer put there in between fails: move that one aside too and try again."""
+    parent, name = os.path.split(path)
+    for attempt in range(tries):
+        old = None
+        if os.path.lexists(path):
+            old = tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=parent)
+            try:
+                os.replace(path, posixpath.join(old, name))
+            except FileNotFoundError:  # another writer moved it first
+                pass
+        try:
+            os.replace(tmp, path)
+            return
+        except OSError:
+            if attempt == tries - 1 or not os.path.lexists(path):
+                raise
+        finally:
+            if old:
+                shutil.rmtree(old, ignore_errors=True)

@@ -131,14 +131,12 @@ def _setting(cfg: DataConfig, split: str) -> str:
 
 
 def _load(source: str, split: str, fmt: DataFormat, paths: list[str], setting: str):
-    from datasets import load_dataset
     from datasets.exceptions import DatasetGenerationError
 
     builder, options = _BUILDERS[fmt]
     uris = [store.join(source, p) for p in paths]
     try:
-        return load_dataset(builder, data_files={split: uris}, split=split,
-                            storage_options=store.storage_options(source), **options)
+        return store.load_files(builder, split, uris, **options)
     except (ValueError, StopIteration, DatasetGenerationError):
         # datasets cannot build a split from files without rows, and says so in its own terms ("Instruction 'test'
         # corresponds to no data!", "An error occurred while generating the dataset", a bare StopIteration for

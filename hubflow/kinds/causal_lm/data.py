@@ -106,7 +106,7 @@ def load_tokenizer(model_dir: str, facts_or_template: ModelFacts | str | None = 
 
 
 def prepare(raw: RawDataRef, model_dir: str, cfg: PreprocessConfig, data: DataConfig, out_uri: str) -> TokenizedRef:
-    """Raw splits -> tokenized, masked splits at `out_uri` (save_to_disk), and the facts of a model trained on them."""
+    """Raw splits -> tokenized, masked splits saved at `out_uri`, and the facts of a model trained on them."""
     from datasets import Dataset, DatasetDict
 
     shape = shape_of(raw.columns)
@@ -133,9 +133,7 @@ def prepare(raw: RawDataRef, model_dir: str, cfg: PreprocessConfig, data: DataCo
         if role != "test":
             rows = {k: v for k, v in rows.items() if k in ("input_ids", "labels", "position_ids")}
         out[role] = Dataset.from_dict(rows)
-    uri = store.join(out_uri)
-    store.remove(uri)
-    out.save_to_disk(uri, storage_options=store.storage_options(uri))
+    uri = store.save_dataset(out, store.join(out_uri))
     facts = CausalLMFacts(max_length=cfg.max_length, shape=shape, chat=chat,
                        chat_template=cfg.chat_template)
     return TokenizedRef(uri=uri, fingerprint=fingerprint, splits={s: len(d) for s, d in out.items()}, facts=facts)
@@ -160,15 +158,14 @@ def prepare_inference(ds, data: DataConfig, model_dir: str, facts: ModelFacts, o
                        "tokenizer": tokenizer_hash(model_dir), "facts": facts.model_dump(mode="json"), "split": split})
     uri = store.join(out_root, fingerprint[:24])
     ref = TokenizedRef(uri=uri, fingerprint=fingerprint, splits={split: len(prompts)}, facts=facts)
-    if store.exists(store.join(uri, "dataset_dict.json")):  # written last by save_to_disk
+    if store.has_dataset(uri):
         return ref
     ids = tokenizer(prompts, add_special_tokens=not facts.chat)["input_ids"]
     _check_prompt_lengths(ids, facts.max_length, split)
     out = DatasetDict({split: Dataset.from_dict({
         "row_id": list(range(len(prompts))), "prompt": prompts, "prompt_ids": ids, "message": messages,
         "reference": references})})
-    store.remove(uri)
-    out.save_to_disk(uri, storage_options=store.storage_options(uri))
+    store.save_dataset(out, uri)
     return ref
 
 

@@ -85,7 +85,7 @@ def build(tables: dict[str, pa.Table], settings: EmbeddingData, model_dir: str, 
 
 
 def prepare(raw, model_dir: str, cfg, data, settings: EmbeddingData, out_uri: str, facts):
-    """RawDataRef (`{uri}/{split}.parquet`) -> `build` saved with save_to_disk at out_uri (through the store door)
+    """RawDataRef (`{uri}/{split}.parquet`) -> `build` saved at out_uri (store.save_dataset)
     -> TokenizedRef carrying `facts`."""
     from ...refs import TokenizedRef
 
@@ -97,9 +97,7 @@ def prepare(raw, model_dir: str, cfg, data, settings: EmbeddingData, out_uri: st
     if settings.corpus_split not in tables and store.exists(corpus_uri):
         tables[settings.corpus_split] = store.read_parquet(corpus_uri)
     out = build(tables, settings, model_dir, cfg, data.train_split, data.validation_split, data.test_split)
-    uri = store.join(out_uri)
-    store.remove(uri)  # no stale shards from an earlier run with another shard count
-    out.save_to_disk(uri, storage_options=store.storage_options(uri))
+    uri = store.save_dataset(out, store.join(out_uri))
     return TokenizedRef(uri=uri, fingerprint=fingerprint, splits={s: len(d) for s, d in out.items()}, facts=facts)
 
 
@@ -143,10 +141,8 @@ def prepare_inference(ds, settings: EmbeddingData, split: str, model_dir: str, f
                        "ids": texts_digest(rows["id"]), "tokenizer": tokenizer_hash(model_dir),
                        "max_length": facts.max_length, "split": split})
     uri = store.join(out_root, fingerprint[:24])
-    if not store.exists(store.join(uri, "dataset_dict.json")):  # written last by save_to_disk
-        store.remove(uri)
-        DatasetDict({split: Dataset(InMemoryTable(rows), fingerprint=fingerprint[:16])}).save_to_disk(
-            uri, storage_options=store.storage_options(uri))
+    if not store.has_dataset(uri):
+        store.save_dataset(DatasetDict({split: Dataset(InMemoryTable(rows), fingerprint=fingerprint[:16])}), uri)
     return TokenizedRef(uri=uri, fingerprint=fingerprint, splits={split: rows.num_rows}, facts=facts)
 
 

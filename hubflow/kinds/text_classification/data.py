@@ -47,7 +47,7 @@ def label_names_of(raw: RawDataRef) -> list[str]:
 def prepare(
     raw: RawDataRef, model_dir: str, cfg: PreprocessConfig, data_cfg: DataConfig, out_uri: str
 ) -> TokenizedRef:
-    """Raw parquet splits + a fast tokenizer -> `save_to_disk` DatasetDict (train/validation/test) at out_uri.
+    """Raw parquet splits + a fast tokenizer -> a DatasetDict (train/validation/test) saved at out_uri.
 
     Columns: input_ids, attention_mask (truncated to cfg.max_length, unpadded), labels (int), row_id (row index in
     its split) and text. Missing validation/test splits are carved from train, stratified, seeded by split_seed.
@@ -95,9 +95,7 @@ def prepare(
             new_fingerprint=sha([fingerprint, role, "tokenized"])[:16], desc=f"tokenize {role}",
         ).with_format(None)
 
-    uri = store.join(out_uri)
-    store.remove(uri)  # no stale shards from an earlier run with another shard count
-    out.save_to_disk(uri, storage_options=store.storage_options(uri))
+    uri = store.save_dataset(out, store.join(out_uri))
     return TokenizedRef(uri=uri, fingerprint=fingerprint, splits={s: len(d) for s, d in out.items()},
                         facts=ClassifierFacts(max_length=cfg.max_length, label_names=names,
                                          pad_with_eos=tokenizer.pad_token is None))
@@ -129,7 +127,7 @@ def prepare_inference(
                        "tokenizer": tokenizer_hash(model_dir), "max_length": facts.max_length, "split": split})
     uri = store.join(out_root, fingerprint[:24])
     ref = TokenizedRef(uri=uri, fingerprint=fingerprint, splits={split: len(text)}, facts=facts)
-    if store.exists(store.join(uri, "dataset_dict.json")):  # written last by save_to_disk
+    if store.has_dataset(uri):
         return ref
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -142,8 +140,7 @@ def prepare_inference(
         encode, batched=True, batch_size=4096, writer_batch_size=4096, new_fingerprint=fingerprint[:16],
         desc=f"tokenize {split}",
     ).with_format(None)})
-    store.remove(uri)
-    out.save_to_disk(uri, storage_options=store.storage_options(uri))
+    store.save_dataset(out, uri)
     return ref
 
 
