@@ -212,25 +212,39 @@ def test_pipeline_defaults_are_the_demo_recipe_in_pools_mode(deployed):
 def test_parameter_schema_is_the_typed_config_and_the_server_enforces_it(deployed):
     import httpx
 
+    from hubflow.kinds import DEFAULT_TASK, tasks
+
     dep = _deployment(deployed, "hubflow-pipeline/pipeline")
     schema = dep.parameter_openapi_schema
-    defs = schema.get("definitions") or schema.get("$defs")
-    lr = defs["TrainConfig"]["properties"]["learning_rate"]
+    # One flat typed form (hubflow.kinds.FlatForm; the code validates a union of the kinds' configs): `task` picks
+    # the kind; each section has every installed kind's keys, a kind-only one marked with its kind and no default.
+    form = schema["properties"]["config"]
+    assert form["type"] == "object" and "oneOf" not in form and "anyOf" not in form
+    task = form["properties"]["task"]
+    assert set(task["enum"]) == set(tasks()) >= {"text-classification", "causal-lm", "sentence-embedding"}
+    assert task["default"] == task["enum"][0] == DEFAULT_TASK and "task" in form["required"]
+    sections = form["properties"]
+    lr = sections["train"]["properties"]["learning_rate"]
     assert lr["description"] == "Peak learning rate of AdamW." and lr["default"] == 5e-5
     assert (lr["exclusiveMinimum"], lr["exclusiveMaximum"]) == (0, 1)
-    # One typed form per task kind, picked by `task`; each kind's sections carry its own keys and no other kind's.
-    assert {ref["$ref"].rsplit("/", 1)[-1] for ref in schema["properties"]["config"]["oneOf"]} == {
-        "ClassifierConfig", "CausalLMConfig", "EmbeddingConfig"}
-    assert defs["ClassifierConfig"]["properties"]["data"]  # nested models, rendered as nested forms
-    assert "label_column" in defs["ClassifierData"]["properties"] and "lora" in defs["CausalLMTrain"]["properties"]
-    assert "lora" not in defs["TrainConfig"]["properties"] and "label_column" not in defs["CausalLMData"]["properties"]
+    assert sections["data"]["required"] == ["source"] and sections["data"]["additionalProperties"] is False
+    label = sections["data"]["properties"]["label_column"]
+    assert label["description"].startswith("(text-classification) Column holding the class") and "default" not in label
+    assert sections["data"]["properties"]["anchor_column"]["description"].startswith("(sentence-embedding) ")
+    lora = sections["train"]["properties"]["lora"]  # a kind-only nested model stays a typed object
+    assert lora["type"] == "object" and lora["properties"]["r"]["type"] == "integer"
+    assert lora["properties"]["r"]["description"] == "(causal-lm) Rank of the adapter matrices. Default: 16."
+    method = sections["train"]["properties"]["method"]
+    assert method["$ref"].rsplit("/", 1)[-1] in (schema.get("definitions") or schema.get("$defs"))
+    assert sections["inference"]["properties"]["generation"]["properties"]["decoding"]
+    gate = sections["publish"]["properties"]["gate"]["properties"]["metric"]  # the kinds' metrics, one select
+    assert {"macro_f1", "perplexity", "ndcg_at_10"} <= set(gate["anyOf"][0]["enum"])
     bad = {**dep.parameters["config"], "train": {**dep.parameters["config"]["train"], "learning_rate": -1}}
     with _client() as client, pytest.raises(httpx.HTTPStatusError) as err:
         client.create_flow_run_from_deployment(dep.id, parameters={"config": bad})
     assert err.value.response.status_code in (409, 422)
-    # The form is a union of the kinds' configs: the server reports a failure of one of them (which one is
-    # jsonschema's pick), always under `config`.
-    assert "Validation failed for field 'config" in err.value.response.text, err.value.response.text
+    refusal = err.value.response.text
+    assert "Validation failed for field 'config.train.learning_rate'" in refusal, refusal
 
 
 @pytest.mark.parametrize("name, cron", [("hubflow-pipeline/retrain", "0 3 * * 1"),

@@ -1,34 +1,35 @@
-"""A person's view of the pipeline's run form: headless Chromium opens a real Prefect server's UI and picks a task kind.
+"""A person's view of the pipeline's run form: headless Chromium opens a real Prefect server's UI, in both of its UIs.
 
 The pipeline's parameter is a union of the installed kinds' configs keyed by `task` (hubflow.kinds.config_form), so
-pydantic writes it as a JSON-schema `oneOf` with a `discriminator`. What Prefect 3.9.1's two UIs make of that:
+pydantic validates each kind's config as its own class. Prefect 3.9.1 cannot offer pydantic's `oneOf`+discriminator
+schema as a form (the default V1 UI shows an untyped JSON editor; the V2 UI one tab per kind, of which only the
+first submits a valid config), so the parameter's JSON schema is ONE flat typed object (hubflow.kinds.FlatForm):
+`task` a select of the installed kinds, each section the union of the kinds' properties, a kind-only one marked with
+its kind in its description ("(causal-lm) Rank of the adapter matrices.") and given no default (both UIs fill every
+default into the config they submit, so a default would put that kind's key into every other kind's config).
 
-* The V2 UI (`/v2/...`, React) renders `oneOf` as tabs, one per kind ("<task> pipeline", the config's title), each
-  with that kind's typed form: these tests pick each kind and read its own fields by their descriptions.
-* The V1 UI (`/`, the default) has no `oneOf` support (its schema mapper keeps `anyOf`/`allOf` only): `config` is
-  a bare JSON editor there, and its own check passes anything (the schema it sends to /ui/schemas/validate has lost
-  the union). The server still checks the run against the union: a config with another kind's keys is refused
-  (409, "Validation failed for field 'config'"), a kind's own config starts a run; the test checks both.
+These tests check, in the default V1 UI (`/`) and in the V2 UI (`/v2/...`):
+* the form is typed: every kind's own fields (label_column, method, lora and its rank, generation, anchor_column,
+  loss) under their marked descriptions, the shared sections' fields, `task` as a select; no per-kind tabs;
+* a bad value is refused by the server (409, "Validation failed for field 'config...'") and starts nothing;
+* each kind's config, picked with the Task select and filled in, starts a run whose config is that kind's class;
+* a classifier config carrying causal-lm's `train.lora` passes the server's check (the flat form accepts any
+  installed kind's keys) and the run fails at flow start, when Prefect validates the parameters with pydantic, with
+  an error naming `train.lora`.
 
-Known V2 quirks (Prefect 3.9.1), seen in Chromium:
-* A mouse click on a kind's tab does not switch it (the first kind's form stays); focusing the tab (Tab, arrow
-  keys) does, so the tests pick a kind by focus, as a keyboard user does.
-* Only the first kind's tab (causal-lm: the kinds are listed by name) submits a valid config: after switching, the
-  submitted config still carries the first kind's section defaults (data.shape, train.lora, inference.generation,
-  the sections' `task: causal-lm`), which the other kinds' sections forbid, so the server refuses it however it is
-  filled in. That test is an xfail per kind; an XPASS says Prefect fixed it.
-* The tab shown first is picked by key overlap, not by `task`: every kind's config has the same top-level keys, so a
-  deployment whose default is a classifier config opens on the causal-lm tab, its values in that form. The
-  deployment here has no default, as a new run form.
+UI notes (Prefect 3.9.1, Chromium): in V1, a field's <label for=...> does not point at its input, so fields are
+found by their label's text within the property's block; V1's select opens on ArrowDown (a click only focuses it).
+Every section also has an optional `task` select (no default), so the config's own is the first "Task".
 
-Run: `.venv/bin/pytest tests/test_ui_form.py -q` (~1 min: the server's start is most of it). Needs Debian's Chromium
-(`make browser`) and playwright; skipped without them. Screenshots go to $HUBFLOW_TEST_ARTIFACTS (default: tmp).
+Run: `.venv/bin/pytest tests/test_ui_form.py -q` (~1.5 min: the server's start is most of it). Needs Debian's
+Chromium (`make browser`) and playwright; skipped without them. Screenshots go to $HUBFLOW_TEST_ARTIFACTS (default:
+tmp).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -43,27 +44,32 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 BIN = Path(sys.executable).parent
 TIMEOUT_MS = 30_000
+UIS = ["v1", "v2"]
+REFUSED = "Validation failed for field 'config"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"no Chromium at {CHROMIUM} (make browser)")
 playwright = pytest.importorskip("playwright.sync_api")
 
 
-def _descriptions() -> dict[str, dict[str, str]]:
-    """{task: {what: description}}: fields only that kind's form has, as the UI prints them under their labels."""
-    from hubflow.kinds.causal_lm.settings import CausalLMInference, CausalLMTrain
+def _own_fields() -> dict[str, dict[str, str]]:
+    """{task: {what: the start of its description in the form}}: fields only that kind's config has, each marked with
+    the kind, as the UI prints them under their labels."""
+    from hubflow.kinds.causal_lm.settings import CausalLMInference, CausalLMTrain, Lora
     from hubflow.kinds.sentence_embedding.settings import EmbeddingData, EmbeddingTrain
     from hubflow.kinds.text_classification.settings import ClassifierData
 
-    def about(model, name: str) -> str:
-        return model.model_fields[name].description
+    def about(task: str, model, name: str) -> str:
+        return f"({task}) {model.model_fields[name].description}"
 
     return {
-        "text-classification": {"data.label_column": about(ClassifierData, "label_column")},
-        "causal-lm": {"train.method": about(CausalLMTrain, "method"), "train.lora": about(CausalLMTrain, "lora"),
-                      "inference.generation": about(CausalLMInference, "generation")},
-        "sentence-embedding": {"data.anchor_column": about(EmbeddingData, "anchor_column"),
-                               "train.loss": about(EmbeddingTrain, "loss")},
+        "text-classification": {"data.label_column": about("text-classification", ClassifierData, "label_column")},
+        "causal-lm": {"train.method": about("causal-lm", CausalLMTrain, "method"),
+                      "train.lora": about("causal-lm", CausalLMTrain, "lora"),
+                      "train.lora.r": about("causal-lm", Lora, "r"),
+                      "inference.generation": about("causal-lm", CausalLMInference, "generation")},
+        "sentence-embedding": {"data.anchor_column": about("sentence-embedding", EmbeddingData, "anchor_column"),
+                               "train.loss": about("sentence-embedding", EmbeddingTrain, "loss")},
     }
 
 
@@ -146,7 +152,7 @@ def _flow_runs(api: str, deployment_id: str) -> dict[str, dict]:
 def _new_run(page, api: str, deployment_id: str, before: dict[str, dict], refusals: int = 0) -> dict:
     """The parameters of the one run the page's submit created since `before` (waits up to 30 s); fails at once,
     with the server's reason, when the page shows one more refusal than the `refusals` it showed before."""
-    refused = page.get_by_text("Validation failed for field 'config'")
+    refused = page.get_by_text(REFUSED)
     deadline = time.monotonic() + 30
     while (new := {k: v for k, v in _flow_runs(api, deployment_id).items() if k not in before}) == {}:
         assert refused.count() <= refusals, f"the run was refused: {refused.last.inner_text()[-2000:]}"
@@ -156,145 +162,154 @@ def _new_run(page, api: str, deployment_id: str, before: dict[str, dict], refusa
     return next(iter(new.values()))
 
 
-def _open(browser, url: str):
+def _open(browser, server, deployment_id: str, ui: str):
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
-    page.goto(url, wait_until="networkidle")
+    prefix = "/v2" if ui == "v2" else ""
+    page.goto(f"{server[0]}{prefix}/deployments/deployment/{deployment_id}/run", wait_until="networkidle")
     return page
 
 
-def _pick(page, task: str):
-    """Select the kind's tab as a keyboard user does (focus it); see the module's note on mouse clicks."""
-    tab = page.get_by_role("tab", name=f"{task} pipeline", exact=True)
-    playwright.expect(tab).to_be_visible(timeout=TIMEOUT_MS)
-    tab.focus()
-    playwright.expect(tab).to_have_attribute("aria-selected", "true")
+# A V1 property's block: the innermost div whose class list has `schema-form-property` itself.
+_V1_BLOCK = "xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' schema-form-property ')][1]"
 
 
-def _check_config(params: dict, task: str) -> None:
-    """The run's config is a valid config of `task`'s kind (its own class, so its own keys)."""
+def _field(page, ui: str, label: str):
+    """The input of the field labelled exactly `label`."""
+    if ui == "v2":
+        return page.get_by_label(label, exact=True)
+    name = page.locator(".schema-form-property__label").filter(has_text=re.compile(f"^{re.escape(label)}$"))
+    return name.locator(_V1_BLOCK).locator("fieldset").first.locator("textarea, input").first
+
+
+def _task_select(page, ui: str):
+    """The config's `task` select (the first: every section has an optional one of its own)."""
+    if ui == "v2":
+        return page.locator("[aria-label='Select Task']").first
+    name = page.locator(".schema-form-property__label").filter(has_text=re.compile("^Task$")).first
+    return name.locator(_V1_BLOCK).locator(".p-select-button__control")
+
+
+def _choose_task(page, ui: str, task: str):
+    select = _task_select(page, ui)
+    playwright.expect(select).to_be_visible(timeout=TIMEOUT_MS)
+    if ui == "v2":
+        select.click()
+    else:
+        select.press("ArrowDown")  # V1's select opens from the keyboard (a click only focuses it)
+    page.get_by_role("option", name=task, exact=True).click()
+    playwright.expect(select).to_have_text(task)
+
+
+def _fill_and_submit(page, ui: str, **fields: str):
+    values = {"Repo Id": "acme/tiny-bert", "Source": "acme/tickets", **fields}  # the two required fields first
+    for label, value in values.items():
+        _field(page, ui, label).fill(value)
+    page.get_by_role("button", name="Submit").click()
+
+
+def _check_config(params: dict, task: str):
+    """The run's config is a valid config of `task`'s kind (its own class, so its own keys); returns it."""
     from hubflow.config import PipelineConfig
     from hubflow.kinds import kind_for
 
     config = PipelineConfig.model_validate(params["config"])
     assert type(config) is kind_for(task).settings and config.task == task
+    return config
 
 
-# ---- the V2 UI: one typed form per kind ---------------------------------------------------------------------------
+# ---- the form: one typed form in both UIs ---------------------------------------------------------------------------
 
 
-def test_the_run_form_offers_one_typed_form_per_kind(server, deployment, browser, shots):
-    from hubflow.kinds import tasks
+@pytest.mark.parametrize("ui", UIS)
+def test_the_run_form_is_one_typed_form_with_every_kinds_fields(server, deployment, browser, shots, ui):
+    from hubflow.kinds import DEFAULT_TASK, tasks
 
     expect = playwright.expect
-    fields = _descriptions()
+    fields = _own_fields()
     assert set(tasks()) == set(fields), "a kind was added or removed: say which fields only its form has"
-    page = _open(browser, f"{server[0]}/v2/deployments/deployment/{deployment}/run")
+    page = _open(browser, server, deployment, ui)
     try:
-        expect(page.get_by_text("config", exact=True)).to_be_visible(timeout=TIMEOUT_MS)
-        kinds = page.get_by_role("tab", name=" pipeline")  # the kinds' tabs; Now/Later are tabs too
-        expect(kinds).to_have_count(len(fields), timeout=TIMEOUT_MS)
-        assert sorted(kinds.all_inner_texts()) == sorted(f"{task} pipeline" for task in fields)
-        for task, own in fields.items():
-            _pick(page, task)
-            for what, description in own.items():  # the kind's own fields, under their labels
-                expect(page.get_by_text(description, exact=True), f"{task}: {what}").to_be_visible()
-            for other, theirs in fields.items():  # and no other kind's
-                if other == task:
-                    continue
-                for what, description in theirs.items():
-                    expect(page.get_by_text(description, exact=True), f"{task} shows {other}'s {what}"
-                           ).to_have_count(0)
-            # The shared sections are typed forms too (nested models, their fields' labels).
-            expect(page.get_by_label("Learning Rate (Optional)")).to_be_visible()
-            page.screenshot(path=str(shots / f"run-form-{task}.png"), full_page=True)
+        expect(_task_select(page, ui)).to_have_text(DEFAULT_TASK, timeout=TIMEOUT_MS)  # `task` is a typed select
+        assert page.get_by_role("tab", name=" pipeline").count() == 0  # no tab per kind
+        for task, own in fields.items():  # every kind's own fields, marked with the kind, under their labels
+            for what, description in own.items():
+                expect(page.get_by_text(description).first, f"{ui}: {task}'s {what}").to_be_visible()
+            first = page.get_by_text(next(iter(own.values()))).first
+            first.scroll_into_view_if_needed()  # V1 scrolls inside its page: a shot per kind, at its fields
+            page.screenshot(path=str(shots / f"run-form-{ui}-{task}-fields.png"))
+        for label in ("Repo Id", "Source", "Learning Rate (Optional)", "Label Column (Optional)",
+                      "Anchor Column (Optional)", "R (Optional)", "Max New Tokens (Optional)"):
+            expect(_field(page, ui, label).first, f"{ui}: {label}").to_be_editable()  # typed inputs, nested ones too
+        page.screenshot(path=str(shots / f"run-form-{ui}.png"), full_page=True)
     finally:
         page.close()
-    print(f"screenshots: {shots}/run-form-*.png")
+    print(f"screenshots: {shots}/run-form-{ui}*.png")
 
 
-def _fill_and_submit(page, learning_rate: str | None = None):
-    page.get_by_label("Repo Id", exact=True).fill("acme/tiny-bert")  # the two required fields
-    page.get_by_label("Source", exact=True).fill("acme/tickets")
-    if learning_rate is not None:
-        page.get_by_label("Learning Rate (Optional)").fill(learning_rate)
-    page.get_by_role("button", name="Submit").click()
-
-
-def test_the_form_refuses_a_bad_value_and_starts_nothing(server, deployment, browser, shots):
+@pytest.mark.parametrize("ui", UIS)
+def test_the_form_refuses_a_bad_value_and_starts_nothing(server, deployment, browser, shots, ui):
     expect = playwright.expect
     before = _flow_runs(server[1], deployment)
-    page = _open(browser, f"{server[0]}/v2/deployments/deployment/{deployment}/run")
+    page = _open(browser, server, deployment, ui)
     try:
-        _pick(page, "causal-lm")
-        _fill_and_submit(page, learning_rate="-1")  # the bounds are (0, 1)
-        expect(page.get_by_text("Validation failed for field 'config'").first).to_be_visible(timeout=TIMEOUT_MS)
-        page.screenshot(path=str(shots / "run-form-refused.png"))
+        _fill_and_submit(page, ui, **{"Learning Rate (Optional)": "-1"})  # the bounds are (0, 1)
+        expect(page.get_by_text(REFUSED).first).to_be_visible(timeout=TIMEOUT_MS)
+        page.screenshot(path=str(shots / f"run-form-{ui}-refused.png"))
         assert _flow_runs(server[1], deployment) == before
     finally:
         page.close()
 
 
-# The first kind's tab (causal-lm: kinds are listed by name) submits its own config. Another kind's tab submits a
-# config that still carries the first kind's section defaults (data.shape, train.lora, inference.generation, the
-# sections' task: causal-lm, ...), which its sections forbid: the server refuses it (409) however it is filled in.
-FIRST_TAB_ONLY = pytest.mark.xfail(
-    reason="Prefect 3.9.1 V2 UI: after switching the oneOf tab, the form keeps the first kind's nested defaults, "
-    "so the submitted config mixes two kinds and is refused", strict=False)
+# What each kind's form fills in beyond the required fields: one of its own fields (a nested one for causal-lm).
+OWN_VALUES = {
+    "text-classification": ({"Label Column (Optional)": "category"}, lambda c: c.data.label_column == "category"),
+    "causal-lm": ({"Prompt Column (Optional)": "question", "R (Optional)": "8"},
+                  lambda c: (c.data.prompt_column, c.train.lora.r) == ("question", 8)),
+    "sentence-embedding": ({"Anchor Column (Optional)": "query"}, lambda c: c.data.anchor_column == "query"),
+}
 
 
-@pytest.mark.parametrize("task", ["causal-lm", pytest.param("text-classification", marks=FIRST_TAB_ONLY),
-                                  pytest.param("sentence-embedding", marks=FIRST_TAB_ONLY)])
-def test_a_kinds_form_starts_a_run_with_that_kinds_config(server, deployment, browser, shots, task):
+@pytest.mark.parametrize("task", list(OWN_VALUES))
+@pytest.mark.parametrize("ui", UIS)
+def test_a_kinds_form_starts_a_run_with_that_kinds_config(server, deployment, browser, shots, ui, task):
+    fill, landed = OWN_VALUES[task]
     before = _flow_runs(server[1], deployment)
-    page = _open(browser, f"{server[0]}/v2/deployments/deployment/{deployment}/run")
+    page = _open(browser, server, deployment, ui)
     try:
-        _pick(page, task)
-        _fill_and_submit(page)
+        _choose_task(page, ui, task)
+        _fill_and_submit(page, ui, **fill)
         try:
             params = _new_run(page, server[1], deployment, before)
         finally:
-            page.screenshot(path=str(shots / f"run-form-submitted-{task}.png"))
+            page.screenshot(path=str(shots / f"run-form-{ui}-submitted-{task}.png"))
     finally:
         page.close()
-    _check_config(params, task)
+    assert landed(_check_config(params, task)), params
 
 
-# ---- the V1 UI (the default at /): a JSON editor, checked against the union ----------------------------------------
+def test_another_kinds_key_passes_the_form_and_fails_the_run_at_flow_start_naming_it(server, deployment, browser):
+    """The flat form accepts any installed kind's keys; the flow's own validation (pydantic, per kind) refuses
+    causal-lm's `train.lora` in a classifier config when the run starts, and says which key."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from flows.pipeline import pipeline
 
-def test_the_default_ui_edits_the_config_as_json_checked_against_every_kind(server, deployment, browser, shots):
-    import httpx
-
-    from hubflow.kinds import all_kinds
-
-    expect = playwright.expect
-    schema = httpx.get(f"{server[1]}/deployments/{deployment}", timeout=10).json()["parameter_openapi_schema"]
-    definitions = schema.get("definitions") or schema["$defs"]
-    union = schema["properties"]["config"]
-    assert union["discriminator"]["propertyName"] == "task"
-    assert {definitions[ref["$ref"].rsplit("/", 1)[-1]]["title"] for ref in union["oneOf"]} == {
-        kind.settings.model_config["title"] for kind in all_kinds()}  # one typed object per kind, as the UI gets it
-
-    url = f"{server[0]}/deployments/deployment/{deployment}/run"
-    mixed = {"task": "text-classification", "model": {"repo_id": "acme/tiny-bert"},
-             "data": {"source": "acme/tickets"}, "train": {"method": "lora"}}  # train.method is causal-lm's
-    good = {"task": "text-classification", "model": {"repo_id": "acme/tiny-bert"},
-            "data": {"source": "acme/tickets", "label_column": "category"}}
     before = _flow_runs(server[1], deployment)
-    page = _open(browser, url)
+    page = _open(browser, server, deployment, "v1")
     try:
-        editor = page.get_by_role("group").get_by_role("textbox")  # config's JSON editor (a textarea)
-        expect(editor).to_be_visible(timeout=TIMEOUT_MS)
-        editor.fill(json.dumps(mixed))
-        page.get_by_role("button", name="Submit").click()
-        expect(page.get_by_text("Validation failed for field 'config'").first).to_be_visible(timeout=TIMEOUT_MS)
-        page.screenshot(path=str(shots / "run-form-v1-refused.png"))
-        assert _flow_runs(server[1], deployment) == before
-        editor.fill(json.dumps(good))
-        refusals = page.get_by_text("Validation failed for field 'config'").count()  # the first one's, still shown
-        page.get_by_role("button", name="Submit").click()
-        params = _new_run(page, server[1], deployment, before, refusals)
+        _choose_task(page, "v1", "text-classification")
+        _fill_and_submit(page, "v1", **{"R (Optional)": "8"})
+        params = _new_run(page, server[1], deployment, before)
     finally:
         page.close()
-    _check_config(params, "text-classification")
-    assert params["config"]["data"]["label_column"] == "category"
+    assert params["config"]["task"] == "text-classification" and params["config"]["train"]["lora"] == {"r": 8}
+    (run_id,) = set(_flow_runs(server[1], deployment)) - set(before)
+    with temporary_settings({PREFECT_API_URL: server[1]}):
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(run_id)
+            state = run_flow(pipeline, flow_run=flow_run, return_type="state")  # what a worker's process does
+            final = client.read_flow_run(run_id).state
+    assert state.is_failed() and final.is_failed(), final
+    assert "Validation of flow parameters failed" in final.message and "train.lora" in final.message, final.message

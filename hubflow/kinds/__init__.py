@@ -14,7 +14,9 @@ writes only what differs. tests/test_kinds.py checks every registered kind again
 
 from __future__ import annotations
 
+import copy
 import inspect
+import json
 from enum import Enum
 from functools import lru_cache
 from importlib.metadata import distributions
@@ -214,10 +216,170 @@ def all_kinds() -> list[Kind]:
 
 
 def config_form() -> Any:
-    """The pipeline config as a flow parameter: a union of the kinds' own configs keyed by `task`, so the Prefect UI
-    renders a typed form for each kind and the server checks a run's parameters against its kind's."""
+    """The pipeline config as a flow parameter: pydantic validates it as a union of the kinds' own configs keyed by
+    `task` (each kind's keys only; another kind's key is an error that names it), while its JSON schema, which the
+    Prefect UI renders as the run form and the server checks a run against, is one flat typed form (`FlatForm`)."""
     configs = tuple(kind.settings for kind in all_kinds())
-    return Annotated[Union[configs], Field(discriminator="task")] if len(configs) > 1 else configs[0]
+    if len(configs) == 1:
+        return configs[0]
+    return Annotated[Union[configs], Field(discriminator="task"), FlatForm()]
+
+
+class FlatForm:
+    """The JSON schema of a union of the kinds' configs, as ONE typed object: `task` an enum of the installed kinds
+    (default `DEFAULT_TASK`); each section the union of the kinds' properties, generated from their own schemas.
+
+    Prefect 3.9.1's UIs cannot offer a pydantic `oneOf`+discriminator as a form: the default (V1) UI shows an untyped
+    JSON editor, the V2 UI one tab per kind of which only the first submits a valid config (tests/test_ui_form.py).
+    A flat form renders typed in both. A property every kind has in the same shape is listed once; a property only
+    some kinds have carries them in its description ("(causal-lm) Rank of the adapter matrices."), with that kind's
+    default; one the kinds shape differently is merged (nested models key by key, enums into one). The server's
+    check then accepts any installed kind's keys; the flow's own validation (the union) refuses another kind's key
+    by name when the run starts."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        union = handler(core_schema)
+        mapping = union.get("discriminator", {}).get("mapping")
+        if not mapping:  # not the union this is made for: leave it as pydantic writes it
+            return union
+        order = sorted(mapping, key=lambda t: (t != DEFAULT_TASK, t))
+        configs = {task: handler.resolve_ref_schema({"$ref": mapping[task]}) for task in order}
+        form = _merge_objects(configs, handler.resolve_ref_schema, top=True)
+        form["properties"]["task"] = {
+            "title": "Task", "type": "string", "enum": order, "default": DEFAULT_TASK,
+            "description": "What the model learns to do: the task kind whose keys the config may carry (a key "
+                           "marked with another kind's name is refused when the run starts).",
+        }
+        form["properties"] = {"task": form["properties"].pop("task"), **form["properties"]}
+        form["required"] = ["task"] + [r for r in form.get("required", []) if r != "task"]
+        return form
+
+
+def _deref(schema: dict[str, Any], resolve) -> dict[str, Any]:
+    """A property's schema with a `$ref` to a model replaced by (a copy of) the model's schema, the property's own
+    keys (description, default) over it; anything else unchanged."""
+    if "$ref" not in schema:
+        return schema
+    target = resolve({"$ref": schema["$ref"]})
+    if target.get("type") != "object" or "properties" not in target:
+        return schema  # an enum or another leaf: the reference stays
+    own = {k: v for k, v in schema.items() if k != "$ref"}
+    return {**copy.deepcopy(target), **own}
+
+
+def _mark(schema: dict[str, Any], tasks: list[str], resolve) -> dict[str, Any]:
+    """A copy of a property only `tasks` have, each description (nested models' fields too) prefixed with them, and
+    its default said in the description instead of given: both UIs fill every default into the config they
+    submit, so a default here would put this kind's key into every other kind's config."""
+    schema = copy.deepcopy(_deref(schema, resolve))
+    text = schema.get("description", "").strip()
+    if (default := schema.pop("default", None)) is not None and "properties" not in schema:
+        text = f"{text} Default: {json.dumps(default)}." if text else f"Default: {json.dumps(default)}."
+    if text or "properties" in schema:
+        schema["description"] = f"({', '.join(tasks)}) {text or schema.get('title', '')}".strip()
+    if schema.get("type") == "boolean":  # a bare boolean is a switch, which submits false when left alone
+        schema["enum"] = [True, False]
+        del schema["type"]
+    if "properties" in schema:
+        schema["properties"] = {name: _mark(prop, tasks, resolve) for name, prop in schema["properties"].items()}
+    return schema
+
+
+def _enum_values(schema: dict[str, Any], resolve) -> tuple[list, bool] | None:
+    """(values, may be null) of an enum or an optional enum (`anyOf: [enum, null]`), else None."""
+    options = schema.get("anyOf", [schema])
+    values, nullable = [], False
+    for option in options:
+        option = resolve({"$ref": option["$ref"]}) if "$ref" in option else option
+        if option.get("type") == "null":
+            nullable = True
+        elif "enum" in option:
+            values += [v for v in option["enum"] if v not in values]
+        elif "const" in option:
+            values += [option["const"]] if option["const"] not in values else []
+        else:
+            return None
+    return (values, nullable) if values else None
+
+
+def _describe(variants: dict[str, dict[str, Any]]) -> str | None:
+    """One description for a property the kinds describe differently: the first kind's, then each other one, after
+    the kinds that give it."""
+    first = next(iter(variants.values())).get("description")
+    others: dict[str, list[str]] = {}
+    for task, variant in variants.items():
+        if (text := variant.get("description")) and text != first:
+            others.setdefault(text, []).append(task)
+    return " ".join([first or ""] + [f"({', '.join(t)}) {text}" for text, t in others.items()]).strip() or None
+
+
+def _merge(variants: dict[str, dict[str, Any]], resolve) -> dict[str, Any]:
+    """One schema for a property every kind in `variants` has: as it is where they agree; nested models merged
+    key by key; enums joined; anything else any one of them (`anyOf`)."""
+    first = next(iter(variants.values()))
+    if all(v == first for v in variants.values()):
+        return copy.deepcopy(first)
+    models = {task: _deref(v, resolve) for task, v in variants.items()}
+    if all("properties" in m for m in models.values()):
+        merged = _merge_objects(models, resolve)
+        for key in ("title", "default"):
+            if key in first:
+                merged[key] = first[key]
+        if description := _describe(variants):
+            merged["description"] = description
+        return merged
+    description = _describe(variants)
+    if all(_shape(v) == _shape(first) for v in variants.values()):  # they differ in their descriptions only
+        return {**copy.deepcopy(first), **({"description": description} if description else {})}
+    outer = {k: v for k, v in first.items() if k not in ("$ref", "anyOf", "enum", "const", "type", "allOf")}
+    if description:
+        outer["description"] = description
+    enums = [_enum_values(v, resolve) for v in variants.values()]
+    if all(enums):
+        values = [v for vs, _ in enums for v in vs]
+        values = list(dict.fromkeys(values))
+        kinds = {type(v).__name__ for v in values}
+        choice = {"enum": values, **({"type": "string"} if kinds == {"str"} else {})}
+        return {**outer, **({"anyOf": [choice, {"type": "null"}]} if any(n for _, n in enums) else choice)}
+    distinct = []
+    for v in variants.values():
+        if _shape(v) not in distinct:
+            distinct.append(_shape(v))
+    return {**outer, "anyOf": distinct}
+
+
+def _shape(schema: dict[str, Any]) -> dict[str, Any]:
+    """What a property's schema accepts: all but its title, description and default."""
+    return {k: v for k, v in schema.items() if k not in ("title", "description", "default")}
+
+
+def _merge_objects(models: dict[str, dict[str, Any]], resolve, top: bool = False) -> dict[str, Any]:
+    """One object schema for the kinds' versions of a model ({task: its object schema}): every kind's properties
+    (shared first), each kind-only one marked with its kinds, required what every kind requires."""
+    names: list[str] = []
+    for model in models.values():
+        names += [n for n in model["properties"] if n not in names]
+    if not top and "task" in names:  # a section's `task` last: the config's own says it
+        names = [n for n in names if n != "task"] + ["task"]
+    properties = {}
+    for name in names:
+        have = {task: m["properties"][name] for task, m in models.items() if name in m["properties"]}
+        if name == "task" and not top:  # a section's own `task`: optional, the config's task decides
+            properties[name] = {"title": "Task", "type": "string", "enum": tasks(),
+                                "description": "The kind this section is for; optional: the config's task."}
+        elif len(have) == len(models):
+            properties[name] = _merge(have, resolve)
+        else:
+            properties[name] = _mark(_merge(have, resolve), list(have), resolve)
+        properties[name].setdefault("title", name.replace("_", " ").title())
+    merged: dict[str, Any] = {"type": "object", "properties": properties}
+    required = [r for r in next(iter(models.values())).get("required", [])
+                if all(r in m.get("required", []) for m in models.values()) and r != "task"]
+    if required:
+        merged["required"] = required
+    if all(m.get("additionalProperties") is False for m in models.values()):
+        merged["additionalProperties"] = False
+    return merged
 
 
 def missing_members(kind: Any) -> list[str]:
