@@ -17,6 +17,12 @@ Ratios (higher is better, except rerun_vs_first):
     generate_vs_pipeline       causal LM: predict's batch generation vs pipeline("text-generation")   target >= 2
     generate_vs_bare           ... vs a bare length-sorted, left-padded model.generate loop           target >= 0.9
     sft_vs_trl                 causal LM: train_model(method lora) tokens/s vs trl.SFTTrainer + peft  target >= 1.0
+    embed_vs_sentence_transformers       sentence embeddings: Encoder texts/s vs SentenceTransformer.encode
+                                         at its best batch size (same vectors within 1e-5)         target >= 1.0
+    embed_int8_vs_sentence_transformers  ... Encoder int8 vs the same peer (and the demo's recall@10 in fp32 and
+                                         int8: within 1 point)                                      target >= 1.5
+    embed_train_vs_st_trainer            train_model (MNRL) pairs/s vs SentenceTransformerTrainer + MNRL  >= 1.3
+                               (--only embeddings: these three; bench/embeddings.py)
     rerun_vs_first             unchanged pipeline rerun / first run (lower is better) target <= 0.10 (opt-in)
 
 Each contender is warmed up once, then the contenders run back to back in rotating order; the ratio is the median
@@ -37,29 +43,34 @@ from pathlib import Path
 
 RATIOS = ["inference_vs_pipeline", "inference_vs_bare", "inference_int8_vs_bare", "train_vs_trainer",
           "train_vs_trainer_grouped", "preprocess_vs_per_example", "preprocess_vs_tokenizer",
-          "generate_vs_pipeline", "generate_vs_bare", "sft_vs_trl", "rerun_vs_first"]
+          "generate_vs_pipeline", "generate_vs_bare", "sft_vs_trl", "embed_vs_sentence_transformers",
+          "embed_int8_vs_sentence_transformers", "embed_train_vs_st_trainer", "rerun_vs_first"]
 CAUSAL_LM = {"generate_vs_pipeline", "generate_vs_bare", "sft_vs_trl"}  # bench/causal_lm.py: its own model and sizes
 DEFAULT = RATIOS[:-1]  # rerun_vs_first starts localhub and Prefect and runs the pipeline twice: only on request
 TARGETS = {"inference_vs_pipeline": ">= 3", "inference_vs_bare": ">= 0.9", "inference_int8_vs_bare": ">= 1.5",
            "train_vs_trainer": ">= 1.3", "train_vs_trainer_grouped": ">= 1.1", "preprocess_vs_per_example": ">= 5",
            "preprocess_vs_tokenizer": ">= 0.85", "generate_vs_pipeline": ">= 2", "generate_vs_bare": ">= 0.9",
-           "sft_vs_trl": ">= 1.0", "rerun_vs_first": "<= 0.10"}
+           "sft_vs_trl": ">= 1.0", "embed_vs_sentence_transformers": ">= 1.0",
+           "embed_int8_vs_sentence_transformers": ">= 1.5", "embed_train_vs_st_trainer": ">= 1.3",
+           "rerun_vs_first": "<= 0.10"}
 INFERENCE = {"inference_vs_pipeline", "inference_vs_bare", "inference_int8_vs_bare"}
 TRAINING = {"train_vs_trainer", "train_vs_trainer_grouped"}
 PREPROCESS = {"preprocess_vs_per_example", "preprocess_vs_tokenizer"}
+EMBEDDINGS = {"embed_vs_sentence_transformers", "embed_int8_vs_sentence_transformers", "embed_train_vs_st_trainer"}
+GROUPS = {"embeddings": EMBEDDINGS}  # --only NAME of a group runs all its comparisons
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes and one repetition (smoke run)")
-    parser.add_argument("--only", action="append", choices=RATIOS, metavar="NAME",
-                        help=f"run only this comparison (repeatable): {', '.join(RATIOS)}")
+    parser.add_argument("--only", action="append", choices=RATIOS + list(GROUPS), metavar="NAME",
+                        help=f"run only this comparison (repeatable): {', '.join(RATIOS + list(GROUPS))}")
     parser.add_argument("--reps", type=int, help="timed repetitions per contender (default 3, --quick 1)")
     parser.add_argument("--max-length", type=int, default=128,
                         help="truncation length on every side (default 128, PreprocessConfig's default)")
     args = parser.parse_args(argv)
-    wanted = set(args.only or DEFAULT)
+    wanted = set().union(*(GROUPS.get(name, {name}) for name in args.only or DEFAULT))
 
     # Offline, quiet, and no stray cache writes outside the scratch folder: set before the libraries load.
     root = Path(tempfile.mkdtemp(prefix="hubflow-bench-"))
@@ -119,6 +130,10 @@ def run(root: Path, wanted: set[str], quick: bool, reps: int | None, max_length:
         from bench import causal_lm
 
         causal_lm.run(root, wanted, quick, plan.reps, report)
+    if wanted & EMBEDDINGS:
+        from bench import embeddings
+
+        embeddings.run(root, wanted, quick, plan.reps, report)
     if "rerun_vs_first" in wanted:
         from bench import rerun
 
