@@ -12,8 +12,10 @@ Ratios (higher is better, except rerun_vs_first):
                                (and the demo's test accuracy in fp32 and int8: within 0.5 points; it trains the demo)
     train_vs_trainer           hubflow.stages.train.train_model vs transformers.Trainer       target >= 1.3
     train_vs_trainer_grouped   ... vs Trainer with train_sampling_strategy="group_by_length"   target >= 1.1
-    preprocess_vs_per_example  the kind's prepare (hubflow.kinds.text_classification.data) vs per-example Dataset.map      target >= 5
-    preprocess_vs_tokenizer    ... vs one batched call of the fast tokenizer on texts in memory (the limit)  target >= 0.85
+    preprocess_vs_per_example  the kind's prepare (kinds/text_classification/data.py) vs per-example Dataset.map
+                                                                                            target >= 5
+    preprocess_vs_tokenizer    ... vs one batched call of the fast tokenizer on texts in memory (the limit)
+                                                                                            target >= 0.85
     generate_vs_pipeline       causal LM: predict's batch generation vs pipeline("text-generation")   target >= 2
     generate_vs_bare           ... vs a bare length-sorted, left-padded model.generate loop           target >= 0.9
     sft_vs_trl                 causal LM: train_model(method lora) tokens/s vs trl.SFTTrainer + peft  target >= 1.0
@@ -86,14 +88,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(root: Path, wanted: set[str], quick: bool, reps: int | None, max_length: int) -> None:
-    import datasets
-    import torch
-
     from dataclasses import replace
 
-    from bench.common import FULL, QUICK, Report, classifier_dir, set_threads, tokenized_splits
-
+    import datasets
+    import torch
     import transformers
+
+    from bench.common import FULL, QUICK, Report, classifier_dir, set_threads, tokenized_splits
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
