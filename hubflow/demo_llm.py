@@ -9,8 +9,8 @@ a team and answer in a fixed format, `team: billing`. The base model, asked with
 answer that way; a LoRA fine-tune of a few hundred chat rows does.
 
     1. seed      the converted model and the generated chat dataset into localhub (DIR/hub)
-    2. before    the base model on the test split: pin, pull and preprocess (the pipeline's own Prefect tasks, so
-                 the pipeline then reuses them from cache), batch generation and evaluation (hubflow.stages)
+    2. before    the base model on the test split (hubflow.flows.baseline): pin, pull and preprocess are the
+                 pipeline's own Prefect tasks, so the pipeline then reuses them from cache
     3. pipeline  hubflow.flows.pipeline with deployments/configs/gemma-chat.yaml: LoRA fine-tune, generate, evaluate,
                  publish the merged model and the predictions, deploy the chat Space
     4. report    before/after metrics and examples, printed and in DIR/summary.json (`before`, `metrics`)
@@ -215,7 +215,8 @@ def build_routing_dataset(seed: int = 0):
         teams = [DEMO_LABELS[i] for i in rows["label"]]
         out[split] = Dataset.from_dict({
             "messages": [[{"role": "user", "content": f"{INSTRUCTION}\n\nTicket: {text}"},
-                          {"role": "assistant", "content": f"team: {team}"}] for text, team in zip(rows["text"], teams)],
+                          {"role": "assistant", "content": f"team: {team}"}]
+                         for text, team in zip(rows["text"], teams)],
             "team": teams,
         })
     return DatasetDict(out)
@@ -267,44 +268,6 @@ def llm_seed(workdir: Path, notes: dict | None = None) -> list[str]:
 
 # ----- the run -------------------------------------------------------------------------------------------------------
 
-def measure_base(config):
-    """The base model on the test split, before any fine-tuning: a Prefect flow of its own (`hubflow-demo-baseline`).
-    Pin, pull and preprocess are the pipeline's tasks with the pipeline's inputs, so the pipeline that follows finds
-    them in Prefect's cache and scores the fine-tuned model on exactly these rows. -> base_model, predictions,
-    evaluation (refs) and the flow run's id."""
-    from prefect import flow, get_run_logger
-    from prefect.runtime import flow_run
-
-    from .doors import store
-    from .stages.evaluate import evaluate_predictions
-    from .stages.predict import predict
-    from .stages.facts import weights_fingerprint
-    from .tasks import pipeline as stages
-    from .tokenize import sha
-
-    # No log_prints: with print patched, dill's `dis` capture (datasets' hashing in preprocess) lands in the log.
-    @flow(name="hubflow-demo-baseline")
-    def baseline(config) -> dict:
-        base_model, dataset = stages.pin_inputs(config.model, config.data)
-        raw = stages.pull_dataset(config.data, dataset, config.task, config.artifact_store)
-        model_dir = stages.pull_model(base_model, config.model.allow_pickle_weights)
-        tokenized = stages.preprocess(raw, base_model, config.preprocess, config.data, config.task,
-                                      config.artifact_store)
-        fingerprint = weights_fingerprint(model_dir)
-        out = store.join(config.artifact_store, "baseline", sha({
-            "model": fingerprint, "data": tokenized.fingerprint,
-            "inference": config.inference.model_dump(mode="json")})[:24])
-        predictions = predict(model_dir, fingerprint, tokenized, "test", config.inference,
-                              store.join(out, "predictions"))
-        evaluation = evaluate_predictions(predictions, tokenized.facts, store.join(out, "evaluation"))
-        get_run_logger().info("base model %s@%s on the test split: %s", base_model.repo_id, base_model.sha[:10],
-                              evaluation.metrics)
-        return {"base_model": base_model, "predictions": predictions, "evaluation": evaluation,
-                "flow_run_id": str(flow_run.get_id())}
-
-    return baseline(config)
-
-
 def run_llm_demo(workdir: str | Path, overrides: list[str] | None = None, verbose: bool = False) -> dict:
     """The LLM demo; a run that does not complete raises RunFailed with its cause and stage."""
     workdir = Path(workdir).resolve()
@@ -316,17 +279,15 @@ def run_llm_demo(workdir: str | Path, overrides: list[str] | None = None, verbos
 
         config = load_recipe(LLM_RECIPE, [f"artifact_store={workdir / 'store'}", *(overrides or [])])
         prefect_console(verbose)
-        base = measure_base(config)
+        from .flows.baseline import baseline
         from .flows.pipeline import pipeline
 
-        state = pipeline(config, return_state=True)
-        if not state.is_completed():
-            raise RunFailed(f"the run {state.name.lower()}: {run_failure(state)}")
-        result = state.result()
+        base = _completed(baseline(config, return_state=True), "the base model's run")
+        result = _completed(pipeline(config, return_state=True), "the run")
         stages = stage_states(result.flow_run_id)
-        baseline_stages = stage_states(base["flow_run_id"])
-    examples = _examples(base["predictions"], result.predictions)
-    before = base["evaluation"].metrics
+        baseline_stages = stage_states(base.flow_run_id)
+    examples = _examples(base.predictions, result.predictions)
+    before = base.evaluation.metrics
     after = result.evaluation.metrics
     extra = {
         "task": "causal-lm",
@@ -335,12 +296,19 @@ def run_llm_demo(workdir: str | Path, overrides: list[str] | None = None, verbos
                      "exact_match": after.get("exact_match", 0.0) > before.get("exact_match", 0.0)},
         "examples": examples,
         "base_model_origin": origin,
-        "baseline": {"stages": baseline_stages, "predictions": base["predictions"].uri,
-                     "evaluation": base["evaluation"].uri},
+        "baseline": {"stages": baseline_stages, "predictions": base.predictions.uri,
+                     "evaluation": base.evaluation.uri},
     }
     summary = write_summary(workdir, result, stages, time.monotonic() - started, extra)
     print_llm_report(workdir, summary)
     return summary
+
+
+def _completed(state, what: str):
+    """A flow run's result, or RunFailed with its cause and stage."""
+    if not state.is_completed():
+        raise RunFailed(f"{what} {state.name.lower()}: {run_failure(state)}")
+    return state.result()
 
 
 def _examples(before_ref, after_ref, n: int = 4) -> list[dict]:
@@ -363,8 +331,8 @@ def print_llm_report(workdir: Path, summary: dict) -> None:
           "Gemma Terms of Use")
     print("  stages       " + ", ".join(f"{k}: {v}" for k, v in summary["stages"].items()))
     print(f"  test split   {int(after['test_rows'])} tickets             before (base)   after (LoRA)")
-    for key, name, fmt in (("perplexity", "perplexity (answers)", "{:>13.3f}"), ("exact_match", "exact match", "{:>13.3f}"),
-                           ("chrf", "chrF", "{:>13.3f}")):
+    for key, name, fmt in (("perplexity", "perplexity (answers)", "{:>13.3f}"),
+                           ("exact_match", "exact match", "{:>13.3f}"), ("chrf", "chrF", "{:>13.3f}")):
         if key in before and key in after:
             print(f"  {name:<32} {fmt.format(before[key])}   {fmt.format(after[key])}")
     for e in summary.get("examples", []):
