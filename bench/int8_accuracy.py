@@ -23,10 +23,10 @@ from bench.common import Report, base_model_dir, timed_result
 
 def run(root: Path, quick: bool, report: Report) -> None:
     from hubflow.config import load_recipe
-    from hubflow.demo import RECIPE
     from hubflow.demo_data import build_demo_dataset
     from hubflow.kinds import kind_for
     from hubflow.kinds.text_classification.data import prepare
+    from hubflow.ops.demo import RECIPE
     from hubflow.refs import PinnedRepo
     from hubflow.stages.predict import predict, read_predictions
     from hubflow.stages.pull import write_raw_splits

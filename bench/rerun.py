@@ -27,7 +27,7 @@ _OURS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_DA
 def run(root: Path, quick: bool, report: Report) -> None:
     workdir = root / "demo"
     env = {k: v for k, v in os.environ.items() if k not in _OURS}  # the demo talks to its own localhub
-    cmd = [sys.executable, "-c", "from hubflow.cli import main; main()", "demo", "--workdir", str(workdir)]
+    cmd = [sys.executable, "-c", "from hubflow.ops.cli import main; main()", "demo", "--workdir", str(workdir)]
     for item in TINY if quick else []:
         cmd += ["--set", item]
     runs = []

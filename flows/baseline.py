@@ -5,8 +5,8 @@
 
 pin -> pull dataset -> pull model -> preprocess are the pipeline's own tasks with the pipeline's inputs, so a pipeline
 run that follows finds them in Prefect's cache (and the store) and scores the fine-tuned model on exactly these rows;
-then batch inference and evaluation of the base model's own weights. Used by `hubflow demo --task causal-lm` and
-`--task sentence-embedding`.
+then batch inference and evaluation of the base model's own weights. The demos that print a before/after
+(hubflow/ops/demo_llm.py, hubflow/ops/demo_embeddings.py) call it; any kind's recipe works.
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ def test_the_baseline_scores_the_base_model_on_the_rows_the_pipeline_then_reuses
     from huggingface_hub import HfApi
 
     from hubflow.config import PipelineConfig
-    from hubflow.demo import stage_states
     from hubflow.flows.baseline import baseline
     from hubflow.flows.pipeline import pipeline
+    from hubflow.ops.demo import stage_states
     from hubflow.stages.predict import read_predictions
 
     api = HfApi(endpoint=localhub.url, token=localhub.token("alice"))

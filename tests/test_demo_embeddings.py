@@ -39,7 +39,7 @@ print(json.dumps({"max_abs_diff": float(np.abs(ours - theirs).max()), "dim": int
 
 
 def test_the_search_pairs_are_deterministic_and_the_test_tickets_are_held_out():
-    from hubflow.demo_embeddings import build_search_pairs
+    from hubflow.ops.demo_embeddings import build_search_pairs
 
     first, again = build_search_pairs(0), build_search_pairs(0)
     assert {s: len(d) for s, d in first.items()} == {"train": 4000, "validation": 200, "test": 400}
@@ -53,8 +53,8 @@ def test_the_search_pairs_are_deterministic_and_the_test_tickets_are_held_out():
 
 def test_the_recipe_is_the_seeded_pairs_dataset_on_minilm():
     from hubflow.config import load_recipe
-    from hubflow.demo import DEMO_MODEL
-    from hubflow.demo_embeddings import EMBEDDINGS_RECIPE, SEARCH_DATASET
+    from hubflow.ops.demo import DEMO_MODEL
+    from hubflow.ops.demo_embeddings import EMBEDDINGS_RECIPE, SEARCH_DATASET
 
     config = load_recipe(EMBEDDINGS_RECIPE)
     assert config.task == "sentence-embedding" and type(config).__name__ == "EmbeddingConfig"
@@ -66,8 +66,8 @@ def test_the_recipe_is_the_seeded_pairs_dataset_on_minilm():
 def test_every_demo_the_cli_offers_is_an_installed_kind():
     import importlib
 
-    from hubflow.cli import DEMOS, parser
     from hubflow.kinds import tasks
+    from hubflow.ops.cli import DEMOS, parser
 
     assert set(DEMOS) <= set(tasks())
     for module, function in DEMOS.values():

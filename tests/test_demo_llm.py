@@ -35,7 +35,7 @@ print(json.dumps({"answer": tokenizer.decode(out[0, ids["input_ids"].shape[1]:],
 
 
 def test_the_routing_dataset_is_deterministic_chat_with_a_fixed_answer_format():
-    from hubflow.demo_llm import INSTRUCTION, ROUTING_SIZES, build_routing_dataset
+    from hubflow.ops.demo_llm import INSTRUCTION, ROUTING_SIZES, build_routing_dataset
 
     first, again = build_routing_dataset(0), build_routing_dataset(0)
     assert {s: len(d) for s, d in first.items()} == ROUTING_SIZES
@@ -54,7 +54,7 @@ def test_gemma3_chat_template_renders_gemma_turns_and_extends_its_prompt():
     prompt with the generation header is a prefix of the whole conversation."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from hubflow.demo_llm import GEMMA3_CHAT_TEMPLATE
+    from hubflow.ops.demo_llm import GEMMA3_CHAT_TEMPLATE
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(ValueError(msg))
@@ -120,7 +120,7 @@ def test_the_demo_pins_publishes_and_deploys(llm_demo):
 @pytest.mark.timeout(DEMO_TIMEOUT + 900)  # the first one also runs the demo
 def test_the_merged_model_reloads_from_localhub_at_its_sha(llm_demo, tmp_path):
     """The demo's localhub stopped with it; its data dir serves the published repos again, to a fresh client."""
-    from hubflow.demo_llm import INSTRUCTION
+    from hubflow.ops.demo_llm import INSTRUCTION
     from localhub import LocalHub
 
     workdir, summary, _ = llm_demo

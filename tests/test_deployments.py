@@ -120,7 +120,7 @@ def test_container_templates_are_accepted_and_complete(deployed, pool_type):
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.utilities.templating import find_placeholders
 
-    from hubflow.pools import template
+    from hubflow.ops.pools import template
 
     with _client() as client:
         for kind in ("cpu", "gpu"):
@@ -146,7 +146,7 @@ def test_container_templates_are_accepted_and_complete(deployed, pool_type):
 
 
 def test_pools_up_refuses_to_change_a_pools_type(deployed):
-    from hubflow.pools import PoolError, pools_up
+    from hubflow.ops.pools import PoolError, pools_up
 
     with pytest.raises(PoolError, match="exists with type 'process'"):
         pools_up("docker")
@@ -155,7 +155,7 @@ def test_pools_up_refuses_to_change_a_pools_type(deployed):
 def test_gpu_limit_is_set_on_request_and_otherwise_left_alone(deployed):
     from prefect.client.schemas.actions import WorkPoolUpdate
 
-    from hubflow.pools import pools_up
+    from hubflow.ops.pools import pools_up
 
     assert pools_up("process", gpu_limit=2) == {"cpu": "updated", "gpu": "updated"}
     pools_up("process")

@@ -474,7 +474,7 @@ def test_server_starts_fast_and_serve_help_lists_every_option(tmp_path: Path):
     options = [a for a in serve._actions if a.option_strings and a.dest != "help"]
     assert {o.dest for o in options} >= {"host", "port", "data", "token", "seed"}
     for cmd in (["-m", "localhub", "serve", "--help"],
-                ["-c", "from hubflow.cli import main; main()", "hub", "serve", "--help"]):
+                ["-c", "from hubflow.ops.cli import main; main()", "hub", "serve", "--help"]):
         out = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, check=True).stdout
         for option in options:
             assert option.help and option.option_strings[-1] in out, (cmd, option.dest)

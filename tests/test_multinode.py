@@ -2,7 +2,7 @@
 
 Two "pods" are two process trees started with the environment the kubernetes template gives its pods
 (HUBFLOW_WORLD, HUBFLOW_RDZV_ENDPOINT, HUBFLOW_JOB_NAME, JOB_COMPLETION_INDEX), each with its own HF cache, running
-the pods' command `python -m hubflow.nodes <the flow run's command>`. Pod 0's "flow run" is what the train flow does
+the pods' command `python -m hubflow.ops.nodes <the flow run's command>`. Pod 0's "flow run" is what the train flow does
 (pull the base model from the Hub, train_model); torchrun's two ranks meet over gloo on 127.0.0.1. Then the template
 itself: created as a kubernetes work pool on a Prefect server, and rendered for a flow run the way a worker does.
 """
@@ -87,7 +87,7 @@ def two_nodes(localhub, tmp_path_factory):
             logs[index] = home / "log.txt"
             with open(logs[index], "wb") as log:
                 pods[index] = subprocess.Popen(
-                    [sys.executable, "-m", "hubflow.nodes", *command], env=_pod_env(index, home, port, token),
+                    [sys.executable, "-m", "hubflow.ops.nodes", *command], env=_pod_env(index, home, port, token),
                     cwd=home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             if index == 1:
                 time.sleep(3)  # pod 1 is up before pod 0 reaches its train stage, as on a cluster
@@ -203,7 +203,7 @@ def test_the_multinode_template_validates_and_renders_an_indexed_torchrun_job(pr
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
-    from hubflow.pools import PoolError, pools_up, template
+    from hubflow.ops.pools import PoolError, pools_up, template
 
     base = template("kubernetes", "gpu", multinode=True)
     name = f"gpu-multinode-{uuid.uuid4().hex[:6]}"
@@ -222,7 +222,8 @@ def test_the_multinode_template_validates_and_renders_an_indexed_torchrun_job(pr
     assert pod["subdomain"] == "hubflow-nodes"
     assert spec["template"]["metadata"]["labels"] == {"hubflow.io/multinode": "hubflow-nodes"}  # the Service's selector
     (container,) = pod["containers"]
-    assert container["command"] == ["python", "-m", "hubflow.nodes"] and container["image"] == "registry/hubflow:cuda"
+    assert container["command"] == ["python", "-m", "hubflow.ops.nodes"]
+    assert container["image"] == "registry/hubflow:cuda"
     assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
     env = container["env"]
     assert all(isinstance(e.get("value", ""), str) for e in env)  # Kubernetes takes strings only
@@ -268,7 +269,7 @@ def test_a_joining_pod_prefetches_the_model_and_exits_once_its_flow_run_is_over(
         client.set_flow_run_state(run.id, Completed(), force=True)
     env = _pod_env(1, tmp_path, free_port(), token)  # nothing ever listens on that port
     env.update(PREFECT_API_URL=PREFECT_API_URL.value(), PREFECT__FLOW_RUN_ID=str(run.id))
-    done = subprocess.run([sys.executable, "-m", "hubflow.nodes", "prefect", "flow-run", "execute"], env=env,
+    done = subprocess.run([sys.executable, "-m", "hubflow.ops.nodes", "prefect", "flow-run", "execute"], env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"pulling {repo_id}@{sha[:10]} while node 0 gets ready" in done.stdout

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from huggingface_hub import HfApi
 
-from hubflow.demo_servers import PrefectServer, same_port_as_last_time
+from hubflow.ops.demo_servers import PrefectServer, same_port_as_last_time
 from localhub import LocalHub
 
 USERS = {"alice": ("hf_alice_ports_tok", "write")}

@@ -207,7 +207,7 @@ def test_a_version_that_crashes_is_rolled_back(deployed, model_repo, alice, hf_a
 
 
 def test_preview_env_for_a_repo_pins_the_revision(model_repo, alice):
-    from hubflow.preview import app_env, is_run
+    from hubflow.ops.preview import app_env, is_run
 
     repo_id, sha, _ = model_repo
     assert not is_run(repo_id) and is_run("s3://bucket/runs/x/summary.json")

@@ -141,7 +141,7 @@ def test_only_commits_to_the_branch_of_datasets_and_models_are_announced(receive
 
 
 def test_a_dataset_commit_starts_one_run(receiver, deployment_id, hf_api, localhub, new_repo_id, monkeypatch, capsys):
-    from hubflow.cli import main
+    from hubflow.ops.cli import main
 
     repo_id = new_repo_id()
     hf_api.create_repo(repo_id, repo_type="dataset")
@@ -217,7 +217,7 @@ def test_the_dedup_record_survives_restarts_and_races(tmp_path):
 
 
 def test_the_receiver_refuses_to_start_without_a_secret(monkeypatch, tmp_path):
-    from hubflow.cli import main
+    from hubflow.ops.cli import main
 
     monkeypatch.delenv("HUBFLOW_WEBHOOK_SECRET", raising=False)
     monkeypatch.delenv("HUBFLOW_WEBHOOK_SECRET_BLOCK", raising=False)

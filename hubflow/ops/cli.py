@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:  # noqa: BLE001 - the terminal gets the cause in one line; --verbose the traceback
         if args.verbose:
             raise
-        from .config import one_line
+        from ..config import one_line
 
         sys.exit(f"hubflow {args.command}: {one_line(err)}"
                  + ("" if isinstance(err, RunFailed) else " (--verbose shows the traceback)"))
@@ -141,9 +141,9 @@ class _WithCommon:
 # here rather than derived from the installed kinds: a demo is seed data and a recipe, which a kind from another
 # package does not bring (tests/test_demo_embeddings.py checks that each name is an installed kind).
 DEMOS = {
-    "text-classification": ("hubflow.demo", "run_demo"),
-    "causal-lm": ("hubflow.demo_llm", "run_llm_demo"),
-    "sentence-embedding": ("hubflow.demo_embeddings", "run_embeddings_demo"),
+    "text-classification": ("hubflow.ops.demo", "run_demo"),
+    "causal-lm": ("hubflow.ops.demo_llm", "run_llm_demo"),
+    "sentence-embedding": ("hubflow.ops.demo_embeddings", "run_embeddings_demo"),
 }
 
 
@@ -161,14 +161,14 @@ def _space_preview(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .config import load_recipe, one_line
+    from ..config import load_recipe, one_line
 
     try:
         config = load_recipe(args.recipe, args.set)
     except (ValueError, OSError) as e:  # pydantic's ValidationError is a ValueError: it names the field
         print(f"hubflow: {args.recipe}: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
-    from .flows.pipeline import pipeline
+    from ..flows.pipeline import pipeline
 
     prefect_console(args.verbose)
     state = pipeline(config, return_state=True)

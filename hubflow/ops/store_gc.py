@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .doors import store
+from ..doors import store
 
 STAGES = ("pull-dataset", "preprocess", "train", "predict", "evaluate", "batch-inputs")
 SUMMARIES = ("runs", "batch")

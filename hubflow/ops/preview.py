@@ -33,9 +33,9 @@ def app_env(target: str, revision: str | None = None) -> dict[str, str]:
     `HUBFLOW_TASK` says which kind's app serves it."""
     if is_run(target):
         return _run_env(target)
-    from .doors.hub import endpoint, pin
-    from .refs import PublishedRepo
-    from .stages import space
+    from ..doors.hub import endpoint, pin
+    from ..refs import PublishedRepo
+    from ..stages import space
 
     pinned = pin(target, "model", revision or "main", "model")
     model = PublishedRepo(repo_id=target, repo_type="model", sha=pinned.sha, url=f"{endpoint()}/{target}",
@@ -45,9 +45,9 @@ def app_env(target: str, revision: str | None = None) -> dict[str, str]:
 
 
 def _run_env(summary_uri: str) -> dict[str, str]:
-    from .doors import store
-    from .refs import PipelineResult
-    from .stages.predict import read_predictions
+    from ..doors import store
+    from ..refs import PipelineResult
+    from ..stages.predict import read_predictions
 
     result = PipelineResult.model_validate(store.read_json(summary_uri))
     ckpt = result.checkpoint
@@ -60,8 +60,8 @@ def _run_env(summary_uri: str) -> dict[str, str]:
 
 def serve(env: dict[str, str], port: int | None = None, on_ready=print) -> int:
     """Run the app until it exits or Ctrl-C; calls `on_ready(message)` once it answers. Returns an exit code."""
-    from .doors.hub import hf_token
-    from .kinds import DEFAULT_TASK, kind_for
+    from ..doors.hub import hf_token
+    from ..kinds import DEFAULT_TASK, kind_for
 
     held = _reserve(port or 0)  # the port is ours from here until the app listens on it: no other bind takes it
     port = held.getsockname()[1]

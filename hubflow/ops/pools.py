@@ -19,7 +19,7 @@ from pathlib import Path
 
 POOLS = ("cpu", "gpu")
 TYPES = ("process", "docker", "kubernetes")
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "deployments" / "pools"
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent.parent / "deployments" / "pools"
 DESCRIPTIONS = {
     "cpu": "hubflow: orchestration, Hub I/O, preprocessing, evaluation, publishing (hubflow-pipeline & co).",
     "gpu": "hubflow: training and batch inference (hubflow-train/gpu, hubflow-predict/gpu).",

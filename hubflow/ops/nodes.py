@@ -1,4 +1,4 @@
-"""The command of every pod of a multi-node training job: `python -m hubflow.nodes <the flow run's command>`.
+"""The command of every pod of a multi-node training job: `python -m hubflow.ops.nodes <the flow run's command>`.
 
 A Prefect kubernetes worker turns a flow run into one Kubernetes Job whose container runs the flow run
 (`prefect flow-run execute`). The multi-node template (deployments/pools/kubernetes-gpu-multinode.json) makes that
@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 
-from .stages.launch import World, join, wait_for_endpoint
+from ..stages.launch import World, join, wait_for_endpoint
 
 ROUND_PAUSE_SECONDS = 10  # after a training ends: node 0's agent is still closing the round it just finished
 
@@ -32,11 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     command = list(sys.argv[1:] if argv is None else argv)
     world = World.from_env()
     if world is None:
-        raise SystemExit("hubflow.nodes: HUBFLOW_WORLD is not set; this is the command of a multi-node job's pods "
+        raise SystemExit("hubflow.ops.nodes: HUBFLOW_WORLD is not set; this is the command of a multi-node job's pods "
                          "(deployments/pools/kubernetes-gpu-multinode.json)")
     if world.node_rank == 0:
         if not command:
-            raise SystemExit("hubflow.nodes: node 0 runs the flow run, but no command was given")
+            raise SystemExit("hubflow.ops.nodes: node 0 runs the flow run, but no command was given")
         sys.stdout.flush()
         os.execvp(command[0], command)  # this pod is the flow run, exactly as a one-pod job would be
     return follow(world, os.environ.get("PREFECT__FLOW_RUN_ID"))
@@ -73,8 +73,8 @@ def _prefetch_base_model(flow_run_id: str, log) -> None:
     """
     from prefect.client.orchestration import get_client
 
-    from .doors import hub
-    from .refs import PinnedRepo
+    from ..doors import hub
+    from ..refs import PinnedRepo
 
     with get_client(sync_client=True) as client:
         params = client.read_flow_run(flow_run_id).parameters
@@ -103,7 +103,7 @@ def _run_over(flow_run_id: str, every_seconds: float = 15.0):
 
 
 def _log(world: World):
-    return lambda msg: print(f"hubflow.nodes [node {world.node_rank} of {world.nodes}]: {msg}", flush=True)
+    return lambda msg: print(f"hubflow.ops.nodes [node {world.node_rank} of {world.nodes}]: {msg}", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ short MNRL fine-tune on the pairs finds more, and ranks them higher.
     4. report    before/after metrics and a few queries the base model got wrong, printed and in DIR/summary.json
                  (`before`, `metrics`)
 
-Everything stays under the work dir, as in `hubflow demo` (see hubflow/demo.py for the layout).
+Everything stays under the work dir, as in `hubflow demo` (see hubflow/ops/demo.py for the layout).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from .console import RunFailed, prefect_console, run_failure
 from .demo import DEMO_MODEL, Phases, demo_hub, print_outputs, run_timings, stage_states, write_summary
 
-EMBEDDINGS_RECIPE = Path(__file__).resolve().parent.parent / "deployments" / "configs" / "minilm-embeddings.yaml"
+EMBEDDINGS_RECIPE = Path(__file__).resolve().parent.parent.parent / "deployments" / "configs" / "minilm-embeddings.yaml"
 SEARCH_DATASET = "hubflow-demo/support-ticket-search"
 METRICS = (("recall_at_1", "recall@1"), ("recall_at_10", "recall@10"), ("mrr_at_10", "MRR@10"),
            ("ndcg_at_10", "nDCG@10"))
@@ -42,7 +42,7 @@ def build_search_pairs(seed: int = 0):
     splits with one schema, and the pull stage keeps only the pair columns of the train/validation/test splits."""
     from datasets import Dataset, DatasetDict
 
-    from .kinds.sentence_embedding.demo_data import build_retrieval_demo
+    from ..kinds.sentence_embedding.demo_data import build_retrieval_demo
 
     demo = build_retrieval_demo(seed)
     ticket = dict(zip(demo["corpus"]["id"], demo["corpus"]["text"]))
@@ -53,7 +53,7 @@ def build_search_pairs(seed: int = 0):
 
 def write_search_pairs(out_dir: str | Path, seed: int = 0) -> list[Path]:
     """Folder -> the Hub dataset layout (`data/{split}-00000-of-00001.parquet`, README.md last); returns the paths."""
-    from .demo_data import write_hub_layout
+    from ..demo_data import write_hub_layout
 
     dsd = build_search_pairs(seed)
     sizes = ", ".join(f"{s} {len(ds)}" for s, ds in dsd.items())
@@ -70,7 +70,7 @@ pretty_name: hubflow demo support-ticket search (query -> ticket pairs)
 
 A terse search-box query (`anchor`) and the customer-support ticket it is about (`positive`). Rows: {sizes} (two
 queries per training ticket). The test tickets never appear in train or validation. Generated offline and
-deterministically by `hubflow.demo_embeddings.build_search_pairs(seed={seed})` from
+deterministically by `hubflow.ops.demo_embeddings.build_search_pairs(seed={seed})` from
 `hubflow.kinds.sentence_embedding.demo_data` (synthetic tickets from `hubflow.demo_data`).
 """
     return write_hub_layout(dsd, out_dir, card)
@@ -97,11 +97,11 @@ def run_embeddings_demo(workdir: str | Path, overrides: list[str] | None = None,
     clock = Phases()
     with demo_hub(workdir, embeddings_seed, wait_for_prefect=False) as prefect:
         clock.mark("localhub start (Prefect's server starting meanwhile)")
-        from .config import load_recipe
+        from ..config import load_recipe
 
         config = load_recipe(EMBEDDINGS_RECIPE, [f"artifact_store={workdir / 'store'}", *(overrides or [])])
-        from .flows.baseline import baseline
-        from .flows.pipeline import pipeline
+        from ..flows.baseline import baseline
+        from ..flows.pipeline import pipeline
 
         prefect_console(verbose)
         clock.mark("imports (prefect, the flows)")
@@ -148,8 +148,8 @@ def _examples(before_ref, after_ref, n: int = 3) -> list[dict]:
 def _top_ticket(ref) -> dict[str, dict[str, str]]:
     """Prediction rows (queries, then the corpus) -> {query text: {"top": best ticket's text, "relevant": the
     relevant ticket's text}}, ranked as the evaluation ranks them."""
-    from .kinds.sentence_embedding.metrics import top_k, vectors
-    from .stages.predict import read_predictions
+    from ..kinds.sentence_embedding.metrics import top_k, vectors
+    from ..stages.predict import read_predictions
 
     table = read_predictions(ref)
     rows = table.select(["id", "role", "text", "relevant_ids"]).to_pydict()

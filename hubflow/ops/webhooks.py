@@ -28,12 +28,12 @@ PATH = "/webhooks/hub"
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")  # namespace/name, as the Hub allows
 SHA = re.compile(r"[0-9a-f]{40}")
 MAX_BODY = 1 << 20  # the Hub's payloads are a few KB
-log = logging.getLogger("hubflow.webhooks")
+log = logging.getLogger("hubflow.ops.webhooks")
 
 
 def webhook_secret() -> str:
     """The shared secret, read once at start: $HUBFLOW_WEBHOOK_SECRET, else the Secret block it names. Never logged."""
-    from .secrets import secret as read_secret
+    from ..secrets import secret as read_secret
 
     secret = read_secret((SECRET_ENV,), SECRET_BLOCK_ENV)
     if not secret:
@@ -52,7 +52,7 @@ def create_app(secret: str, seen, branch: str = "main"):
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from .events import EmitError, emit_hub_update, hub_event_id
+    from ..events import EmitError, emit_hub_update, hub_event_id
 
     expected = secret.encode()
     wanted_ref = f"refs/heads/{branch}"
@@ -115,7 +115,7 @@ def serve(host: str, port: int, state_dir: str | None, branch: str = "main") -> 
     import uvicorn
     from prefect.settings import get_current_settings
 
-    from .events import SeenRevisions
+    from ..events import SeenRevisions
 
     secret = webhook_secret()
     if not get_current_settings().api.url:
@@ -129,7 +129,7 @@ def serve(host: str, port: int, state_dir: str | None, branch: str = "main") -> 
 
 def register(url: str, watch: list[str]) -> dict:
     """Create the Hub webhook for `url` watching `type:ns/name` items, or add them to the one already there."""
-    from .doors import hub
+    from ..doors import hub
 
     items = [_watched_item(w) for w in watch]
     secret = webhook_secret()

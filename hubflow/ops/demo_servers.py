@@ -66,7 +66,7 @@ class PrefectServer:
         sock = listen("127.0.0.1")  # bound here, served there: the port cannot be taken in between
         self.port = sock.getsockname()[1]
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-        code = f"from hubflow.demo_servers import serve_prefect; serve_prefect({sock.fileno()})"
+        code = f"from hubflow.ops.demo_servers import serve_prefect; serve_prefect({sock.fileno()})"
         with sock:
             self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
                                          pass_fds=(sock.fileno(),))

