@@ -27,10 +27,20 @@ class _Stage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _open_for_the_kinds(schema: dict[str, Any], cls: type) -> None:
+    """The JSON schema of a shared class (a flow parameter's, which Prefect's server checks a run against) accepts
+    more keys: a kind's own keys travel in it (a LoRA run's `train.lora` to the gpu pool's train flow). pydantic
+    still checks them against the kind's class when the run starts."""
+    if cls in _SHARED:
+        schema["additionalProperties"] = True
+
+
 class _Keyed(_Stage):
     """A settings model that task kinds may extend. Validating the shared class with a mapping whose `task` names a
     kind gives that kind's own class, so its keys survive a trip through JSON (a deployment's parameters, a run's
     summary); the whole config picks its kind by `task` (the registry's default when absent)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_open_for_the_kinds)
 
     @model_validator(mode="wrap")
     @classmethod

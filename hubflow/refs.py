@@ -47,6 +47,11 @@ class ModelFacts(Ref):
     Written next to the weights as `hubflow.json` (and so published with them): batch inference, the Space and the
     preview read these instead of re-defaulting them."""
 
+    # Open in the JSON schema (a flow parameter's, checked by Prefect's server): a kind's facts carry more keys;
+    # pydantic checks them against the kind's own facts class.
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=lambda schema, cls: (
+        schema.update(additionalProperties=True) if cls is ModelFacts else None))
+
     task: str
     max_length: int
     adapter_base: PinnedRepo | None = None  # adapter repos (LoRA): the base model the adapter goes on

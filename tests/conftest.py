@@ -149,6 +149,11 @@ def s3(monkeypatch):
         AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}",
     ).items():
         monkeypatch.setenv(key, value)
+    # moto keeps its buckets in this process's memory, shared by every server it starts: each test starts empty.
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST")).close()
+    s3fs.S3FileSystem.clear_instance_cache()  # s3fs caches listings per instance: none from an earlier test
     s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"}).mkdir("hubflow")
     yield "s3://hubflow"
     server.stop()

@@ -175,6 +175,7 @@ def pipeline_run(topology, localhub, tmp_path_factory):
     push_tiny_bert(alice, model_repo, tmp_path_factory.mktemp("bert"), num_labels=4)
     push_demo_dataset(owner, "hubflow/support-tickets", tmp_path_factory.mktemp("tickets"), exist_ok=True)
     config = {
+        "task": "text-classification",  # the run form (and so the server) asks for the task kind
         "model": {"repo_id": model_repo},
         "data": {"source": "hubflow/support-tickets", "max_train_samples": 160, "max_eval_samples": 40,
                  "max_test_samples": 60},

@@ -23,7 +23,7 @@ from importlib.metadata import distributions
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Protocol, Union, runtime_checkable
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from ..config import (
     DataConfig,
@@ -222,7 +222,9 @@ def config_form() -> Any:
     configs = tuple(kind.settings for kind in all_kinds())
     if len(configs) == 1:
         return configs[0]
-    return Annotated[Union[configs], Field(discriminator="task"), FlatForm()]
+    # A mapping without `task` is the default kind's, as a recipe without `task:` is (the union needs its tag).
+    default_task = BeforeValidator(lambda v: {"task": DEFAULT_TASK, **v} if isinstance(v, dict) else v)
+    return Annotated[Union[configs], Field(discriminator="task"), default_task, FlatForm()]
 
 
 class FlatForm:
@@ -251,6 +253,8 @@ class FlatForm:
                            "marked with another kind's name is refused when the run starts).",
         }
         form["properties"] = {"task": form["properties"].pop("task"), **form["properties"]}
+        # Required in the form (the UI then shows a plain picker with the default chosen); a mapping without `task`
+        # given to the flow in Python is the default kind's (config_form's BeforeValidator).
         form["required"] = ["task"] + [r for r in form.get("required", []) if r != "task"]
         return form
 
@@ -377,8 +381,9 @@ def _merge_objects(models: dict[str, dict[str, Any]], resolve, top: bool = False
                 if all(r in m.get("required", []) for m in models.values()) and r != "task"]
     if required:
         merged["required"] = required
-    if all(m.get("additionalProperties") is False for m in models.values()):
-        merged["additionalProperties"] = False
+    # The union of every kind's keys is listed: anything else is a key no kind has. (A shared section's own schema is
+    # open, so that a kind's keys travel through it: hubflow.config._open_for_the_kinds.)
+    merged["additionalProperties"] = False
     return merged
 
 
