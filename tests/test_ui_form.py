@@ -150,10 +150,11 @@ def _flow_runs(api: str, deployment_id: str) -> dict[str, dict]:
 
 
 def _new_run(page, api: str, deployment_id: str, before: dict[str, dict], refusals: int = 0) -> dict:
-    """The parameters of the one run the page's submit created since `before` (waits up to 30 s); fails at once,
-    with the server's reason, when the page shows one more refusal than the `refusals` it showed before."""
+    """The parameters of the one run the page's submit created since `before` (waits up to 90 s: a busy machine);
+    fails at once, with the server's reason, when the page shows one more refusal than the `refusals` it showed
+    before."""
     refused = page.get_by_text(REFUSED)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while (new := {k: v for k, v in _flow_runs(api, deployment_id).items() if k not in before}) == {}:
         assert refused.count() <= refusals, f"the run was refused: {refused.last.inner_text()[-2000:]}"
         assert time.monotonic() < deadline, "no flow run was created"
