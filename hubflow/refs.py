@@ -27,6 +27,25 @@ class PinnedRepo(Ref):
     sha: str
 
 
+class TrackingTarget(Ref):
+    """Where a training logs its run (hubflow/tracking): the MLflow tracking `uri` and `experiment`; `run_id` to log
+    into a run that exists (the pipeline's), or `parent_run_id` to start a child run under it (a sweep's trial)."""
+
+    uri: str
+    experiment: str
+    run_id: str | None = None
+    parent_run_id: str | None = None
+    run_name: str | None = None
+    tags: dict[str, str] = {}
+
+
+class ObserveSpec(Ref):
+    """Who watches a training (hubflow/stages/observers.py): travels with the train call through every hop as JSON;
+    not part of the training's identity (its resume key and cache key)."""
+
+    tracking: TrackingTarget | None = None
+
+
 class RawDataRef(Ref):
     """Raw splits as parquet files in the store: `{uri}/{split}.parquet`, keeping the source's column names.
 

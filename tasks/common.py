@@ -74,6 +74,7 @@ def _modules(stage: str, inputs: dict[str, Any]) -> tuple[str, ...]:
 def _keyed(stage: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """The inputs that decide a stage's output. Batch inference's batch size and token budget change how rows are
     padded, not a classifier's predictions (attention masks): changing only those reuses every shard."""
+    inputs = {k: v for k, v in inputs.items() if k != "observe"}  # who watches a stage never changes its output
     cfg = inputs.get("cfg")
     if stage == "predict" and cfg is not None and kind_for(_task_of(inputs)).batch_invariant:
         return {**inputs, "cfg": cfg.model_dump(mode="json", exclude={"batch_size", "max_tokens_per_batch"})}

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from hubflow.config import ExecutionConfig, ExecutionMode, InferenceConfig, TrainConfig
-from hubflow.refs import CheckpointRef, PinnedRepo, PredictionsPart, PredictionsRef, TokenizedRef
+from hubflow.refs import CheckpointRef, ObserveSpec, PinnedRepo, PredictionsPart, PredictionsRef, TokenizedRef
 from hubflow.tasks import pipeline as stages
 
 R = TypeVar("R", bound=BaseModel)
@@ -34,11 +34,13 @@ class DispatchCancelled(DispatchError):
 
 
 def train(tokenized: TokenizedRef, base_model: PinnedRepo, cfg: TrainConfig, artifact_store: str,
-          execution: ExecutionConfig, allow_pickle: bool = False) -> CheckpointRef:
+          execution: ExecutionConfig, allow_pickle: bool = False, observe: ObserveSpec | None = None) -> CheckpointRef:
+    """The train stage here or as a run of the gpu pool's train deployment; `observe` (who watches the training:
+    a tracker, a sweep's pruner) travels with it."""
     if execution.mode is ExecutionMode.local:
-        return stages.train(tokenized, base_model, cfg, artifact_store, allow_pickle)
+        return stages.train(tokenized, base_model, cfg, artifact_store, allow_pickle, observe)
     params = {"tokenized": tokenized, "base_model": base_model, "train": cfg, "artifact_store": artifact_store,
-              "allow_pickle": allow_pickle}
+              "allow_pickle": allow_pickle, "observe": observe}
     return _run(execution.train_deployment, params, CheckpointRef, execution.timeout_seconds)
 
 

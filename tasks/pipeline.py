@@ -18,6 +18,7 @@ from hubflow.kinds import kind_for
 from hubflow.refs import (
     CheckpointRef,
     EvalRef,
+    ObserveSpec,
     PinnedRepo,
     PredictionsPart,
     PredictionsRef,
@@ -67,16 +68,17 @@ def preprocess(raw: RawDataRef, model: PinnedRepo, cfg: PreprocessConfig, data: 
 
 @task(name="train", cache_key_fn=cache_key("train"), persist_result=True, retries=1)
 def train(tokenized: TokenizedRef, model: PinnedRepo, cfg: TrainConfig, artifact_store: str,
-          allow_pickle: bool = False) -> CheckpointRef:
+          allow_pickle: bool = False, observe: ObserveSpec | None = None) -> CheckpointRef:
     """Fine-tune with accelerate (one process per GPU on a multi-GPU worker: the stage decides); a retry resumes
-    from the last checkpoint in the store."""
+    from the last checkpoint in the store. `observe` (a tracker, a sweep's pruner) is not part of the key."""
     from hubflow.stages.train import train_model
 
     out = out_uri("train", dict(tokenized=tokenized, model=model, cfg=cfg, artifact_store=artifact_store,
                                 allow_pickle=allow_pickle))
     model_dir = hub.model_dir(model, allow_pickle)
     progress = Progress("train-progress", f"Fine-tuning {model.repo_id}@{model.sha[:10]}", "train")
-    return train_model(tokenized, model_dir, model, cfg, out, on_progress=progress, allow_pickle=allow_pickle)
+    return train_model(tokenized, model_dir, model, cfg, out, on_progress=progress, allow_pickle=allow_pickle,
+                       observe=observe)
 
 
 @task(name="predict", cache_key_fn=cache_key("predict"), persist_result=True)

@@ -35,9 +35,11 @@ from typing import Callable, Mapping
 
 from ..config import TrainConfig
 from ..doors import store
-from ..refs import CheckpointRef, PinnedRepo, TokenizedRef
+from ..refs import CheckpointRef, ObserveSpec, PinnedRepo, TokenizedRef
+from .observers import StopTrial
 
 TRAIN_MODULE = "hubflow.stages.train"
+STOPPED = "stopped.json"  # under the run's out_uri: the main rank's note that an observer stopped the training
 
 
 @dataclass(frozen=True)
@@ -101,17 +103,28 @@ def ranks_to_launch(world: World | None, devices: int) -> int:
 
 
 def launch(tokenized: TokenizedRef, model_dir: str, model: PinnedRepo, cfg: TrainConfig, out: str, nproc: int,
-           allow_pickle: bool, log: Callable[[str], None], world: World | None = None) -> CheckpointRef:
-    """Train with torchrun: `nproc` processes here, plus the other nodes' when this is node 0 of a multi-node job."""
+           allow_pickle: bool, log: Callable[[str], None], world: World | None = None,
+           observe: ObserveSpec | None = None) -> CheckpointRef:
+    """Train with torchrun: `nproc` processes here, plus the other nodes' when this is node 0 of a multi-node job.
+
+    `observe` goes to the ranks as JSON (the main rank builds the observers); when one of them stopped the training
+    (the ranks exit non-zero, leaving `{out}/stopped.json`), StopTrial is raised here too."""
     world = world or World.from_env() or World(1, nproc, 0, "", "hubflow")
     cmd = world.torchrun(nproc if not world.multinode else None) + [
         "-m", TRAIN_MODULE, "--tokenized-ref", tokenized.model_dump_json(), "--model-dir", model_dir,
         "--base-model", model.model_dump_json(), "--config", cfg.model_dump_json(), "--out-uri", out]
     if allow_pickle:
         cmd.append("--allow-pickle")
+    if observe is not None:
+        cmd += ["--observe", observe.model_dump_json()]
+    stopped = store.join(out, STOPPED)
+    store.remove(stopped)  # an earlier session's note is not this one's
     where = f"{world.nodes} nodes x {world.procs_per_node}" if world.multinode else f"{nproc}"
     log(f"torchrun: {where} processes, rendezvous {world.endpoint or 'local'}")
     code = _stream(cmd, log)
+    if code and store.exists(stopped):
+        note = store.read_json(stopped)
+        raise StopTrial(note.get("reason") or "stopped by an observer", note.get("step"))
     if code:
         raise RuntimeError(f"torchrun ({where} processes) exited with {code}")
     return CheckpointRef.model_validate(store.read_json(store.join(out, "checkpoint_ref.json")))

@@ -55,6 +55,7 @@ class Run:
     started: float
     samples_per_step: int = 0  # examples per optimizer step over every process (for the progress line's rate)
     prior_seconds: float = 0.0
+    observers: Any = None  # the main process's watchers (observers.Observers); on_step is called on loss read-back
 
     def seconds(self) -> float:
         """Training wall time over every session of this run (a resumed run adds to the earlier ones)."""

@@ -32,10 +32,11 @@ import torch
 from ..config import TrainConfig
 from ..doors import store
 from ..kinds import kind_for
-from ..refs import CheckpointRef, ModelFacts, PinnedRepo, TokenizedRef
+from ..refs import CheckpointRef, ModelFacts, ObserveSpec, PinnedRepo, TokenizedRef
 from . import launch, resume
 from .facts import weights_fingerprint, write_facts
 from .memory import check_memory
+from .observers import Observers, StopTrial, build_observers
 from .resume import LoopState
 
 Progress = Callable[[float, str], None]
@@ -83,12 +84,17 @@ def train_model(
     out_uri: str,
     on_progress: Progress | None = None,
     allow_pickle: bool = False,
+    observe: ObserveSpec | None = None,
 ) -> CheckpointRef:
     """Fine-tune `model_dir` on `tokenized` (train split; validation each epoch); keep the best evaluation's weights.
 
     On a multi-GPU worker, and on node 0 of a multi-node job (HUBFLOW_WORLD, see launch.py), this call launches
     the training's ranks with torchrun instead (launch.ranks_to_launch decides, once), and returns the ref they
-    wrote."""
+    wrote.
+
+    `observe` names who watches the training (observers.py: a tracker, a sweep's pruner); the main process calls
+    them. An observer's StopTrial stops the training at that evaluation: `{out_uri}/stopped.json` says where, no
+    model is written, and StopTrial propagates (from torchrun's ranks too, through launch)."""
     world = launch.World.from_env()
     ranks = launch.ranks_to_launch(world, torch.cuda.device_count())
     if ranks:
@@ -96,10 +102,31 @@ def train_model(
         where = f"{world.nodes} nodes x {ranks}" if world and world.multinode else f"{ranks}"
         if on_progress:
             on_progress(0.0, f"training on {where} processes (torchrun)")
-        ref = launch.launch(tokenized, model_dir, base_model, cfg, out_uri, ranks, allow_pickle, log, world)
+        ref = launch.launch(tokenized, model_dir, base_model, cfg, out_uri, ranks, allow_pickle, log, world,
+                            observe=observe)
         if on_progress:
             on_progress(1.0, f"model written to {ref.uri}")
         return ref
+    main = int(os.environ.get("RANK", "0")) == 0  # accelerate's main process, known before it is set up
+    observers = build_observers(observe) if main else Observers()
+    try:
+        ref, figures = _train_here(tokenized, model_dir, base_model, cfg, out_uri, on_progress, allow_pickle, observers)
+    except StopTrial as stop:
+        observers.on_end(None, f"stopped: {stop}")
+        if main:
+            store.write_json(store.join(out_uri, launch.STOPPED), {"step": stop.step, "reason": str(stop)})
+        raise
+    except BaseException as exc:
+        observers.on_end(None, f"{type(exc).__name__}: {exc}")
+        raise
+    observers.on_end(figures, None)
+    return ref
+
+
+def _train_here(tokenized: TokenizedRef, model_dir: str, base_model: PinnedRepo, cfg: TrainConfig, out_uri: str,
+                on_progress: Progress | None, allow_pickle: bool, observers: Observers) -> tuple[CheckpointRef, dict]:
+    """train_model in this process (one rank of a launched training, or the only one) -> the ref and the run's
+    figures (samples/s, peak memory) for the observers."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
@@ -139,10 +166,15 @@ def train_model(
 
     run = resume.Run(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, out_uri=out_uri,
                      total_steps=total_steps, steps_per_epoch=steps_per_epoch, progress=progress, started=started,
-                     samples_per_step=cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes)
+                     samples_per_step=cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes,
+                     observers=observers)
     run_key = {"config": cfg.model_dump(mode="json"), "data": tokenized.fingerprint, "base_model": base_model.sha}
     st = resume.load_latest(run, run_key) or LoopState.fresh(run_key, total_steps, steps_per_epoch)
     run.prior_seconds = st.train_seconds
+    observers.on_start({"config": cfg.model_dump(mode="json"), "base_model": base_model.model_dump(mode="json"),
+                        "data_fingerprint": tokenized.fingerprint, "task": facts.task, "total_steps": total_steps,
+                        "steps_per_epoch": steps_per_epoch, "processes": accelerator.num_processes,
+                        "resumed_at_step": st.step, "hardware": _hardware(accelerator, cfg.precision.name)})
 
     while st.step < total_steps and st.epoch < n_epochs:
         model.train()
@@ -186,10 +218,41 @@ def train_model(
         resume.save_checkpoint(run, st)
         shown = " ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in metrics.items() if k.startswith("eval_"))
         progress(st.step / total_steps, f"epoch {metrics['epoch']:.2f}: {shown}")
+        _observe_evaluation(run, metrics)
 
     ref = _finalize(run, st, tokenizer, facts, base_model, cfg)
     progress(1.0, f"model written to {ref.uri}")
-    return ref
+    return ref, _figures(run, st, ref)
+
+
+def _observe_evaluation(run: resume.Run, metrics: dict) -> None:
+    """Hand an epoch's validation to the observers; raise StopTrial on every process when one asks to stop."""
+    acc, stop = run.accelerator, None
+    try:
+        run.observers.on_evaluate(int(metrics["step"]), float(metrics["epoch"]),
+                                  {k: float(v) for k, v in metrics.items() if k.startswith("eval_")})
+    except StopTrial as exc:
+        stop = exc
+        stop.step = stop.step if stop.step is not None else int(metrics["step"])
+    if acc.num_processes > 1:  # the other ranks stop with the main one, or they would wait for it forever
+        flag = acc.reduce(torch.tensor(float(stop is not None), device=acc.device), reduction="sum").item()
+        if flag and stop is None:
+            stop = StopTrial("stopped by the main process's observer", int(metrics["step"]))
+    if stop is not None:
+        raise stop
+
+
+def _figures(run: resume.Run, st: LoopState, ref: CheckpointRef) -> dict:
+    """The run's system figures: throughput over its training time, peak memory (the GPU's, else the process's)."""
+    import resource
+
+    figures = {"train_seconds": ref.train_seconds, "steps": st.step, "hardware": ref.hardware, "model_uri": ref.uri,
+               "metrics": dict(ref.metrics),
+               "samples_per_second": round(st.step * run.samples_per_step / max(run.seconds(), 1e-9), 3),
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if run.accelerator.device.type == "cuda":
+        figures["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(run.accelerator.device) / 2**20, 1)
+    return figures
 
 
 def _dataloaders(tokenized: TokenizedRef, tokenizer, cfg: TrainConfig, accelerator, kind):
@@ -242,6 +305,8 @@ def _flush_losses(run: resume.Run, st: LoopState, pending: list) -> None:
     first = st.step - len(pending) + 1
     for i, (loss, (_, lr)) in enumerate(zip(losses, pending)):
         st.history["steps"].append({"step": first + i, "loss": loss, "lr": lr})
+        if run.observers:
+            run.observers.on_step(first + i, loss, lr)
     pending.clear()
     seconds = max(run.seconds(), 1e-9)
     rate = st.step * run.samples_per_step / seconds
@@ -320,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=TrainConfig.model_validate_json, help="TrainConfig JSON")
     parser.add_argument("--out-uri", help="store URI the run writes under")
     parser.add_argument("--allow-pickle", action="store_true", help="the base model may be pytorch_model.bin")
+    parser.add_argument("--observe", type=ObserveSpec.model_validate_json, help="ObserveSpec JSON (who watches)")
     parser.add_argument("--join", action="store_true",
                         help="a joining node of a multi-node run: every other argument comes from node 0's ranks")
     args = parser.parse_args(argv)
@@ -340,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"rank {state.process_index} of {state.num_processes} (node {os.environ.get('GROUP_RANK', 0)}, "
           f"local rank {state.local_process_index}): training into {run['out_uri']}", flush=True)
     ref = train_model(run["tokenized"], model_dir, run["base_model"], run["config"], run["out_uri"],
-                      allow_pickle=run["allow_pickle"])
+                      allow_pickle=run["allow_pickle"], observe=run.get("observe"))
     if state.is_main_process:
         print(ref.model_dump_json())
 
@@ -349,7 +415,7 @@ def _run_arguments(args, state) -> dict[str, Any]:
     """The run's arguments: this process's own, or (joining ranks) node 0's, gathered over the process group."""
     own = None if args.join else {
         "tokenized": args.tokenized_ref, "base_model": args.base_model, "config": args.config,
-        "out_uri": args.out_uri, "allow_pickle": args.allow_pickle,
+        "out_uri": args.out_uri, "allow_pickle": args.allow_pickle, "observe": args.observe,
     }
     if state.num_processes == 1:
         if own is None:
