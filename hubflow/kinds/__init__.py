@@ -104,6 +104,7 @@ class ReleaseRole(Protocol):
     pipeline_tag: str  # the Hub's pipeline tag for cards
     title: str  # what the Space says it does
     space_app: Path  # the folder of the Space's app template
+    serve_handler: Path | None  # the kind's HTTP handler file (serve.py; docs/serving.md), None: not servable
 
     def published_folder(self, checkpoint: CheckpointRef, publish: PublishConfig) -> tuple[str, str, str]: ...
     def card_metadata(self, facts: ModelFacts) -> dict[str, str]: ...  # library_name, base_model_relation, weights
@@ -136,6 +137,21 @@ class KindDefaults:
     """What most kinds do; a kind overrides what differs."""
 
     batch_invariant: ClassVar[bool] = True
+    serve_handler: ClassVar[Path | None] = None  # a kind that can be served names its serve.py
+
+    @property
+    def monitor(self):
+        """The kind's monitor role (`<kind package>.monitor`: observe a batch, score drift against the reference,
+        live accuracy), imported on first use; None for a kind without one (the monitor flow then says so)."""
+        import importlib
+
+        name = f"{type(self).__module__}.monitor"
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            return None
 
     def own(self, section):
         """`section` as this kind's class: a caller that built the shared one (a flow's form, a test, a benchmark)

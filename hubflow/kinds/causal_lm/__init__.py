@@ -29,6 +29,7 @@ class CausalLM(KindDefaults):
     default_metric = "perplexity"
     batch_invariant = False  # sampling streams and left padding depend on how prompts are batched
     space_app = Path(__file__).parent / "space_app"
+    serve_handler = Path(__file__).parent / "serve.py"  # hubflow serve, the endpoint Space's handler.py
     modules = ("hubflow.kinds.causal_lm",)
     train_columns = ["input_ids", "labels", "position_ids"]
 

@@ -28,6 +28,7 @@ class SentenceEmbedding(KindDefaults):
     default_metric = "ndcg_at_10"
     batch_invariant = True  # batch size and token budget change padding only (attention masks): vectors stay
     space_app = Path(__file__).parent / "space_app"
+    serve_handler = Path(__file__).parent / "serve.py"  # hubflow serve, the endpoint Space's handler.py
     modules = ("hubflow.kinds.sentence_embedding",)
 
     @property

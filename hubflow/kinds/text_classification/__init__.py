@@ -26,6 +26,7 @@ class TextClassification(KindDefaults):
     default_metric = "macro_f1"
     batch_invariant = True  # batch size and token budget change padding only: predictions stay the same
     space_app = Path(__file__).parent / "space_app"
+    serve_handler = Path(__file__).parent / "serve.py"  # hubflow serve, the endpoint Space's handler.py
     modules = ("hubflow.kinds.text_classification",)
 
     @property
