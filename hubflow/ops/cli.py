@@ -5,6 +5,7 @@
     hubflow demo --task sentence-embedding         offline embeddings demo: MiniLM, MNRL, before/after, search Space
     hubflow run RECIPE.yaml [--set key=value ...]  run any recipe
     hubflow hub serve --port P --data DIR ...      the Hub-compatible server (localhub)
+    hubflow serve MODEL [--port P] [--public]      a model over HTTP: HF + OpenAI protocols, batching (docs/serving.md)
     hubflow space preview RUN_OR_REPO [--port P]   the demo Space's app on this machine
     hubflow webhooks serve --port P                Hub webhooks -> Prefect events (hub.dataset.updated)
     hubflow webhooks register --url U --watch dataset:ns/name   the Hub webhook that feeds it
@@ -61,6 +62,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe value, e.g. --set train.epochs=1 (repeatable)")
     run.set_defaults(func=_run)
+
+    serve_cmd = sub.add_parser("serve", help="serve a model over HTTP (HF + OpenAI protocols; docs/serving.md)")
+    from ..serving.launch import add_arguments
+
+    add_arguments(serve_cmd)
+    serve_cmd.set_defaults(func=_serve)
 
     hub = sub.add_parser("hub", help="localhub, the Hub-compatible server")
     from localhub.cli import add_serve_parser
@@ -158,6 +165,12 @@ def _space_preview(args: argparse.Namespace) -> None:
     from .preview import app_env, serve
 
     sys.exit(serve(app_env(args.target, args.revision), args.port))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from ..serving.launch import serve
+
+    serve(args)
 
 
 def _run(args: argparse.Namespace) -> None:
