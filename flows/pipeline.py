@@ -9,11 +9,13 @@ model, predictions, Space: flows/release.py) happens only when `publish.enabled`
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from prefect import flow
 
 from hubflow.flows.release import release
 from hubflow.kinds import config_form
-from hubflow.refs import PipelineResult
+from hubflow.refs import CheckpointRef, PinnedRepo, PipelineResult, RawDataRef, SweepRecord, TokenizedRef
 from hubflow.tasks import dispatch
 from hubflow.tasks import pipeline as stages
 from hubflow.tasks.records import record_run
@@ -26,18 +28,49 @@ PipelineConfig = config_form()
 @flow(name="hubflow-pipeline", persist_result=True, log_prints=True)
 def pipeline(config: PipelineConfig) -> PipelineResult:
     """Fine-tune `config.model` on `config.data`, predict and evaluate the test split, then release if promoted."""
+    inputs = prepare(config)
+    checkpoint = dispatch.train(inputs.tokenized, inputs.base_model, config.train, config.artifact_store,
+                                config.execution, config.model.allow_pickle_weights)
+    return finish(config, inputs, checkpoint)
+
+
+class Inputs(NamedTuple):
+    """What training starts from: the pinned model and dataset, the raw and the tokenized splits."""
+
+    base_model: PinnedRepo
+    dataset: PinnedRepo | None
+    raw: RawDataRef | None
+    tokenized: TokenizedRef | None
+
+
+def prepare(config: PipelineConfig, data: bool = True) -> Inputs:
+    """pin -> [release preflight] -> pull model; with `data`, pull the dataset and preprocess it (a sweep whose
+    trials change the data does those per trial: prepare_data)."""
     base_model, dataset = stages.pin_inputs(config.model, config.data)
     if config.publish.enabled:  # every release target is checked before anything costs
         check_release_targets(config.model.repo_id, config.data.source, config.publish, config.space)
-    raw = stages.pull_dataset(config.data, dataset, config.task, config.artifact_store)
-    stages.pull_model(base_model, config.model.allow_pickle_weights)
-    tokenized = stages.preprocess(raw, base_model, config.preprocess, config.data, config.task, config.artifact_store)
-    checkpoint = dispatch.train(tokenized, base_model, config.train, config.artifact_store, config.execution,
-                                config.model.allow_pickle_weights)
-    predictions = dispatch.predict(checkpoint, tokenized, "test", config.inference, config.artifact_store,
+    inputs = Inputs(base_model, dataset, None, None)
+    return prepare_data(config, inputs) if data else inputs
+
+
+def prepare_data(config: PipelineConfig, inputs: Inputs) -> Inputs:
+    """pull-dataset -> pull-model -> preprocess (cached tasks: a config seen before costs nothing)."""
+    raw = stages.pull_dataset(config.data, inputs.dataset, config.task, config.artifact_store)
+    stages.pull_model(inputs.base_model, config.model.allow_pickle_weights)
+    tokenized = stages.preprocess(raw, inputs.base_model, config.preprocess, config.data, config.task,
+                                  config.artifact_store)
+    return inputs._replace(raw=raw, tokenized=tokenized)
+
+
+def finish(config: PipelineConfig, inputs: Inputs, checkpoint: CheckpointRef,
+           sweep: SweepRecord | None = None) -> PipelineResult:
+    """A trained model -> predict -> evaluate -> the run's record -> the release, if publishing (the pipeline's
+    tail, which a sweep's best trial goes through too)."""
+    predictions = dispatch.predict(checkpoint, inputs.tokenized, "test", config.inference, config.artifact_store,
                                    config.execution)
     evaluation = stages.evaluate(predictions, checkpoint, config.artifact_store)
-    result = record_run(config, base_model, dataset, raw, tokenized, checkpoint, predictions, evaluation)
+    result = record_run(config, inputs.base_model, inputs.dataset, inputs.raw, inputs.tokenized, checkpoint,
+                        predictions, evaluation, sweep=sweep)
     if not config.publish.enabled:
         return result
     return release(result, config.publish, config.space)

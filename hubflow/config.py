@@ -390,7 +390,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     """Read a YAML recipe, apply `key.sub=value` overrides (values parsed as YAML), validate.
 
     Raises pydantic's ValidationError for values (it names every field); `RecipeError` for a file that is not a
-    YAML mapping or an override that is not `key=value`."""
+    YAML mapping or an override that is not `key=value`. A sweep recipe's `sweep:` section is what `hubflow sweep`
+    searches (hubflow/experiments/space.py reads it); as a pipeline recipe it is one run at the recipe's own values."""
+    raw = read_recipe(path, overrides)
+    raw.pop("sweep", None)
+    return PipelineConfig.model_validate(raw)
+
+
+def read_recipe(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A YAML recipe as a mapping, with the `key.sub=value` overrides applied; not validated (load_recipe)."""
     import yaml
 
     try:
@@ -417,7 +425,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Pipelin
             node[leaf] = _read_yaml(value)
         except yaml.YAMLError:
             raise RecipeError(f"--set {item!r}: the value is not valid YAML (quote it)") from None
-    return PipelineConfig.model_validate(raw)
+    return raw
 
 
 def _read_yaml(text: str) -> Any:

@@ -39,11 +39,28 @@ class TrackingTarget(Ref):
     tags: dict[str, str] = {}
 
 
+class TrialTarget(Ref):
+    """A sweep's trial that a training reports to (hubflow/experiments/pruning.py): the study in its `storage` (a
+    URL every worker reaches), the trial, the validation metric (`eval_macro_f1`) and its direction, and the pruner
+    (rebuilt on the worker: Optuna does not store it)."""
+
+    storage: str
+    study: str
+    trial: int
+    trial_id: int
+    metric: str
+    direction: Literal["higher", "lower"]
+    pruner: Literal["median", "successive_halving", "none"] = "median"
+    startup_trials: int = 0
+    warmup_epochs: int = 0
+
+
 class ObserveSpec(Ref):
     """Who watches a training (hubflow/stages/observers.py): travels with the train call through every hop as JSON;
     not part of the training's identity (its resume key and cache key)."""
 
     tracking: TrackingTarget | None = None
+    trial: TrialTarget | None = None
 
 
 class RawDataRef(Ref):
@@ -205,6 +222,25 @@ class PipelineResult(Ref):
     summary_uri: str
     published: PublishOutcome | None = None
     space: SpaceDeployment | None = None
+    sweep: SweepRecord | None = None  # the sweep this run's training was the best trial of (flows/sweep.py)
+
+
+class SweepRecord(Ref):
+    """The sweep a published model came out of, for its card and summary: the study, its space, the trials."""
+
+    study: str
+    storage: str  # without a password
+    space: dict[str, str]  # field path -> distribution, e.g. {"train.learning_rate": "log_uniform [1e-05, 0.001]"}
+    metric: str  # the validation metric the trials were ranked by
+    direction: Literal["higher", "lower"]
+    trials: int
+    complete: int
+    pruned: int
+    failed: int
+    best_trial: int
+    best_value: float
+    best_params: dict[str, Any]
+    flow_run_id: str | None = None
 
 
 class PublishOutcome(Ref):

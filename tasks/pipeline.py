@@ -66,7 +66,20 @@ def preprocess(raw: RawDataRef, model: PinnedRepo, cfg: PreprocessConfig, data: 
     return kind_for(task).prepare(raw, hub.model_dir(model), cfg, data, out)
 
 
-@task(name="train", cache_key_fn=cache_key("train"), persist_result=True, retries=1)
+def _not_stopped(task, task_run, state) -> bool:
+    """Retry a crashed training (it resumes), not one an observer stopped: a pruned sweep trial is done."""
+    from hubflow.stages.observers import StopTrial
+
+    try:
+        state.result()
+    except StopTrial:
+        return False
+    except BaseException:  # noqa: BLE001 - a crash, an OOM, a lost worker: the retry resumes from the checkpoint
+        return True
+    return False
+
+
+@task(name="train", cache_key_fn=cache_key("train"), persist_result=True, retries=1, retry_condition_fn=_not_stopped)
 def train(tokenized: TokenizedRef, model: PinnedRepo, cfg: TrainConfig, artifact_store: str,
           allow_pickle: bool = False, observe: ObserveSpec | None = None) -> CheckpointRef:
     """Fine-tune with accelerate (one process per GPU on a multi-GPU worker: the stage decides); a retry resumes

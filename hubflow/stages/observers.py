@@ -98,5 +98,7 @@ def build_observers(spec: "ObserveSpec | None") -> Observers:
 
 
 def _trial_observers(trial) -> list[TrainObserver]:
-    """The sweep's pruner for this trial (E1: flows/sweep.py's module plugs in here)."""
-    return []
+    """The sweep's pruner for this trial (hubflow/experiments/pruning.py: reports each epoch, StopTrial when pruned)."""
+    from ..experiments.pruning import PruningObserver
+
+    return [PruningObserver(trial, StopTrial)]
