@@ -366,6 +366,75 @@ def write_hub_layout(dsdict, out_dir: str | Path, card: str) -> list[Path]:
     return [*written, out / "README.md"]
 
 
+# ---- the drift scenario (hubflow demo --scenario drift): a product line the training data never had (home solar
+# and EV charging), written in a way it never saw (formal letters). Same four teams, so the model still has a right
+# answer; a different label mix, since a new hardware line brings mostly technical questions.
+_SHIFT_WEIGHTS = {"account": 0.10, "billing": 0.27, "shipping": 0.18, "technical": 0.45}
+_SHIFT_SLOTS: dict[str, list[str]] = {
+    "solar": ["SunVault 5kW inverter", "Voltbay wallbox charger", "SunVault home battery", "Gridline smart meter",
+              "Helios rooftop panel kit", "Voltbay portable charger", "SunVault hybrid inverter"],
+    "fault": ["fault code F-21", "isolation fault ISO-3", "grid overvoltage alarm", "fault E-07", "earth leakage trip"],
+}
+_SHIFT_INTENTS: dict[str, list[str]] = {
+    "technical": [
+        "the <solar> displays <fault> and has ceased producing power since <date>",
+        "the <solar> will not commence a charging session for our vehicle",
+        "the feed-in readings of the <solar> are no longer recorded in the monitoring portal",
+        "the <solar> trips the household circuit breaker whenever it is switched on",
+        "the <solar> reports <fault> every afternoon when generation peaks",
+        "the <solar> has not reconnected to the grid after the recent power cut",
+    ],
+    "billing": [
+        "the installation fee for the <solar> was invoiced twice",
+        "the feed-in tariff credit for last quarter has not been applied to our statement",
+        "the financing instalment for the <solar> was debited in advance of the agreed date",
+        "the government rebate for the <solar> was not deducted from the final invoice",
+    ],
+    "shipping": [
+        "the pallet containing the <solar> arrived without the mounting rails",
+        "the freight carrier requires a forklift to unload the <solar>, which we do not have",
+        "the delivery of the <solar> has been rescheduled three times without explanation",
+    ],
+    "account": [
+        "we have sold the property and wish to transfer the <solar> registration to the new owner",
+        "our installer requires access to the energy portal for the <solar>",
+        "the energy portal does not accept the serial number of our <solar>",
+    ],
+}
+_FORMAL_OPEN = ["Dear Sir or Madam,", "To whom it may concern,", "Dear Customer Care Department,"]
+_FORMAL_CLOSE = ["Yours faithfully, <name>", "Kind regards, <name>", "With thanks in anticipation, <name>"]
+
+
+def _shifted_message(rng: random.Random) -> tuple[str, str]:
+    """One (text, label) pair of the new product line, in the formal register."""
+    label = rng.choices(DEMO_LABELS, weights=[_SHIFT_WEIGHTS[c] for c in DEMO_LABELS])[0]
+    core = _ALT.sub(lambda m: rng.choice(m.group(1).split("|")), rng.choice(_SHIFT_INTENTS[label]))
+    core = _SLOT.sub(lambda m: rng.choice(_SHIFT_SLOTS[m.group(1)]) if m.group(1) in _SHIFT_SLOTS
+                     else _slot(m.group(1), rng), core)
+    reference = f"Customer reference: {rng.choice(['SV', 'VB', 'GL'])}-{rng.randint(100000, 999999)}."
+    body = (f"{rng.choice(_FORMAL_OPEN)} I am writing to inform you that {core}. {reference} "
+            f"I would be grateful if you could look into this matter at your earliest convenience. "
+            f"{_fill(rng.choice(_FORMAL_CLOSE), rng)}")
+    return body, label
+
+
+def ticket_batch(rows: int, seed: int, shift: float = 0.0) -> list[tuple[str, str]]:
+    """A nightly batch of fresh tickets: `rows` (text, label) pairs, a `shift` share of them from the new product
+    line in the formal register, the rest drawn as the demo dataset's are. Deterministic in (rows, seed, shift);
+    texts unique within the batch."""
+    rng = random.Random(f"batch:{seed}")
+    shifted = round(rows * shift)
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    while len(out) < rows:
+        text, label = _shifted_message(rng) if len(out) < shifted else _message(rng)
+        if text not in seen:
+            seen.add(text)
+            out.append((text, label))
+    rng.shuffle(out)
+    return out
+
+
 if __name__ == "__main__":
     for p in write_demo_parquet(sys.argv[1] if len(sys.argv) > 1 else "demo-support"):
         print(p)
