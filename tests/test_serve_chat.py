@@ -229,3 +229,31 @@ def test_a_prompt_over_the_limit_is_refused_under_on_too_long_refuse(model_dir, 
         assert r.status_code == 422 and "limit of 95" in r.json()["error"]
     finally:
         stop_server(proc)
+
+
+def test_an_adapter_folder_is_served_merged_on_its_base(model_dir, tmp_path):
+    """publish.format=adapter publishes the adapter alone: the handler loads its base (a Hub repo at the pinned sha;
+    here a local folder) and merges it, giving the logits of the base with the adapter on."""
+    from types import SimpleNamespace
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from hubflow.kinds.causal_lm import serve
+
+    torch.manual_seed(0)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                          LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    adapter = tmp_path / "adapter"
+    peft.save_pretrained(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(model_dir)}))
+    for name in ("tokenizer.json", "tokenizer_config.json", "hubflow.json"):
+        (adapter / name).write_bytes((model_dir / name).read_bytes())
+    kit = SimpleNamespace(facts=json.loads((model_dir / "hubflow.json").read_text()), dtype=torch.float32,
+                          device=torch.device("cpu"), settings=SimpleNamespace(hub_token_file=None))
+    model, tokenizer = serve.load_model(str(adapter), kit)
+    ids = torch.tensor([tokenizer("the stock market")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, peft(ids).logits, atol=1e-5)

@@ -60,8 +60,11 @@ def load_model(model_dir: str, kit):
         from peft import PeftModel
 
         config = json.loads((folder / "adapter_config.json").read_text())
-        base = snapshot_download(config["base_model_name_or_path"], revision=config.get("revision"),
-                                 token=getattr(kit, "hub_token", None))
+        base = config["base_model_name_or_path"]
+        if not Path(base).is_dir():  # hubflow pins a Hub repo and the sha the adapter was trained on
+            token_file = getattr(kit.settings, "hub_token_file", None)  # the server's read-only token, if any
+            token = Path(token_file).read_text().strip() if token_file else None
+            base = snapshot_download(base, revision=config.get("revision"), token=token)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, use_safetensors=True)
         model = PeftModel.from_pretrained(model, folder).merge_and_unload()
     else:
