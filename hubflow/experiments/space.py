@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import PipelineConfig, one_line, read_recipe
+from ..config import ExecutionMode, PipelineConfig, one_line, read_recipe
 from ..kinds import Direction, kind_for
 
 SEARCHABLE = ("data", "preprocess", "train")  # the sections a trial's own run reads
@@ -162,6 +162,9 @@ def check_sweep(config: PipelineConfig, sweep: SweepConfig) -> Plan:
         _leaf(config, key)
         for value in param.bounds():
             apply_params(config, {key: value})
+    if config.execution.mode is ExecutionMode.local and (sweep.parallelism or 1) > 1:
+        raise SweepError(f"sweep.parallelism={sweep.parallelism} needs execution.mode=pools: trainings in one process "
+                         "run one at a time (accelerate's state belongs to the process)")
     kind = kind_for(config.task)
     metric = sweep.metric or kind.default_metric
     if metric not in kind.metrics and metric != "loss":

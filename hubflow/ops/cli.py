@@ -4,6 +4,7 @@
     hubflow demo --task causal-lm [--workdir DIR]  offline LLM demo: Gemma 3 270M, LoRA, before/after, chat Space
     hubflow demo --task sentence-embedding         offline embeddings demo: MiniLM, MNRL, before/after, search Space
     hubflow run RECIPE.yaml [--set key=value ...]  run any recipe
+    hubflow sweep RECIPE.yaml [--set ...]          a hyper-parameter sweep (the recipe's sweep: section), best released
     hubflow hub serve --port P --data DIR ...      the Hub-compatible server (localhub)
     hubflow serve MODEL [--port P] [--public]      a model over HTTP: HF + OpenAI protocols, batching (docs/serving.md)
     hubflow space preview RUN_OR_REPO [--port P]   the demo Space's app on this machine
@@ -68,6 +69,12 @@ def parser() -> argparse.ArgumentParser:
 
     add_arguments(serve_cmd)
     serve_cmd.set_defaults(func=_serve)
+
+    sweep = sub.add_parser("sweep", help="search a recipe's hyper-parameters (its sweep: section); release the best")
+    sweep.add_argument("recipe", help="a YAML recipe with a sweep: section, e.g. deployments/configs/demo-sweep.yaml")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. --set sweep.trials=4 (repeatable)")
+    sweep.set_defaults(func=_sweep)
 
     hub = sub.add_parser("hub", help="localhub, the Hub-compatible server")
     from localhub.cli import add_serve_parser
@@ -190,6 +197,31 @@ def _run(args: argparse.Namespace) -> None:
         print(f"hubflow: the run {state.name.lower()}: {run_failure(state)}", file=sys.stderr)
         sys.exit(1)
     result = state.result()
+    print(json.dumps(result.model_dump(mode="json")["evaluation"]["metrics"], indent=2))
+    print(f"summary: {result.summary_uri}")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from ..config import one_line
+    from ..experiments.space import check_sweep, load_sweep_recipe
+
+    try:
+        config, sweep = load_sweep_recipe(args.recipe, args.set)
+        check_sweep(config, sweep)  # a space key that is not a recipe field: one line, nothing started
+    except (ValueError, OSError) as e:
+        print(f"hubflow: {args.recipe}: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    from ..flows.sweep import sweep_flow
+
+    prefect_console(args.verbose)
+    state = sweep_flow(config, sweep, return_state=True)
+    if not state.is_completed():
+        print(f"hubflow: the sweep {state.name.lower()}: {run_failure(state)}", file=sys.stderr)
+        sys.exit(1)
+    result = state.result()
+    s = result.sweep
+    print(f"best of {s.trials} trials ({s.pruned} pruned): trial {s.best_trial}, validation {s.metric} "
+          f"{s.best_value:.4f}, {json.dumps(s.best_params)}")
     print(json.dumps(result.model_dump(mode="json")["evaluation"]["metrics"], indent=2))
     print(f"summary: {result.summary_uri}")
 

@@ -16,7 +16,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 from .. import __version__
 from ..doors import store
 from ..kinds import kind_for
-from ..refs import GateDecision, ModelFacts, PipelineResult, PublishedRepo
+from ..refs import GateDecision, ModelFacts, PipelineResult, PublishedRepo, SweepRecord
 
 # Front-matter keys that identify what a model repo holds; publish compares them (see tasks/publish.py). The flow
 # run id is recorded but not compared: a cached rerun yields the same model and must not make a new commit.
@@ -68,6 +68,8 @@ def model_card(result: PipelineResult, repo_id: str, revision: str, facts: Model
         hubflow=model_lineage(result, fingerprint),
     )
     body = _model_body(result, repo_id, revision, report, facts, fingerprint or result.checkpoint.fingerprint)
+    if result.sweep is not None:
+        body += _sweep(result.sweep)
     if decision is not None:
         body += _promotion(decision)
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
@@ -125,10 +127,33 @@ def _model_body(result: PipelineResult, repo_id: str, revision: str, report: dic
         "## Provenance",
         "",
         f"Produced by the Prefect flow run {run_link} with hubflow {__version__}. The `hubflow:` front-matter "
-        "keys repeat the lineage in machine-readable form.",
+        "keys repeat the lineage in machine-readable form." + _tracked(result),
         "",
     ]
     return "\n".join(lines)
+
+
+def _sweep(s: SweepRecord) -> str:
+    """How the hyper-parameters were chosen: the sweep, its space, its trials, the best one."""
+    run = f" (Prefect flow run `{s.flow_run_id}`)" if s.flow_run_id else ""
+    lines = ["## Hyper-parameter sweep", "",
+             f"This model is trial {s.best_trial} of the sweep `{s.study}`{run}: {s.trials} trials ({s.complete} "
+             f"complete, {s.pruned} pruned early, {s.failed} failed), searched with Optuna's TPE sampler and ranked by "
+             f"validation {s.metric} ({s.direction} is better); the best reached {s.best_value:.4f}. The study is "
+             f"kept in `{s.storage}`.", "",
+             "| parameter | searched over | chosen |", "|---|---|---|",
+             *[f"| {k} | {space} | {s.best_params.get(k)} |" for k, space in s.space.items()], ""]
+    return "\n".join(lines)
+
+
+def _tracked(result: PipelineResult) -> str:
+    """The card's link to the run's MLflow run (tracking.backend=mlflow), or nothing. A local store's path is not
+    named: it means nothing on the Hub."""
+    t = result.tracking
+    if t is None or t.run_id is None:
+        return ""
+    run = f"[{t.run_id}]({t.url})" if t.url else f"`{t.run_id}`"
+    return f" Tracked in MLflow as run {run} of the experiment `{t.experiment}`."
 
 
 def _promotion(d: GateDecision) -> str:
