@@ -257,13 +257,62 @@ class SpaceConfig(_Keyed):
     @field_validator("hardware")
     @classmethod
     def _hardware(cls, v: str | None) -> str | None:
-        # A flavour the Hub does not have fails after the model is published; the client knows the list.
-        from huggingface_hub import SpaceHardware
+        return check_hardware(v, "space.hardware")
 
-        known = [h.value for h in SpaceHardware]
-        if v is not None and v not in known:
-            raise ValueError(f"space.hardware={v!r} is not a Space hardware flavour; known: {', '.join(known)}")
-        return v
+
+def check_hardware(v: str | None, field: str) -> str | None:
+    """A Space hardware flavour the Hub has, or ValueError: a wrong one fails after the model is published; the
+    client knows the list."""
+    from huggingface_hub import SpaceHardware
+
+    known = [h.value for h in SpaceHardware]
+    if v is not None and v not in known:
+        raise ValueError(f"{field}={v!r} is not a Space hardware flavour; known: {', '.join(known)}")
+    return v
+
+
+class OnTooLong(str, Enum):
+    """What the server does with an input longer than the model's limit."""
+
+    truncate = "truncate"  # cut it as batch inference does (the answers equal the batch predictions)
+    refuse = "refuse"  # answer 422 with one sentence
+
+
+class EndpointConfig(_Keyed):
+    """The HTTP API of the published model (`hubflow serve`'s server, docs/serving.md), deployed as an API Space."""
+
+    enabled: bool = Field(False, description="Deploy the published model as an HTTP API: the serving server in a "
+                          "Docker Space (InferenceClient(base_url=...) and OpenAI clients, dynamic batching). Callers "
+                          "send the bearer token in $HUBFLOW_ENDPOINT_TOKEN (or the Prefect Secret block named by "
+                          "$HUBFLOW_ENDPOINT_TOKEN_BLOCK), stored as the Space's secret.")
+    repo_id: str | None = Field(None, description="Target API Space ('ns/name'); default: '<model repo>-api'.")
+    private: bool = Field(False, description="Create the Space private (on huggingface.co callers then also need "
+                          "Hub access; the server's own bearer token guards a public one).")
+    hardware: str | None = Field(None, description="Space hardware flavor, e.g. 'cpu-basic' or 't4-small'.")
+    sleep_time_seconds: int | None = Field(None, ge=60, description="Put the Space to sleep after this idle time.")
+    timeout_seconds: int = Field(600, ge=10, le=7200, description="How long to wait for the API to come up "
+                                 "(RUNNING, then its /health ready).")
+    max_batch_tokens: int = Field(8192, ge=64, description="Dynamic batching: padded tokens per batch (rows x "
+                                  "longest row).")
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Dynamic batching: rows per batch.")
+    max_wait_ms: int = Field(5, ge=0, le=10_000, description="How long a batch's first request waits for company.")
+    max_queue: int = Field(256, ge=1, le=1_000_000, description="Requests waiting; one more is answered 429 with "
+                           "Retry-After.")
+    precision: InferencePrecision | None = Field(
+        None, description="The numbers the server computes with (auto, fp32, int8 on CPU); default: the run's "
+        "inference.precision, so the endpoint answers as the batch predictions it is smoke-tested against.")
+    on_too_long: OnTooLong = Field(OnTooLong.truncate, description="An input over the model's limit: truncate (as "
+                                   "batch inference) or refuse (422, one sentence).")
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_id(cls, v: str | None) -> str | None:
+        return None if v is None else check_repo_id(v, "endpoint.repo_id")
+
+    @field_validator("hardware")
+    @classmethod
+    def _hardware(cls, v: str | None) -> str | None:
+        return check_hardware(v, "endpoint.hardware")
 
 
 class ExecutionMode(str, Enum):
@@ -289,6 +338,31 @@ class ExecutionConfig(_Stage):
     )
 
 
+class TrackingBackend(str, Enum):
+    """Where a run's parameters, curves and reports are tracked."""
+
+    none = "none"  # nowhere but the Prefect artifacts, summary.json and the card
+    mlflow = "mlflow"  # an MLflow tracking server (the `tracking` extra: pip install 'hubflow[tracking]')
+
+
+class TrackingConfig(_Stage):
+    """Experiment tracking (hubflow/tracking.py, docs/experiments.md): each run's parameters, per-step loss, per-epoch
+    metrics, system figures, pinned shas and final report in MLflow; a published model becomes a registry version
+    that points at its Hub repo and sha. Never on the critical path: an unreachable server is one warning."""
+
+    backend: TrackingBackend = Field(TrackingBackend.none, description="none: no tracking; mlflow: log every run "
+                                     "to an MLflow tracking server (needs the `tracking` extra).")
+    uri: str | None = Field(None, description="MLflow tracking URI (http://host:5000, sqlite:///path.db); default: "
+                            "$MLFLOW_TRACKING_URI, else a SQLite store in the `mlruns` folder at the root of a local "
+                            "artifact_store (`<artifact_store>/mlruns/mlflow.db`, artifacts beside it).")
+    experiment: str | None = Field(None, description="MLflow experiment the runs go to; default: the publish "
+                                   "target's name (publish.repo_id), else '<base model name>-<dataset name>'.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend is not TrackingBackend.none
+
+
 class PipelineConfig(_Keyed):
     """Everything one pipeline run needs. Also the flow's parameters and the Prefect UI run form. Validated, it is
     the kind's own `Config` (hubflow/kinds/<kind>/settings.py), picked by `task`."""
@@ -301,7 +375,9 @@ class PipelineConfig(_Keyed):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     space: SpaceConfig = Field(default_factory=SpaceConfig)
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     artifact_store: str = Field(
         "./.hubflow/store",
         description="fsspec URI where every stage writes its outputs: a local folder, or s3://bucket/prefix.",
@@ -342,7 +418,8 @@ def for_kind(section: BaseModel, task: str) -> BaseModel:
 
 
 # The shared classes, which hand a mapping that names a kind to the kind's own class.
-_SHARED = {PipelineConfig, DataConfig, PreprocessConfig, TrainConfig, InferenceConfig, PublishConfig, SpaceConfig}
+_SHARED = {PipelineConfig, DataConfig, PreprocessConfig, TrainConfig, InferenceConfig, PublishConfig, SpaceConfig,
+           EndpointConfig}
 
 
 def check_shared_store(execution: ExecutionConfig, artifact_store: str) -> None:

@@ -1,4 +1,4 @@
-"""The release's Prefect tasks: gate -> publish the model -> publish the predictions -> deploy the Space.
+"""The release's Prefect tasks: gate -> publish the model -> publish the predictions -> deploy the Space and the API.
 
 Thin doors over hubflow.stages (gate, publish, space): retries at the Hub edge, and a markdown artifact for each
 decision or repo, so the UI shows what was released and why. Publishing is never cached: the Hub is the state.
@@ -11,10 +11,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from hubflow import software
-from hubflow.config import PublishConfig, SpaceConfig
+from hubflow.config import EndpointConfig, PublishConfig, SpaceConfig, check_repo_id
 from hubflow.doors import hub
+from hubflow.errors import PreflightError
 from hubflow.kinds import kind_for
 from hubflow.refs import GateDecision, ModelFacts, PinnedRepo, PipelineResult, PublishedRepo, SpaceDeployment
+from hubflow.stages import endpoint as endpoint_lib
 from hubflow.stages import gate as gate_lib
 from hubflow.stages import publish as publish_lib
 from hubflow.stages import space as space_lib
@@ -28,13 +30,27 @@ def load_run(summary_uri: str) -> PipelineResult:
 
 
 @task(name="check-release-targets", **NETWORK_RETRIES)
-def check_release_targets(base_model: str, data_source: str, publish: PublishConfig, space: SpaceConfig) -> None:
-    """Before any stage that costs: every repo this run will publish to (model, predictions, Space) has an id the
-    Hub accepts and the token can write it, so a run never trains for an hour and then fails to publish, or
-    publishes half a release."""
+def check_release_targets(base_model: str, data_source: str, publish: PublishConfig, space: SpaceConfig,
+                          endpoint: EndpointConfig | None = None) -> None:
+    """Before any stage that costs: every repo this run will publish to (model, predictions, Space, API Space) has
+    an id the Hub accepts and the token can write it, and the endpoint has the token its callers will send, so a run
+    never trains for an hour and then fails to publish, or publishes half a release."""
     targets = publish_lib.release_targets(base_model, data_source, publish, space)  # ids the Hub accepts
+    if endpoint is not None and endpoint.enabled:
+        targets["endpoint.repo_id"] = check_endpoint_target(targets["publish.repo_id"], endpoint)
     hub.check_can_write(targets)
     get_run_logger().info("release targets writable: %s", ", ".join(targets.values()))
+
+
+def check_endpoint_target(model_repo_id: str, endpoint: EndpointConfig) -> str:
+    """The API Space's id (checked as the Hub client would) when the callers' token is there; PreflightError else."""
+    if not endpoint_lib.caller_token():
+        raise PreflightError(f"endpoint.enabled: the endpoint needs the bearer token its callers will send; set "
+                             f"{endpoint_lib.TOKEN_ENV} or ${endpoint_lib.TOKEN_BLOCK_ENV}")
+    try:
+        return check_repo_id(endpoint_lib.default_repo_id(model_repo_id, endpoint), "endpoint.repo_id")
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
 
 
 @task(name="promotion-gate", cache_policy=NO_CACHE, **NETWORK_RETRIES)
@@ -158,4 +174,27 @@ def deploy_space(model: PublishedRepo, cfg: SpaceConfig, facts: ModelFacts, exam
     else:  # unchanged, and the hub is (re)starting it by itself: nothing to wait for
         get_run_logger().info("Space %s %s (commit %s, unchanged: the hub is starting it)", result.space_id,
                               result.stage, result.sha[:10])
+    return result
+
+
+@task(name="deploy-endpoint", **NETWORK_RETRIES)
+def deploy_endpoint(model: PublishedRepo, cfg: EndpointConfig, facts: ModelFacts,
+                    expected: list[tuple[str, str]] | None, software: dict[str, str], precision: str = "auto",
+                    answer_tokens: int = 64) -> SpaceDeployment:
+    """Deploy the model's HTTP API (an API Space running hubflow's server); the outcome, its URL and a call to try,
+    or on failure the Space's logs, become artifacts."""
+    try:
+        result = endpoint_lib.deploy(model, cfg, facts, expected or [], software, precision, answer_tokens)
+    except space_lib.SpaceDeployError as err:
+        create_markdown_artifact(key="endpoint-deploy-failure", description=f"Endpoint of {model.repo_id} failed",
+                                 markdown=f"## Endpoint deploy failed\n\n{err}\n\n{err.logs}")
+        raise
+    page = f"{hub.endpoint()}/spaces/{result.space_id}"
+    create_markdown_artifact(key="endpoint-deployment", description=f"HTTP API of {model.repo_id}", markdown=(
+        "| API Space | base URL | stage | commit | model |\n|---|---|---|---|---|\n"
+        f"| [{result.space_id}]({page}) | {result.url or '(starting)'} | {result.stage} | `{result.sha[:10]}` | "
+        f"{model.repo_id}@`{model.sha[:10]}` |\n\n"
+        f"Call it: `InferenceClient(base_url=\"{result.url}\", token=os.environ[\"{endpoint_lib.TOKEN_ENV}\"])`"))
+    get_run_logger().info("endpoint %s %s at %s (commit %s)", result.space_id, result.stage, result.url,
+                          result.sha[:10])
     return result

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from string import Template
+from typing import Callable
 
 from ..config import SpaceConfig, for_kind
 from ..doors import hub
@@ -87,7 +88,7 @@ def deploy(
     space_id = default_space_id(model.repo_id, cfg)
     variables = space_variables(model, examples, facts, cfg, dataset)
     files = app_files(model, space_id, facts, variables, software)
-    serving = _already_serving(space_id, files, cfg)
+    serving = already_serving(space_id, files, cfg)
     if serving is not None:  # a rerun with nothing changed: no restart, no smoke test, no new commit, no waiting
         sha, stage, host = serving
         return SpaceDeployment(space_id=space_id, sha=sha, stage=stage, url=host, model=model)
@@ -96,18 +97,28 @@ def deploy(
     hub.set_space_variables(space_id, variables)
     if hub.is_private(model.repo_id, "model"):
         give_read_access(space_id, model.repo_id.split("/")[0])
-    sha = hub.commit_exactly(space_id, "space", files, f"Serve {model.repo_id}@{model.sha[:10]}")
+    sha, host = roll_out(space_id, files, f"Serve {model.repo_id}@{model.sha[:10]}", cfg.timeout_seconds, (token,),
+                         lambda host: _smoke_test(host, expected or [(examples[0] if examples else "hello", None)],
+                                                  facts, token if cfg.private else None))
+    return SpaceDeployment(space_id=space_id, sha=sha, stage="RUNNING", url=host, model=model)
+
+
+def roll_out(space_id: str, files: dict[str, bytes], message: str, timeout: float, secrets: tuple[str | None, ...],
+             smoke_test: Callable[[str], None]) -> tuple[str, str]:
+    """One commit of `files`, wait for RUNNING, `smoke_test(host)` -> (sha, host), the commit tagged last good.
+    Shared by every Space hubflow deploys (the gradio demo, the API endpoint). On a SpaceDeployError from either:
+    fetch the Space's logs, roll back, raise SpaceDeployError with the logs; `secrets` are redacted from both."""
+    sha = hub.commit_exactly(space_id, "space", files, message)
     try:
-        host = _wait_running(space_id, sha, cfg.timeout_seconds)
-        _smoke_test(host, expected or [(examples[0] if examples else "hello", None)], facts,
-                    token if cfg.private else None)
+        host = wait_running(space_id, sha, timeout)
+        smoke_test(host)
     except SpaceDeployError as err:
-        logs = _redact(_logs(space_id), token)
-        restored = roll_back(space_id, sha, cfg.timeout_seconds)
-        raise SpaceDeployError(f"Space {space_id} at {sha[:10]}: {_redact(str(err), token)}; {restored}",
+        logs = _redact(_logs(space_id), *secrets)
+        restored = roll_back(space_id, sha, timeout)
+        raise SpaceDeployError(f"Space {space_id} at {sha[:10]}: {_redact(str(err), *secrets)}; {restored}",
                                logs) from None
     hub.tag(space_id, "space", LAST_GOOD_TAG, sha, "RUNNING, smoke-tested", move=True)
-    return SpaceDeployment(space_id=space_id, sha=sha, stage="RUNNING", url=host, model=model)
+    return sha, host
 
 
 def give_read_access(space_id: str, namespace: str) -> None:
@@ -134,7 +145,7 @@ def give_read_access(space_id: str, namespace: str) -> None:
 COMING_UP = ("BUILDING", "APP_STARTING", "RUNNING_BUILDING", "RUNNING_APP_STARTING")
 
 
-def _already_serving(space_id: str, files: dict[str, bytes], cfg: SpaceConfig) -> tuple[str, str, str | None] | None:
+def already_serving(space_id: str, files: dict[str, bytes], cfg: SpaceConfig) -> tuple[str, str, str | None] | None:
     """(sha, stage, host) when the Space already serves, or is coming up with, exactly these files at its last good
     commit (smoke-tested when it was tagged), with the hardware and sleep time asked for; None when anything must
     change (or the Space does not exist yet). A Space still starting is not waited for: it was not restarted."""
@@ -172,14 +183,14 @@ def roll_back(space_id: str, failed_sha: str, timeout: float) -> str:
     if sha == failed_sha:  # the good files were already there (it failed for another reason): start them anew
         hub.restart_space(space_id)
     try:
-        _wait_running(space_id, sha, timeout)
+        wait_running(space_id, sha, timeout)
     except SpaceDeployError as err:
         return f"the rollback to {good[:10]} did not come up either ({err})"
     hub.tag(space_id, "space", LAST_GOOD_TAG, sha, "RUNNING, smoke-tested", move=True)
     return f"rolled back to the files of {good[:10]} (commit {sha[:10]}), RUNNING again"
 
 
-def _wait_running(space_id: str, sha: str, timeout: float) -> str:
+def wait_running(space_id: str, sha: str, timeout: float) -> str:
     """Poll until the Space runs `sha`; returns the app's URL, or raises with the Space's error message."""
     deadline, woken = time.monotonic() + timeout, False
     while True:
@@ -221,8 +232,10 @@ def _logs(space_id: str, lines: int = 200) -> str:
                        for what, build in (("build", True), ("run", False)))
 
 
-def _redact(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
+def _redact(text: str, *secrets: str | None) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***") if secret else text
+    return text
 
 
 def describe_model(model: PublishedRepo) -> tuple[ModelFacts, list[str]]:
