@@ -29,6 +29,7 @@ STORE = "s3://hubflow/store"
 DEPLOYMENTS = {  # flow/deployment -> pool
     "hubflow-pipeline/pipeline": "cpu",
     "hubflow-pipeline/retrain": "cpu",
+    "hubflow-sweep/demo": "cpu",
     "hubflow-train/gpu": "gpu",
     "hubflow-predict/gpu": "gpu",
     "hubflow-batch-inference/nightly": "cpu",
