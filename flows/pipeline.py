@@ -48,7 +48,8 @@ def prepare(config: PipelineConfig, data: bool = True) -> Inputs:
     trials change the data does those per trial: prepare_data)."""
     base_model, dataset = stages.pin_inputs(config.model, config.data)
     if config.publish.enabled:  # every release target is checked before anything costs
-        check_release_targets(config.model.repo_id, config.data.source, config.publish, config.space)
+        check_release_targets(config.model.repo_id, config.data.source, config.publish, config.space,
+                              config.endpoint)
     inputs = Inputs(base_model, dataset, None, None)
     return prepare_data(config, inputs) if data else inputs
 

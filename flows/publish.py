@@ -13,20 +13,21 @@ from __future__ import annotations
 
 from prefect import flow
 
-from hubflow.config import PublishConfig, SpaceConfig
+from hubflow.config import EndpointConfig, PublishConfig, SpaceConfig
 from hubflow.flows.release import release
 from hubflow.refs import PublishOutcome
 from hubflow.tasks.release import check_release_targets, load_run
 
 
 @flow(name="hubflow-publish", persist_result=True, log_prints=True)
-def publish_run(summary_uri: str, publish: PublishConfig | None = None,
-                space: SpaceConfig | None = None) -> PublishOutcome:
-    """Gate the run's model against the published champion; if promoted, publish the model, its predictions and
-    Space."""
+def publish_run(summary_uri: str, publish: PublishConfig | None = None, space: SpaceConfig | None = None,
+                endpoint: EndpointConfig | None = None) -> PublishOutcome:
+    """Gate the run's model against the published champion; if promoted, publish the model, its predictions,
+    Space and endpoint."""
     result = load_run(summary_uri)
     publish, space = publish or result.config.publish, space or result.config.space
+    endpoint = endpoint or result.config.endpoint
     check_release_targets(result.base_model.repo_id, result.dataset.repo_id if result.dataset else result.raw.source,
-                          publish, space)
-    released = release(result, publish, space)
+                          publish, space, endpoint)
+    released = release(result, publish, space, endpoint)
     return released.published

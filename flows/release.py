@@ -1,11 +1,12 @@
-"""The release, shared by every flow that publishes: gate -> model + card -> predictions -> Space.
+"""The release, shared by every flow that publishes: gate -> model + card -> predictions -> Space and endpoint.
 
     from hubflow.flows.release import release
     release(result, result.config.publish, result.config.space)     # inside a flow, as its own tasks
 
 A model that the gate does not promote is not published; the predictions follow the model they were made with;
-the Space follows the published model (and rolls back itself when the new version does not serve). What happened
-is added to the run's summary in the store.
+the demo Space and the endpoint (the HTTP API, an API Space) follow the published model, side by side, each
+smoke-tested against the same batch answers (and each rolls back itself when its new version does not serve).
+What happened is added to the run's summary in the store.
 
 It is a sequence of tasks run inside the calling flow (the pipeline, or the standalone publish flow), not a subflow:
 its artifacts and logs belong to that flow's run, where people look for them, and it costs no extra flow run.
@@ -13,13 +14,15 @@ its artifacts and logs belong to that flow's run, where people look for them, an
 
 from __future__ import annotations
 
+from prefect.futures import wait
 from prefect.input import RunInput
 from pydantic import Field
 
-from hubflow.config import PublishConfig, ReviewMode, SpaceConfig
+from hubflow.config import EndpointConfig, PublishConfig, ReviewMode, SpaceConfig
 from hubflow.refs import PipelineResult, PublishOutcome
 from hubflow.tasks.records import record_release
 from hubflow.tasks.release import (
+    deploy_endpoint,
     deploy_space,
     gate,
     publish_model,
@@ -40,8 +43,11 @@ class NotApproved(RuntimeError):
     """The reviewer said no, or nobody answered in time: nothing was published."""
 
 
-def release(result: PipelineResult, publish: PublishConfig, space: SpaceConfig) -> PipelineResult:
-    """Publish the run's model, then its predictions, then its Space, if the gate promotes it."""
+def release(result: PipelineResult, publish: PublishConfig, space: SpaceConfig,
+            endpoint: EndpointConfig | None = None) -> PipelineResult:
+    """Publish the run's model, then its predictions, then its Space and endpoint (default: the run's own
+    `endpoint` section), if the gate promotes it."""
+    endpoint = endpoint or result.config.endpoint
     decision = gate(result, publish)
     if not decision.promoted:
         print(f"not published: {decision.reason}")
@@ -56,10 +62,16 @@ def release(result: PipelineResult, publish: PublishConfig, space: SpaceConfig) 
         # The Space follows the model once a person merges its pull request (hubflow-deploy-space/on-model-merge).
         print(f"pull requests to merge: {model.pr_url}, {predictions.pr_url}")
         return record_release(result, outcome)
-    if not space.enabled:
+    if not (space.enabled or endpoint.enabled):
         return record_release(result, outcome)
-    return record_release(result, outcome,
-                          deploy_space(model, space, *space_inputs(result, model, space), dataset=predictions))
+    facts, examples, expected, software = space_inputs(result, model, space)
+    # Both are Spaces that start and load the model: deployed at the same time, each waited for.
+    demo = deploy_space.submit(model, space, facts, examples, expected, software, dataset=predictions) \
+        if space.enabled else None
+    api = deploy_endpoint.submit(model, endpoint, facts, expected, software, result.config.inference.precision,
+                                 space) if endpoint.enabled else None
+    wait([f for f in (demo, api) if f is not None])
+    return record_release(result, outcome, demo.result() if demo else None, api.result() if api else None)
 
 
 def wait_for_approval(summary: str, timeout: int, poll_interval: int = 2) -> None:

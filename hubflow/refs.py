@@ -222,6 +222,7 @@ class PipelineResult(Ref):
     summary_uri: str
     published: PublishOutcome | None = None
     space: SpaceDeployment | None = None
+    endpoint: SpaceDeployment | None = None  # the model's HTTP API: an API Space (stages/endpoint.py)
     sweep: SweepRecord | None = None  # the sweep this run's training was the best trial of (flows/sweep.py)
 
 

@@ -45,11 +45,12 @@ def record_run(config: PipelineConfig, base_model: PinnedRepo, dataset: PinnedRe
 
 
 @task(name="record-release")
-def record_release(result: PipelineResult, outcome: PublishOutcome,
-                   space: SpaceDeployment | None = None) -> PipelineResult:
-    """Add what was published (or why not) and the Space to the run's summary."""
-    result = result.model_copy(update={"published": outcome, "space": space})
+def record_release(result: PipelineResult, outcome: PublishOutcome, space: SpaceDeployment | None = None,
+                   endpoint: SpaceDeployment | None = None) -> PipelineResult:
+    """Add what was published (or why not), the Space and the endpoint (the API Space) to the run's summary."""
+    result = result.model_copy(update={"published": outcome, "space": space, "endpoint": endpoint})
     store.write_json(result.summary_uri, result.model_dump(mode="json"))
-    get_run_logger().info("release: %s%s", outcome.decision.reason,
-                          f"; Space {space.space_id} {space.stage} at {space.url}" if space else "")
+    get_run_logger().info("release: %s%s%s", outcome.decision.reason,
+                          f"; Space {space.space_id} {space.stage} at {space.url}" if space else "",
+                          f"; endpoint {endpoint.space_id} {endpoint.stage} at {endpoint.url}" if endpoint else "")
     return result

@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from hubflow import software
-from hubflow.config import EndpointConfig, PublishConfig, SpaceConfig, check_repo_id
+from hubflow.config import EndpointConfig, InferencePrecision, PublishConfig, SpaceConfig, check_repo_id
 from hubflow.doors import hub
 from hubflow.errors import PreflightError
 from hubflow.kinds import kind_for
@@ -179,10 +179,14 @@ def deploy_space(model: PublishedRepo, cfg: SpaceConfig, facts: ModelFacts, exam
 
 @task(name="deploy-endpoint", **NETWORK_RETRIES)
 def deploy_endpoint(model: PublishedRepo, cfg: EndpointConfig, facts: ModelFacts,
-                    expected: list[tuple[str, str]] | None, software: dict[str, str], precision: str = "auto",
-                    answer_tokens: int = 64) -> SpaceDeployment:
-    """Deploy the model's HTTP API (an API Space running hubflow's server); the outcome, its URL and a call to try,
-    or on failure the Space's logs, become artifacts."""
+                    expected: list[tuple[str, str]] | None, software: dict[str, str],
+                    precision: InferencePrecision = InferencePrecision.auto,
+                    space: SpaceConfig | None = None) -> SpaceDeployment:
+    """Deploy the model's HTTP API (an API Space running hubflow's server), smoke-tested against `expected`: the
+    answers made with `precision` (endpoint.precision overrides it) and, for generation, the `space` settings' answer
+    length. The outcome, its URL and a call to try, or on failure the Space's logs, become artifacts."""
+    precision = InferencePrecision(cfg.precision or precision).value
+    answer_tokens = getattr(kind_for(facts.task).own(space or SpaceConfig()), "max_new_tokens", 64)
     try:
         result = endpoint_lib.deploy(model, cfg, facts, expected or [], software, precision, answer_tokens)
     except space_lib.SpaceDeployError as err:

@@ -213,3 +213,48 @@ def test_recipes_without_an_endpoint_section_stay_valid():
     assert config.endpoint.max_queue == 8 and config.endpoint.repo_id is None
     with pytest.raises(ValueError, match="endpoint.repo_id"):
         EndpointConfig(repo_id="bad/id..")
+
+
+@pytest.fixture(scope="module")
+def released(tokens, localhub, tmp_path_factory, prefect_api):
+    """One pipeline run on a tiny BERT and a keyword dataset with publishing and the endpoint on (no demo Space)."""
+    from huggingface_hub import HfApi
+
+    from hubflow.config import PipelineConfig
+    from hubflow.flows.pipeline import pipeline
+    from tests.tiny import push_keyword_dataset, push_tiny_bert
+
+    api, tag = HfApi(endpoint=localhub.url, token=tokens[0]), uuid.uuid4().hex[:6]
+    base, data = f"alice/ep-{tag}-base", f"alice/ep-{tag}-data"
+    push_tiny_bert(api, base, tmp_path_factory.mktemp("bert"))
+    push_keyword_dataset(api, data, tmp_path_factory.mktemp("data"), {"train": 96, "validation": 16, "test": 24})
+    config = PipelineConfig.model_validate({
+        "model": {"repo_id": base}, "data": {"source": data}, "preprocess": {"max_length": 32},
+        "train": {"max_steps": 4, "batch_size": 16, "learning_rate": 5e-3, "seed": 0},
+        "inference": {"batch_size": 32, "shard_size": 25},
+        "publish": {"enabled": True, "repo_id": f"alice/ep-{tag}-model"},
+        "endpoint": {"enabled": True, "timeout_seconds": TIMEOUT},
+        "artifact_store": str(tmp_path_factory.mktemp("store")),
+    })
+    return pipeline(config)
+
+
+def test_the_release_deploys_the_endpoint_at_the_published_sha(released, tokens, hf_api):
+    """After publishing: the API Space RUNNING, pinned to the published sha, answering every test text as the
+    run's batch predictions; the run's summary in the store names it."""
+    from huggingface_hub import InferenceClient
+
+    from hubflow.doors import store
+    from hubflow.stages.predict import read_predictions
+
+    endpoint, model = released.endpoint, released.published.model
+    assert endpoint is not None and released.space is None
+    assert (endpoint.space_id, endpoint.stage, endpoint.model.sha) == (f"{model.repo_id}-api", "RUNNING", model.sha)
+    variables = {k: v.value for k, v in hf_api.get_space_variables(endpoint.space_id).items()}
+    assert variables["SERVE_REVISION"] == model.sha
+    client = InferenceClient(base_url=endpoint.url, token=tokens[1])
+    rows = read_predictions(released.predictions).to_pylist()
+    for row in rows[:8]:
+        assert client.text_classification(row["text"])[0].label == row["pred_label"], row
+    summary = store.read_json(released.summary_uri)
+    assert summary["endpoint"]["url"] == endpoint.url and summary["endpoint"]["sha"] == endpoint.sha
