@@ -38,6 +38,7 @@ DEPLOYMENTS = {  # flow/deployment -> pool
     "hubflow-watch/sensor": "cpu",
     "hubflow-deploy-space/cpu": "cpu",
     "hubflow-deploy-space/on-model-merge": "cpu",
+    "hubflow-monitor/published-model": "cpu",
 }
 
 
@@ -283,10 +284,12 @@ def test_sensor_polls_every_five_minutes(deployed):
     assert schedule.schedule.interval == dt.timedelta(minutes=5) and schedule.active
 
 
-def _automation_for(deployment_id):
+def _automation_for(deployment_id, expect: str | None = None):
+    """The deployment's one automation (with `expect`: the one expecting that event; retrain has two)."""
     with _client() as client:
         found = [a for a in client.read_automations()
-                 if any(str(getattr(x, "deployment_id", "")) == deployment_id for x in a.actions)]
+                 if any(str(getattr(x, "deployment_id", "")) == deployment_id for x in a.actions)
+                 and (expect is None or expect in a.trigger.expect)]
     assert len(found) == 1, found
     return found[0]
 
@@ -303,7 +306,7 @@ def test_dataset_update_event_starts_a_retrain_at_the_new_sha(deployed):
     from prefect.events import emit_event
 
     dep_id = deployed["hubflow-pipeline/retrain"]
-    automation = _automation_for(dep_id)
+    automation = _automation_for(dep_id, "hub.dataset.updated")
     assert automation.trigger.match.model_dump() == {"prefect.resource.id": "hub.dataset.hubflow/support-tickets"}
     assert automation.trigger.expect == {"hub.dataset.updated"}
     before = {r.id for r in _runs_of(dep_id)}

@@ -33,3 +33,34 @@ class Thresholds(BaseModel):
                                  "bound is below the card's figure minus this.")
     confidence_level: float = Field(0.95, gt=0.5, lt=1, description="Of the live-accuracy intervals.")
     min_rows: int = Field(50, ge=10, description="A batch with fewer rows gets no verdict (too few to test).")
+
+
+class BatchSource(BaseModel):
+    """The new rows: a Hub dataset at a revision, an s3:// or local folder of files, or a batch inference run's
+    summary (`<store>/batch/<flow run id>/summary.json`: its dataset, sha and split, and the model it used)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="Hub dataset repo id, s3:// or local folder, or a batch run's summary.json URI.")
+    revision: str = Field("main", description="Branch, tag or sha of a Hub dataset (the newest: main).")
+    split: str = Field("test", description="The split holding the new rows.")
+    text_column: str = Field("text", description="The model's input column.")
+    label_column: str | None = Field("label", description="Labels, when they have arrived (scored as live "
+                                     "accuracy); absent or null: drift only.")
+    window: int | None = Field(None, ge=1, description="Only the newest N rows (the end of the split).")
+
+
+class MonitorConfig(BaseModel):
+    """The monitor flow's form: which model, which new rows, when to alarm."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_repo_id: str | None = Field(None, description="The model repo. Null with a batch run's summary: the model "
+                                      "that batch ran with.")
+    model_revision: str = Field("main", description="Branch, tag or sha; main is the published one.")
+    batch: BatchSource
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    emit_events: bool = Field(True, description="Emit hubflow.model.drift / hubflow.model.degraded on an alarm.")
+    cooldown_hours: float = Field(168, ge=0, description="One event per model sha, event and this many hours: "
+                                  "nightly batches of one shift start one retrain (0: every alarm emits).")
+    artifact_store: str = Field("./.hubflow/store", description="Where the report and its figure are written.")
