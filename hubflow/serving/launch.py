@@ -23,7 +23,7 @@ from pathlib import Path
 from . import SERVER_FILE, handler_path
 from .server import CHOICES, OPTIONS
 
-OWN = {"model", "task", "revision", "handler", "fd"}  # set from the target, not passed through as given
+OWN = {"model", "task", "revision", "handler"}  # set from the target, not passed through as given
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -78,7 +78,7 @@ class ClassifierHandler:
             raise err(400, "`inputs` is empty: send at least one non-empty text")
         if len(texts) > self.batcher.max_queue:
             raise err(400, f"{len(texts)} inputs in one request; this server takes at most {self.batcher.max_queue}")
-        params = body.get("parameters") or {}
+        params = {} if body.get("parameters") is None else body["parameters"]
         if not isinstance(params, dict):
             raise err(400, "`parameters` must be a JSON object")
         top_k = params.get("top_k")
