@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 from ..config import EndpointConfig
 from ..doors import hub
@@ -32,6 +33,8 @@ from .space import MANIFEST, SpaceDeployError, already_serving, give_read_access
 TOKEN_ENV = "HUBFLOW_ENDPOINT_TOKEN"  # the bearer token callers send; hubflow's smoke test sends it too
 TOKEN_BLOCK_ENV = "HUBFLOW_ENDPOINT_TOKEN_BLOCK"
 SERVER_TOKEN = "SERVE_TOKEN"  # the Space secret the server checks callers against (docs/serving.md)
+# The server's file, read as bytes (never imported: hubflow.serving's launcher uses the stages, not the reverse).
+SERVER_FILE = Path(__file__).resolve().parents[1] / "serving" / "server.py"
 APP_PORT = 7860  # huggingface.co routes a Docker Space's traffic to app_port; localhub gives the app $PORT
 # What the server itself imports: it does not change an answer, so it is pinned to this install's versions; the
 # libraries that compute the answers are pinned to the versions the run recorded (the kind's requirements).
@@ -69,12 +72,9 @@ def api_files(model: PublishedRepo, space_id: str, facts: ModelFacts, variables:
               software: dict[str, str]) -> dict[str, bytes]:
     """The API Space's files: the server and the kind's handler (byte copies), requirements pinned (the answers'
     libraries to `software`, the run's record), a Dockerfile for huggingface.co, the README, the deployment record."""
-    from ..serving import SERVER_FILE, handler_path
-
     kind = kind_for(facts.task)
-    try:
-        handler = handler_path(facts.task)
-    except ValueError:
+    handler = getattr(kind, "serve_handler", None)
+    if handler is None:
         raise SpaceDeployError(f"endpoint: a {facts.task} model cannot be served (its kind has no serve handler)")
     names = [line.split("#")[0].strip() for line in (kind.space_app / "requirements.txt").read_text().splitlines()]
     needs = list(dict.fromkeys([n for n in names if n] + list(SERVING_STACK)))
