@@ -15,8 +15,16 @@ from prefect import flow
 
 from hubflow.flows.release import release
 from hubflow.kinds import config_form
-from hubflow.refs import CheckpointRef, PinnedRepo, PipelineResult, RawDataRef, SweepRecord, TokenizedRef
-from hubflow.tasks import dispatch
+from hubflow.refs import (
+    CheckpointRef,
+    PinnedRepo,
+    PipelineResult,
+    RawDataRef,
+    SweepRecord,
+    TokenizedRef,
+    TrackingTarget,
+)
+from hubflow.tasks import dispatch, tracking
 from hubflow.tasks import pipeline as stages
 from hubflow.tasks.records import record_run
 from hubflow.tasks.release import check_release_targets
@@ -25,13 +33,15 @@ from hubflow.tasks.release import check_release_targets
 PipelineConfig = config_form()
 
 
-@flow(name="hubflow-pipeline", persist_result=True, log_prints=True)
+@flow(name="hubflow-pipeline", persist_result=True, log_prints=True,
+      on_failure=[tracking.end_failed_run], on_crashed=[tracking.end_failed_run])
 def pipeline(config: PipelineConfig) -> PipelineResult:
     """Fine-tune `config.model` on `config.data`, predict and evaluate the test split, then release if promoted."""
     inputs = prepare(config)
+    tracked = tracking.start(config, inputs.base_model, inputs.dataset)  # its MLflow run (None: off or unreachable)
     checkpoint = dispatch.train(inputs.tokenized, inputs.base_model, config.train, config.artifact_store,
-                                config.execution, config.model.allow_pickle_weights)
-    return finish(config, inputs, checkpoint)
+                                config.execution, config.model.allow_pickle_weights, observe=tracking.observe(tracked))
+    return finish(config, inputs, checkpoint, tracked=tracked)
 
 
 class Inputs(NamedTuple):
@@ -64,14 +74,16 @@ def prepare_data(config: PipelineConfig, inputs: Inputs) -> Inputs:
 
 
 def finish(config: PipelineConfig, inputs: Inputs, checkpoint: CheckpointRef,
-           sweep: SweepRecord | None = None) -> PipelineResult:
+           sweep: SweepRecord | None = None, tracked: TrackingTarget | None = None) -> PipelineResult:
     """A trained model -> predict -> evaluate -> the run's record -> the release, if publishing (the pipeline's
-    tail, which a sweep's best trial goes through too)."""
+    tail, which a sweep's best trial goes through too); `tracked`: the MLflow run that records it, registers the
+    published model and ends."""
     predictions = dispatch.predict(checkpoint, inputs.tokenized, "test", config.inference, config.artifact_store,
                                    config.execution)
     evaluation = stages.evaluate(predictions, checkpoint, config.artifact_store)
     result = record_run(config, inputs.base_model, inputs.dataset, inputs.raw, inputs.tokenized, checkpoint,
-                        predictions, evaluation, sweep=sweep)
-    if not config.publish.enabled:
-        return result
-    return release(result, config.publish, config.space)
+                        predictions, evaluation, sweep=sweep, tracking=tracked)
+    tracking.record(tracked, result)
+    if config.publish.enabled:
+        result = release(result, config.publish, config.space)
+    return tracking.finish(tracked, result)

@@ -37,6 +37,7 @@ class TrackingTarget(Ref):
     parent_run_id: str | None = None
     run_name: str | None = None
     tags: dict[str, str] = {}
+    url: str | None = None  # the run's page in the MLflow UI (a tracking server's URI only)
 
 
 class TrialTarget(Ref):
@@ -223,6 +224,7 @@ class PipelineResult(Ref):
     published: PublishOutcome | None = None
     space: SpaceDeployment | None = None
     endpoint: SpaceDeployment | None = None  # the model's HTTP API: an API Space (stages/endpoint.py)
+    tracking: TrackingTarget | None = None  # the run's MLflow run (tracking.backend=mlflow)
     sweep: SweepRecord | None = None  # the sweep this run's training was the best trial of (flows/sweep.py)
 
 

@@ -18,15 +18,17 @@ from hubflow.refs import (
     SpaceDeployment,
     SweepRecord,
     TokenizedRef,
+    TrackingTarget,
 )
 
 
 @task(name="record-run")
 def record_run(config: PipelineConfig, base_model: PinnedRepo, dataset: PinnedRepo | None, raw: RawDataRef,
                tokenized: TokenizedRef, checkpoint: CheckpointRef, predictions: PredictionsRef,
-               evaluation: EvalRef, sweep: SweepRecord | None = None) -> PipelineResult:
+               evaluation: EvalRef, sweep: SweepRecord | None = None,
+               tracking: TrackingTarget | None = None) -> PipelineResult:
     """Write the run's summary to the store and log the headline numbers (`sweep`: the sweep whose best trial
-    this is)."""
+    this is; `tracking`: the run's MLflow run)."""
     run_id = flow_run.get_id()
     summary_uri = store.join(config.artifact_store, "runs", run_id or "local", "summary.json")
     url = flow_run.get_flow_run_ui_url()
@@ -36,7 +38,7 @@ def record_run(config: PipelineConfig, base_model: PinnedRepo, dataset: PinnedRe
         flow_run_id=run_id, flow_run_url=url if url and url.startswith(("http://", "https://")) else None,
         config=config, base_model=base_model,
         dataset=dataset, raw=raw, tokenized=tokenized, checkpoint=checkpoint, predictions=predictions,
-        evaluation=evaluation, summary_uri=summary_uri, sweep=sweep,
+        evaluation=evaluation, summary_uri=summary_uri, sweep=sweep, tracking=tracking,
     )
     store.write_json(summary_uri, result.model_dump(mode="json"))
     shown = ", ".join(f"{k} {v:.4f}" for k, v in evaluation.metrics.items() if not k.endswith("_rows"))
