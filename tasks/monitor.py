@@ -123,51 +123,50 @@ def record_monitor(inputs: MonitorInputs, report: MonitorReport, cfg: MonitorCon
 
 
 def alarm_event_id(event: str, model: PinnedRepo, cooldown_hours: float, now: float | None = None) -> uuid.UUID:
-    """One id per (event, model sha, cooldown window): Prefect's server drops a repeated id, and the claim record
-    below refuses it, so nightly alarms about one shift start one retrain."""
+    """One id per (model sha, cooldown window): the claim record refuses a repeat and Prefect's server drops a
+    repeated event id, so the nightly alarms about one shift start one retrain."""
     window = int((now or time.time()) // (cooldown_hours * 3600)) if cooldown_hours else uuid.uuid4().hex
     return uuid.uuid5(_EVENT_NS, f"{event}/{model.repo_id}@{model.sha}/{window}")
 
 
 @task(name="emit-alarms")
 def emit_alarms(inputs: MonitorInputs, report: MonitorReport, report_uri: str, cfg: MonitorConfig) -> list[str]:
-    """hubflow.model.drift / hubflow.model.degraded for the model repo and sha, the scores as payload; -> the events
-    emitted (an alarm already raised for this sha within the cooldown is logged, not emitted again)."""
+    """One alarm event for the model repo and sha, the scores as payload: hubflow.model.degraded when live accuracy
+    fell below the card's (whatever drifted), else hubflow.model.drift. One per model sha and cooldown window, for
+    both names together: a degraded night after a drift night of the same shift starts no second retrain (it is
+    logged, not emitted). -> the events emitted."""
     from prefect.events import Event
 
     from hubflow.events import SeenRevisions, _send
 
     log = get_run_logger()
-    wanted = [name for name, on in (("hubflow.model.drift", report.drift), ("hubflow.model.degraded",
-                                                                          report.degraded)) if on]
-    if not cfg.emit_events or not wanted:
+    name = "hubflow.model.degraded" if report.degraded else "hubflow.model.drift" if report.drift else None
+    if not cfg.emit_events or name is None:
         return []
-    m, sent = inputs.model, []
+    m = inputs.model
+    event_id = alarm_event_id("alarm", m, cfg.cooldown_hours)
     seen = SeenRevisions()
     try:
-        for name in wanted:
-            event_id = alarm_event_id(name, m, cfg.cooldown_hours)
-            if not seen.claim(event_id, "model", m.repo_id, m.sha, name):
-                log.info("%s for %s@%s already raised within %g h: not emitted again", name, m.repo_id, m.sha[:10],
-                         cfg.cooldown_hours)
-                continue
-            related = [{"prefect.resource.id": f"hubflow.monitor-report.{report_uri}", "prefect.resource.role":
-                        "monitor-report"}]
-            if run_id := flow_run.get_id():
-                related.append({"prefect.resource.id": f"prefect.flow-run.{run_id}", "prefect.resource.role":
-                                "flow-run", "prefect.resource.name": flow_run.get_name() or ""})
-            event = Event(event=name, id=event_id, related=related, resource={
-                "prefect.resource.id": f"hub.model.{m.repo_id}", "prefect.resource.name": m.repo_id,
-                "hub.repo.type": "model", "hub.model.sha": m.sha},
-                payload={"model": m.repo_id, "sha": m.sha, "batch": batch_name(inputs), "report": report_uri,
-                         **report.payload()})
-            try:
-                _send(event)
-            except BaseException:
-                seen.release(event_id)
-                raise
-            log.warning("%s: %s@%s (%s)", name, m.repo_id, m.sha[:10], ", ".join(s.name for s in report.alarms()))
-            sent.append(name)
+        if not seen.claim(event_id, "model", m.repo_id, m.sha, name):
+            log.info("%s for %s@%s: an alarm was raised within %g h; not emitted again", name, m.repo_id, m.sha[:10],
+                     cfg.cooldown_hours)
+            return []
+        related = [{"prefect.resource.id": f"hubflow.monitor-report.{report_uri}",
+                    "prefect.resource.role": "monitor-report"}]
+        if run_id := flow_run.get_id():
+            related.append({"prefect.resource.id": f"prefect.flow-run.{run_id}", "prefect.resource.role": "flow-run",
+                            "prefect.resource.name": flow_run.get_name() or ""})
+        event = Event(event=name, id=uuid.uuid5(event_id, name), related=related, resource={
+            "prefect.resource.id": f"hub.model.{m.repo_id}", "prefect.resource.name": m.repo_id,
+            "hub.repo.type": "model", "hub.model.sha": m.sha},
+            payload={"model": m.repo_id, "sha": m.sha, "batch": batch_name(inputs), "report": report_uri,
+                     "drift": report.drift, "degraded": report.degraded, **report.payload()})
+        try:
+            _send(event)
+        except BaseException:
+            seen.release(event_id)
+            raise
     finally:
         seen.close()
-    return sent
+    log.warning("%s: %s@%s (%s)", name, m.repo_id, m.sha[:10], ", ".join(s.name for s in report.alarms()))
+    return [name]

