@@ -49,7 +49,8 @@ def servers(clf_dir, tmp_path_factory):
     auth = ("--token-file", str(token_file))
     procs = {
         "a": ServerProcess.script(clf_dir, HANDLER, *auth, "--max-wait-ms", "20"),
-        "b": ServerProcess.script(clf_dir, HANDLER, *auth, "--max-wait-ms", "20"),
+        # B is configured as a Space is, by variables: the token is a secret in its environment
+        "b": ServerProcess.script(clf_dir, HANDLER, env={"SERVE_TOKEN": TOKEN, "SERVE_MAX_WAIT_MS": "20"}),
         "s": ServerProcess.cli(clf_dir, *auth, "--max-wait-ms", "1500", "--max-queue", "2",
                                "--on-too-long", "refuse"),
     }
@@ -144,8 +145,8 @@ def test_two_processes_behind_one_address_both_answer(servers):
         assert r.status_code == 200 and r.json()[0][0]["label"] in LABELS
     after = {k: servers.__dict__[k].metrics()['requests_total{route="/predict",status="200"}'] for k in "ab"}
     assert after["a"] - before["a"] == 3 and after["b"] - before["b"] == 3
-    pids = {httpx.get(servers.__dict__[k].url + "/info", headers=bearer(), timeout=10).json()["pid"] for k in "ab"}
-    assert len(pids) == 2
+    infos = [httpx.get(servers.__dict__[k].url + "/info", headers=bearer(), timeout=10).json() for k in "ab"]
+    assert infos[0]["pid"] != infos[1]["pid"] and infos[0]["batching"] == infos[1]["batching"]
 
 
 def test_a_token_is_required_and_compared_whole(servers):
@@ -249,3 +250,20 @@ def test_sigterm_drains_the_request_in_flight_then_exits(servers):
     assert s.proc.wait(30) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(s.url + "/health", timeout=5)
+
+
+def test_a_server_that_cannot_serve_says_why_in_one_line_and_exits(clf_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.serve_procs import SERVER
+
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SERVE_")}
+    no_token = subprocess.run([sys.executable, str(SERVER), "--model", str(clf_dir)], capture_output=True, text=True,
+                              timeout=60, env=env)
+    assert no_token.returncode != 0 and no_token.stderr.strip().splitlines() == [
+        "server: no token to check callers against: give --token-file (or SERVE_TOKEN), or --public"]
+    bad = ServerProcess.script(tmp_path / "no-such-model", HANDLER, "--public")
+    assert bad.proc.wait(120) == 1
+    assert "cannot serve" in bad.output() and "Traceback" not in bad.output()
+    bad.stop()
