@@ -293,3 +293,61 @@ def test_a_tracking_server_gets_the_run_the_registry_version_and_the_links(
     with get_client(sync_client=True) as client:
         links = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mlflow-run"])))
     assert any(tracking.url in (a.data or "") for a in links)
+
+
+# --- a sweep's trials: child runs of the sweep's run ---
+
+
+def _sweep_parent(tmp_path):
+    from hubflow.refs import TrackingTarget
+    from hubflow.tracking import client as mlf
+
+    target = TrackingTarget(uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", experiment="sweep")
+    parent = mlf.open_run(mlf.connect(target.uri), target, {}, {"hubflow.sweep": "demo"})
+    return parent, parent.model_copy(update={"run_id": None, "parent_run_id": parent.run_id, "run_name": "trial-0"})
+
+
+def test_sweep_trials_are_child_runs_and_a_pruned_one_ends_killed(tiny, tmp_path, monkeypatch):
+    from hubflow.refs import ObserveSpec
+    from hubflow.stages import train
+
+    parent, trial = _sweep_parent(tmp_path)
+    real = observers.build_observers
+    pruner = Recorder(stop_at_eval=1)
+    cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=5e-3, seed=0)
+    train.train_model(tiny[1], str(tiny[0]), BASE, cfg, str(tmp_path / "t0"), observe=ObserveSpec(tracking=trial))
+    monkeypatch.setattr(train, "build_observers", lambda spec: observers.Observers(real(spec).observers + [pruner]))
+    with pytest.raises(observers.StopTrial):
+        train.train_model(tiny[1], str(tiny[0]), BASE, cfg.model_copy(update={"learning_rate": 1e-2}),
+                          str(tmp_path / "t1"), observe=ObserveSpec(tracking=trial.model_copy(
+                              update={"run_name": "trial-1"})))
+    client = _client(parent.uri)
+    children = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name("sweep").experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'")}
+    assert children.keys() == {"trial-0", "trial-1"}
+    done, pruned = children["trial-0"], children["trial-1"]
+    assert done.info.status == "FINISHED" and pruned.info.status == "KILLED"
+    assert done.data.params["train.learning_rate"] == "0.005" and pruned.data.params["train.learning_rate"] == "0.01"
+    assert len(client.get_metric_history(done.info.run_id, "loss")) == 30
+    assert [m.step for m in client.get_metric_history(pruned.info.run_id, "eval_loss")] == [15]
+    assert done.data.tags["hubflow.base_model_sha"] == BASE.sha
+
+
+@pytest.mark.slow
+def test_torchruns_main_rank_tracks_a_launched_training(tiny, tmp_path, monkeypatch):
+    """The ObserveSpec crosses into torchrun's ranks as JSON; only the main rank logs (2 CPU processes)."""
+    from hubflow.refs import ObserveSpec
+    from hubflow.stages.launch import launch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    parent, trial = _sweep_parent(tmp_path)
+    cfg = TrainConfig(epochs=1, batch_size=16, learning_rate=5e-3, seed=0)
+    lines: list[str] = []
+    launch(tiny[1], str(tiny[0]), BASE, cfg, str(tmp_path / "run"), 2, False, lines.append,
+           observe=ObserveSpec(tracking=trial))
+    client = _client(parent.uri)
+    [child] = client.search_runs([client.get_experiment_by_name("sweep").experiment_id],
+                                 filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'")
+    assert child.info.status == "FINISHED" and child.data.tags["hubflow.processes"] == "2", "\n".join(lines[-30:])
+    assert len(client.get_metric_history(child.info.run_id, "loss")) == 8  # 240 rows / (16 x 2 ranks) per step
