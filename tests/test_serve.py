@@ -52,13 +52,16 @@ def servers(clf_dir, tmp_path_factory):
         # B is configured as a Space is, by variables: the token is a secret in its environment
         "b": ServerProcess.script(clf_dir, HANDLER, env={"SERVE_TOKEN": TOKEN, "SERVE_MAX_WAIT_MS": "20"}),
         "s": ServerProcess.cli(clf_dir, *auth, "--max-wait-ms", "1500", "--max-queue", "2",
-                               "--on-too-long", "refuse"),
+                               "--on-too-long", "refuse", "--precision", "int8"),
     }
     try:
         ServerProcess.wait_all(list(procs.values()))
         with RoundRobin([procs["a"].url, procs["b"].url]) as proxy:
             yield type("Servers", (), {**procs, "proxy": proxy.url})
     finally:
+        for p in procs.values():
+            if p.proc.poll() is None:
+                p.proc.terminate()  # all at once: they drain in parallel
         for p in procs.values():
             p.stop()
 
@@ -208,14 +211,22 @@ def test_health_info_and_metrics_say_what_runs(servers, clf_dir):
         assert name in metrics, name
 
 
-def test_hubflow_serve_folder_refuses_long_inputs_when_told(servers):
+def test_hubflow_serve_folder_in_int8_refuses_long_inputs_when_told(servers, clf_dir):
+    from hubflow.kinds.text_classification.model import predict_texts
+
     s = servers.s
     info = httpx.get(s.url + "/info", headers=bearer(), timeout=10).json()
     assert info["limits"]["on_too_long"] == "refuse" and info["task"] == "text-classification"
+    assert info["precision"] == "int8"
     r = httpx.post(s.url + "/predict", json={"inputs": LONG}, headers=bearer(), timeout=30)
     assert r.status_code == 422 and f"limit of {MAX_LENGTH}" in r.json()["error"], r.text
-    r = httpx.post(s.url + "/predict", json={"inputs": "goal match"}, headers=bearer(), timeout=30)
-    assert r.status_code == 200 and len(r.json()[0]) == len(LABELS)
+    texts = ["goal match", "the bank said the stock price fell"]
+    r = httpx.post(s.url + "/predict", json={"inputs": texts}, headers=bearer(), timeout=30)
+    want = predict_texts(clf_dir, texts, max_length=MAX_LENGTH, precision="int8")  # int8 batch inference
+    for answer, expected in zip(r.json(), want):
+        scores = {e["label"]: e["score"] for e in answer}
+        assert answer[0]["label"] == expected["label"]
+        assert all(abs(scores[n] - p) <= 1e-5 for n, p in zip(LABELS, expected["probs"])), (scores, expected)
 
 
 def queued(proc: ServerProcess, n: int, timeout: float = 20) -> None:
@@ -267,3 +278,27 @@ def test_a_server_that_cannot_serve_says_why_in_one_line_and_exits(clf_dir, tmp_
     assert bad.proc.wait(120) == 1
     assert "cannot serve" in bad.output() and "Traceback" not in bad.output()
     bad.stop()
+
+
+def test_the_server_and_the_handlers_are_self_contained():
+    """server.py is an endpoint Space's app.py and serve.py its handler.py: byte copies that run without hubflow."""
+    import ast
+    import sys
+
+    from hubflow.kinds import all_kinds
+    from tests.serve_procs import SERVER
+
+    allowed = set(sys.stdlib_module_names) | {"fastapi", "starlette", "uvicorn", "prometheus_client", "torch",
+                                              "transformers", "huggingface_hub", "numpy", "safetensors", "peft"}
+    files = [SERVER] + [k.serve_handler for k in all_kinds() if k.serve_handler and k.serve_handler.exists()]
+    assert HANDLER in files
+    for path in files:
+        tree = ast.parse(path.read_text())
+        roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+        roots |= {node.module.split(".")[0] for node in ast.walk(tree)
+                  if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module}
+        assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree)), path  # no relative import
+        assert roots <= allowed, (path, roots - allowed)
+        if path != SERVER:
+            assert "def create_handler(" in path.read_text(), path
