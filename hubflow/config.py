@@ -346,7 +346,7 @@ class TrackingBackend(str, Enum):
 
 
 class TrackingConfig(_Stage):
-    """Experiment tracking (hubflow/tracking.py, docs/experiments.md): each run's parameters, per-step loss, per-epoch
+    """Experiment tracking (hubflow/tracking/, docs/experiments.md): each run's parameters, per-step loss, per-epoch
     metrics, system figures, pinned shas and final report in MLflow; a published model becomes a registry version
     that points at its Hub repo and sha. Never on the critical path: an unreachable server is one warning."""
 
@@ -361,6 +361,23 @@ class TrackingConfig(_Stage):
     @property
     def enabled(self) -> bool:
         return self.backend is not TrackingBackend.none
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        return check_tracking_uri(v, None)  # pydantic names the field
+
+
+def check_tracking_uri(uri: str | None, field: str | None) -> str | None:
+    """A tracking URI without credentials in it: it is logged, stored in the run's summary and shown; MLflow reads
+    them from $MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD / $MLFLOW_TRACKING_TOKEN instead."""
+    from urllib.parse import urlparse
+
+    if uri and "://" in uri and (urlparse(uri).username or urlparse(uri).password):
+        raise ValueError(f"{field + ': ' if field else ''}no credentials in the URI (it is logged and stored); set "
+                         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
+                         "workers' environment")
+    return uri
 
 
 class PipelineConfig(_Keyed):

@@ -109,6 +109,28 @@ def test_without_the_extra_tracking_is_one_line(monkeypatch):
         client.connect("http://127.0.0.1:1")
 
 
+def test_credentials_in_the_tracking_uri_are_refused_in_one_line():
+    from hubflow.config import RecipeError, load_recipe, one_line
+
+    with pytest.raises(Exception) as e:
+        load_recipe("deployments/configs/demo.yaml", ["tracking.backend=mlflow", "tracking.uri=https://u:pw@ml:5000"])
+    assert not isinstance(e.value, RecipeError)
+    assert one_line(e.value).startswith("tracking.uri: no credentials in the URI") and "pw" not in one_line(e.value)
+
+
+def test_a_server_that_goes_away_mid_run_is_one_warning(caplog):
+    from hubflow.refs import TrackingTarget
+    from hubflow.tracking import runs
+    from localhub import free_port
+
+    gone = TrackingTarget(uri=f"http://127.0.0.1:{free_port()}", experiment="x", run_id=uuid.uuid4().hex)
+    with caplog.at_level(logging.WARNING):
+        assert runs.finish(gone) is None and runs.finish(gone, "boom") is None
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and warned[0].startswith("MLflow tracking is off for this run: the MLflow tracking "
+                                                     f"server at {gone.uri} does not answer"), warned
+
+
 # --- a real MLflow server, the pipeline on localhub ---
 
 

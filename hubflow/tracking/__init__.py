@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from ..config import PipelineConfig, TrackingConfig
+from ..config import PipelineConfig, TrackingConfig, check_tracking_uri
 from ..doors import store
 from ..refs import PinnedRepo, TrackingTarget
 
@@ -43,7 +43,7 @@ def tracking_uri(cfg: TrackingConfig, artifact_store: str) -> str:
     if cfg.uri:
         return cfg.uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+        return check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI")
     if not store.is_local(artifact_store):
         raise ValueError(f"tracking.uri: no default for a remote artifact_store ({artifact_store}); name a tracking "
                          "server (http://host:5000) or set $MLFLOW_TRACKING_URI")

@@ -34,7 +34,7 @@ def guarded(fn: Callable[..., T]) -> Callable[..., T | None]:
             return fn(target, *args, **kwargs)
         except Exception as e:  # noqa: BLE001 - tracking is never on the critical path
             _off.add(key)
-            log.warning("MLflow tracking is off for the rest of this run: %s", str(e).splitlines()[0] if str(e) else e)
+            log.warning("MLflow tracking is off for this run: %s", str(e).splitlines()[0] if str(e) else e)
             return None
 
     return call
@@ -44,7 +44,11 @@ def start(config: PipelineConfig, base_model: PinnedRepo, dataset: PinnedRepo | 
           flow_run_url: str | None) -> TrackingTarget | None:
     """Open the pipeline run's MLflow run (params: the flattened recipe; tags: the pinned shas, the kind, the Prefect
     flow run and its UI URL) -> its target, or None when tracking is off or the server does not answer."""
-    target = target_for(config, run_name=f"pipeline-{flow_run_id[:8]}" if flow_run_id else None)
+    try:
+        target = target_for(config, run_name=f"pipeline-{flow_run_id[:8]}" if flow_run_id else None)
+    except ValueError as e:  # no default store for a remote artifact store, credentials in $MLFLOW_TRACKING_URI
+        log.warning("MLflow tracking is off for this run: %s", e)
+        return None
     tags = pinned_tags(base_model, dataset, config.task)
     if flow_run_id:
         tags["prefect.flow_run_id"] = flow_run_id
