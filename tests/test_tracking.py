@@ -282,6 +282,28 @@ def test_a_cached_training_still_gets_its_loss_curve(local_run, hub_repos, local
     assert client.get_run(result.tracking.run_id).info.status == "FINISHED"
 
 
+def test_a_failed_run_ends_failed_in_mlflow(local_run, hub_repos, localhub, monkeypatch):
+    from hubflow.flows import pipeline as flow_module
+
+    def lost(*args, **kwargs):
+        raise RuntimeError("the predict worker was lost")
+
+    store, _ = local_run
+    monkeypatch.setattr(flow_module.dispatch, "predict", lost)  # a stage failing after the MLflow run opened
+    config = tiny_config(hub_repos, store, train__epochs=2, tracking__backend="mlflow", tracking__experiment="fails")
+    os.environ["HF_TOKEN"] = localhub.token("alice")
+    try:
+        state = flow_module.pipeline(config, return_state=True)
+    finally:
+        os.environ.pop("HF_TOKEN", None)
+    assert state.is_failed()
+    db = Path(store).resolve() / "mlruns" / "mlflow.db"
+    client = _client(f"sqlite:///{db}")
+    [run] = client.search_runs([client.get_experiment_by_name("fails").experiment_id])
+    assert run.info.status == "FAILED" and "predict worker was lost" in run.data.tags["hubflow.error"]
+    assert run.data.tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+
+
 def test_an_unreachable_server_is_one_warning_and_the_run_completes(local_run, hub_repos, localhub, caplog):
     from localhub import free_port
 
