@@ -254,7 +254,7 @@ class Batcher:
                     self.wakeup.clear()
                     try:
                         await asyncio.wait_for(self.wakeup.wait(), left)
-                    except TimeoutError:
+                    except asyncio.TimeoutError:  # (a builtin TimeoutError only from Python 3.11)
                         break
                 batch = self._take()
                 self._gauge()
