@@ -66,10 +66,10 @@ def release(result: PipelineResult, publish: PublishConfig, space: SpaceConfig,
         return record_release(result, outcome)
     facts, examples, expected, software = space_inputs(result, model, space)
     # Both are Spaces that start and load the model: deployed at the same time, each waited for.
-    demo = deploy_space.submit(model, space, facts, examples, expected, software, dataset=predictions) \
-        if space.enabled else None
-    api = deploy_endpoint.submit(model, endpoint, facts, expected, software, result.config.inference.precision,
-                                 space) if endpoint.enabled else None
+    demo = (deploy_space.submit(model, space, facts, examples, expected, software, dataset=predictions)
+            if space.enabled else None)
+    api = (deploy_endpoint.submit(model, endpoint, facts, expected, software, result.config.inference.precision,
+                                  space) if endpoint.enabled else None)
     wait([f for f in (demo, api) if f is not None])
     return record_release(result, outcome, demo.result() if demo else None, api.result() if api else None)
 

@@ -117,7 +117,8 @@ def deploy(model: PublishedRepo, cfg: EndpointConfig, facts: ModelFacts, expecte
         give_read_access(space_id, model.repo_id.split("/")[0])
     sha, host = roll_out(
         space_id, files, f"Serve the API of {model.repo_id}@{model.sha[:10]}", cfg.timeout_seconds, (token, caller),
-        lambda host: smoke_test(space_id, host, expected, facts, caller, cfg.timeout_seconds, answer_tokens))
+        lambda host: smoke_test(space_id, host, expected or [("hello", None)], facts, caller, cfg.timeout_seconds,
+                                answer_tokens))  # without reference answers: any valid answer
     return SpaceDeployment(space_id=space_id, sha=sha, stage="RUNNING", url=host, model=model)
 
 
