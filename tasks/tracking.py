@@ -22,7 +22,8 @@ def start(config: PipelineConfig, base_model: PinnedRepo, dataset: PinnedRepo | 
         return None
     url = flow_run.get_flow_run_ui_url()
     target = runs.start(config, base_model, dataset, flow_run.get_id(),
-                        url if url and url.startswith(("http://", "https://")) else None)
+                        url if url and url.startswith(("http://", "https://")) else None,
+                        (flow_run.get_flow_name() or "hubflow").removeprefix("hubflow-"))
     if target is not None:
         get_run_logger().info("tracked in MLflow: run %s of the experiment %r at %s", target.run_id,
                               target.experiment, target.url or target.uri)

@@ -268,6 +268,7 @@ def test_a_tracked_run_in_the_default_local_store(local_run, hub_repos, localhub
     check_tracked(state, hub_repos, hub_repos["target"], localhub.token("alice"))
     run = _client(result.tracking.uri).get_run(result.tracking.run_id)
     assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(db.parent)  # not the cwd's ./mlruns
+    assert run.info.run_name == f"pipeline-{result.flow_run_id[:8]}"
     assert f"Tracked in MLflow as run `{result.tracking.run_id}` of the experiment `{hub_repos['target']}`" in card_of(
         state, localhub)
 
@@ -280,6 +281,25 @@ def test_a_cached_training_still_gets_its_loss_curve(local_run, hub_repos, local
     assert client.get_experiment_by_name("again") is not None
     assert len(client.get_metric_history(result.tracking.run_id, "loss")) == 30  # from the training's history
     assert client.get_run(result.tracking.run_id).info.status == "FINISHED"
+
+
+def test_a_sweeps_run_names_its_best_trial(local_run):
+    from hubflow.refs import SweepRecord
+    from hubflow.tracking import client as mlf
+    from hubflow.tracking import runs
+
+    _, state = local_run
+    result = state.result()
+    target = mlf.open_run(mlf.connect(result.tracking.uri), result.tracking.model_copy(
+        update={"run_id": None, "experiment": "sweeps", "run_name": "sweep-1"}), {}, {})
+    record = SweepRecord(study="s", storage="journal", space={"train.learning_rate": "log_uniform [1e-05, 0.01]"},
+                         metric="macro_f1", direction="higher", trials=4, complete=2, pruned=1, failed=1,
+                         best_trial=3, best_value=0.75, best_params={"train.learning_rate": 0.002})
+    runs.record(target, result.model_copy(update={"sweep": record}))
+    run = _client(target.uri).get_run(target.run_id)
+    assert run.data.tags["hubflow.sweep_best_trial"] == "3" and run.data.metrics["sweep_best_eval_macro_f1"] == 0.75
+    assert run.data.tags["hubflow.sweep_best.train.learning_rate"] == "0.002"
+    assert run.data.tags["hubflow.sweep_trials"] == "4 (2 complete, 1 pruned, 1 failed)"
 
 
 def test_a_failed_run_ends_failed_in_mlflow(local_run, hub_repos, localhub, monkeypatch):

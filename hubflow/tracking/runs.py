@@ -41,11 +41,11 @@ def guarded(fn: Callable[..., T]) -> Callable[..., T | None]:
 
 
 def start(config: PipelineConfig, base_model: PinnedRepo, dataset: PinnedRepo | None, flow_run_id: str | None,
-          flow_run_url: str | None) -> TrackingTarget | None:
+          flow_run_url: str | None, flow_name: str = "pipeline") -> TrackingTarget | None:
     """Open the pipeline run's MLflow run (params: the flattened recipe; tags: the pinned shas, the kind, the Prefect
     flow run and its UI URL) -> its target, or None when tracking is off or the server does not answer."""
     try:
-        target = target_for(config, run_name=f"pipeline-{flow_run_id[:8]}" if flow_run_id else None)
+        target = target_for(config, run_name=f"{flow_name}-{flow_run_id[:8]}" if flow_run_id else None)
     except ValueError as e:  # no default store for a remote artifact store, credentials in $MLFLOW_TRACKING_URI
         log.warning("MLflow tracking is off for this run: %s", e)
         return None
@@ -78,9 +78,17 @@ def record(target: TrackingTarget, result: PipelineResult) -> None:
     rows += [("system/train_seconds", result.checkpoint.train_seconds, 0)]
     if not mlf.has_metric(client, rid, "loss"):
         rows += _history_rows(result.checkpoint.history_uri)
+    tags = {"hubflow.model_uri": result.checkpoint.uri, "hubflow.summary_uri": result.summary_uri,
+            "hubflow.hardware": result.checkpoint.hardware}
+    if result.sweep is not None:  # the sweep's run: which trial won, and with what
+        s = result.sweep
+        tags.update({"hubflow.sweep": s.study, "hubflow.sweep_best_trial": s.best_trial,
+                     "hubflow.sweep_trials": f"{s.trials} ({s.complete} complete, {s.pruned} pruned, {s.failed} "
+                                             "failed)"})
+        tags.update({f"hubflow.sweep_best.{k}": v for k, v in s.best_params.items()})
+        rows.append((f"sweep_best_eval_{s.metric}", s.best_value, 0))
     mlf.log_metrics(client, rid, rows)
-    mlf.set_tags(client, rid, {"hubflow.model_uri": result.checkpoint.uri, "hubflow.summary_uri": result.summary_uri,
-                               "hubflow.hardware": result.checkpoint.hardware})
+    mlf.set_tags(client, rid, tags)
     mlf.log_json(client, rid, store.read_json(result.evaluation.uri), f"evaluation/{result.evaluation.split}.json")
     mlf.log_json(client, rid, result.model_dump(mode="json"), "summary.json")
 
