@@ -40,7 +40,9 @@ def train(tokenized: TokenizedRef, base_model: PinnedRepo, cfg: TrainConfig, art
     if execution.mode is ExecutionMode.local:
         return stages.train(tokenized, base_model, cfg, artifact_store, allow_pickle, observe)
     params = {"tokenized": tokenized, "base_model": base_model, "train": cfg, "artifact_store": artifact_store,
-              "allow_pickle": allow_pickle, "observe": observe}
+              "allow_pickle": allow_pickle}
+    if observe is not None:  # only then: a train deployment registered before `observe` existed still takes the run
+        params["observe"] = observe
     return _run(execution.train_deployment, params, CheckpointRef, execution.timeout_seconds)
 
 
