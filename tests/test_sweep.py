@@ -88,7 +88,8 @@ def published_sweep(hub_repos, store, localhub):
     from hubflow.flows.sweep import sweep_flow
 
     target = f"alice/swept-{hub_repos['tag']}"
-    config, sweep = load(recipe(hub_repos, store, enabled=True, repo_id=target),
+    raw = {**recipe(hub_repos, store, enabled=True, repo_id=target), "tracking": {"backend": "mlflow"}}
+    config, sweep = load(raw,
                          {"space": {"train.learning_rate": {"distribution": "choice", "choices": [GOOD, BAD]}},
                           "trials": 4, "pruner": "median", "startup_trials": 1, "seed": 3})
     os.environ["HF_TOKEN"] = localhub.token("alice")
@@ -117,6 +118,22 @@ def test_the_best_trial_is_published_and_its_card_names_the_sweep(published_swee
     assert "## Hyper-parameter sweep" in card.text
     assert result.sweep.study in card.text and "4 trials" in card.text
     assert f"| train.learning_rate | choice {{{GOOD:g}, {BAD:g}}} | {GOOD} |" in card.text
+
+
+def test_the_sweep_is_an_mlflow_run_and_its_trials_child_runs(published_sweep):
+    from mlflow import MlflowClient
+
+    result, _ = published_sweep
+    parent = result.tracking
+    client = MlflowClient(tracking_uri=parent.uri)
+    children = client.search_runs([client.get_experiment_by_name(parent.experiment).experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'")
+    states = {run.info.run_name.rsplit("-", 1)[1]: run.info.status for run in children}
+    study = study_of(result)
+    trained = {str(t.number) for t in study.trials if t.intermediate_values}  # a cached repeat is not a training
+    assert trained <= set(states) and states[str(result.sweep.best_trial)] == "FINISHED"
+    assert {states[str(t.number)] for t in study.trials if t.state.name == "PRUNED"} == {"KILLED"}
+    assert client.get_run(parent.run_id).data.metrics["test_macro_f1"] == result.evaluation.metrics["macro_f1"]
 
 
 def test_a_trial_that_cannot_learn_is_pruned_at_its_first_evaluation(published_sweep):
@@ -166,12 +183,13 @@ def test_a_killed_sweep_resumes_with_its_finished_trials_kept(hub_repos, store, 
     assert state.result().sweep.trials == 3
 
 
-def test_a_space_key_that_is_not_a_recipe_field_fails_before_anything_trains(hub_repos, store, tmp_path, capsys):
+def test_a_space_key_that_is_not_a_recipe_field_fails_before_anything_trains(hub_repos, tmp_path, capsys):
     import yaml
 
     from hubflow.flows.sweep import sweep_flow
     from hubflow.ops.cli import main
 
+    store = tmp_path / "store"
     raw = recipe(hub_repos, store)
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({**raw, "sweep": {"space": {"train.learnig_rate": {
@@ -185,7 +203,7 @@ def test_a_space_key_that_is_not_a_recipe_field_fails_before_anything_trains(hub
     config, sweep = load(raw, {"space": {"train.learning_rate": {"distribution": "uniform", "low": 0.1, "high": 2}}})
     state = sweep_flow(config, sweep, return_state=True)
     assert state.is_failed() and "train.learning_rate: Input should be less than 1" in state.message
-    assert not list(store.glob("sweeps/*"))  # no study was opened, nothing trained
+    assert not store.exists()  # no study was opened, nothing pulled or trained
 
 
 def test_the_sweep_form_is_typed():
@@ -200,3 +218,37 @@ def test_the_sweep_form_is_typed():
     assert schema["definitions"]["Distribution"]["enum"] == ["choice", "uniform", "log_uniform", "int"]
     assert {"low", "high", "step", "choices"} <= set(param)
     assert schema["definitions"]["Pruner"]["enum"] == ["median", "successive_halving", "none"]
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_its_trials_on_both_gpu_workers(hub_repos, localhub, tmp_path):
+    """`hubflow sweep` in pools mode against a Prefect server with two gpu process workers (bench/sweep.py's
+    topology): trials run side by side on both, the pruner reports from the workers, the best trial is released."""
+    import json
+
+    import yaml
+    from prefect.settings import PREFECT_API_URL
+
+    from bench.sweep import gpu_pool, hubflow
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "HF_TOKEN": localhub.token("alice")}
+    raw = recipe(hub_repos, tmp_path / "store")
+    raw.update(execution={"mode": "pools", "timeout_seconds": 900}, sweep={
+        "space": {"train.learning_rate": {"distribution": "choice", "choices": [GOOD, BAD]}},
+        "trials": 4, "pruner": "median", "startup_trials": 1, "seed": 3})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with gpu_pool(tmp_path, env) as pool_env:
+        seconds, result = hubflow(pool_env, "sweep", [], recipe=path)
+    logs = {k: (tmp_path / f"gpu-{k}" / "worker.log").read_text(errors="replace") for k in (1, 2)}
+    ran = {k: log.count("hubflow-train") for k, log in logs.items()}
+    assert all(ran.values()), json.dumps({k: v[-3000:] for k, v in logs.items()})
+    study = study_of(result)
+    assert result.sweep.trials == 4
+    assert result.checkpoint.fingerprint == study.best_trial.user_attrs["checkpoint"]["fingerprint"]
+    # The pruner ran on the workers: every trial that trained there reported each epoch to the study (a repeat of
+    # a finished trial's values is the train stage's cache hit: no training, nothing to report).
+    trained = [t for t in study.trials if t.intermediate_values]
+    assert study.trials[0] in trained, [(t.number, t.state.name, t.intermediate_values) for t in study.trials]
+    for t in trained:
+        assert list(t.intermediate_values) == ([1] if t.state.name == "PRUNED" else [1, 2])
