@@ -5,6 +5,7 @@
     DIR/prefect       Prefect's home: the embedded server's database, results, cache records
     DIR/store         the artifact store: raw and tokenized data, checkpoints, predictions, reports
     DIR/summary.json  metrics, every stage's output URI, every pinned or produced sha, the run's phases in seconds
+    DIR/endpoint.token  the bearer token the endpoint's callers send (0600; made once, reused by a rerun)
     DIR/hub.port      localhub's port, reused by a rerun (the published files name the repos' URLs)
 
 `hubflow demo --task causal-lm` is the LLM demo (hubflow/ops/demo_llm.py); it shares `demo_hub` and the summary here.
@@ -63,14 +64,15 @@ def demo_seed(workdir: Path) -> list[str]:
 
 @contextmanager
 def demo_hub(workdir: Path, seed: Callable[[Path], list[str]],
-             wait_for_prefect: bool = True) -> Iterator[PrefectServer]:
+             wait_for_prefect: bool = True, orgs: dict[str, dict[str, str]] | None = None) -> Iterator[PrefectServer]:
     """A localhub under DIR/hub, seeded with the folders `seed(workdir)` names, Prefect's server on DIR/prefect, and
     this process's environment pointed at both; stopped on the way out. Yields the Prefect server: with
-    `wait_for_prefect=False` the caller calls its `wait()` before the first flow (and may import meanwhile)."""
+    `wait_for_prefect=False` the caller calls its `wait()` before the first flow (and may import meanwhile).
+    `orgs` ({org: {user: role}}) lets the demo user write to a seeded namespace (the drift demo's new data)."""
     from localhub import LocalHub
 
     token = secrets.token_hex(16)  # lives only as long as this demo's localhub
-    hub = LocalHub(workdir / "hub", users={"demo": (token, "write")}, sock=same_port_as_last_time(workdir))
+    hub = LocalHub(workdir / "hub", users={"demo": (token, "write")}, sock=same_port_as_last_time(workdir), orgs=orgs)
     # Before anything imports huggingface_hub (the seed data is written with `datasets`) or prefect: both read their
     # settings once.
     os.environ.pop("PREFECT_API_URL", None)
@@ -99,24 +101,58 @@ def run_demo(workdir: str | Path, overrides: list[str] | None = None, verbose: b
         clock.mark("localhub start (Prefect's server starting meanwhile)")
         from ..config import load_recipe
 
-        config = load_recipe(RECIPE, [f"artifact_store={workdir / 'store'}", *(overrides or [])])
+        config = load_recipe(RECIPE, [f"artifact_store={workdir / 'store'}", *DEMO_ENDPOINT, *(overrides or [])])
         from ..flows.pipeline import pipeline
 
         prefect_console(verbose)
         clock.mark("imports (prefect, the pipeline)")
         prefect.wait()
         clock.mark("waiting for Prefect's server (the rest of its start)")
+        from ..stages.endpoint import TOKEN_ENV
+
+        os.environ[TOKEN_ENV] = endpoint_token(workdir)  # the release reads it at call time, as from an operator
         state = pipeline(config, return_state=True)
         if not state.is_completed():
             raise RunFailed(f"the run {state.name.lower()}: {run_failure(state)}")
         result = state.result()
         clock.mark("pipeline call")
+        call = call_endpoint(result.endpoint.url, workdir) if result.endpoint and result.endpoint.url else None
+        clock.mark("one call of the endpoint")
         stages, tasks, flow_seconds = run_timings(result.flow_run_id)
         clock.mark("reading the task states")
     clock.mark("stopping localhub and Prefect's server")
-    summary = write_summary(workdir, result, stages, clock.total(), {"phases": clock.split(flow_seconds, tasks)})
+    summary = write_summary(workdir, result, stages, clock.total(), {"phases": clock.split(flow_seconds, tasks),
+                                                                      "endpoint_call": call})
     print_report(workdir, summary)
     return summary
+
+
+TRY_TEXT = "I was charged twice for my subscription this month"
+# The demo's model is also served over HTTP, as an API Space (docs/serving.md "Deploying"); `--set
+# endpoint.enabled=false` leaves it out.
+DEMO_ENDPOINT = ("endpoint.enabled=true", "endpoint.repo_id=demo/minilm-support-tickets-api",
+                 "endpoint.timeout_seconds=300")
+
+
+def endpoint_token(workdir: Path) -> str:
+    """DIR/endpoint.token: the endpoint's bearer token, made once (owner-only, 0600) and reused by a rerun (the
+    deployed Space keeps the secret it was given); its value is never printed."""
+    path = workdir / "endpoint.token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+    return path.read_text().strip()
+
+
+def call_endpoint(url: str, workdir: Path) -> dict:
+    """The call the report prints, made once: {text, code, answer} (the top labels the endpoint gave)."""
+    from huggingface_hub import InferenceClient
+
+    code = (f'InferenceClient(base_url="{url}", token=open("{workdir / "endpoint.token"}").read().strip())'
+            f'.text_classification("{TRY_TEXT}", top_k=2)')
+    answer = InferenceClient(base_url=url, token=endpoint_token(workdir)).text_classification(TRY_TEXT, top_k=2)
+    return {"text": TRY_TEXT, "code": code, "answer": [{"label": a.label, "score": round(a.score, 4)} for a in answer]}
 
 
 class Phases:
@@ -210,6 +246,10 @@ def write_summary(workdir: Path, result, stages: dict[str, str], seconds: float,
     space = r.get("space")
     summary["space"] = ({"id": space["space_id"], "commit": space["sha"], "url": space["url"], "stage": space["stage"]}
                         if space else None)
+    endpoint, call = r.get("endpoint"), summary.pop("endpoint_call", None)
+    summary["endpoint"] = ({"id": endpoint["space_id"], "commit": endpoint["sha"], "url": endpoint["url"],
+                            "stage": endpoint["stage"], "model_revision": endpoint["model"]["sha"],
+                            "token_file": str(workdir / "endpoint.token"), "call": call} if endpoint else None)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -240,7 +280,18 @@ def print_outputs(workdir: Path, summary: dict) -> None:
         sp = summary["space"]
         where = f"at {sp['url']}" if sp["url"] else "(unchanged; localhub is starting it again)"
         print(f"  space        {sp['id']} {sp['stage']} {where} (stops with this demo's localhub)")
+    if summary.get("endpoint"):
+        ep = summary["endpoint"]
+        print(f"  endpoint     {ep['id']} {ep['stage']} at {ep['url']} (the HTTP API; stops with this demo's localhub)")
+        print(f"  token        {ep['token_file']} (0600: the bearer token callers send)")
     print(f"  summary      {workdir / 'summary.json'}")
     print(f"\nTry the model in the browser: hubflow space preview {summary['outputs']['run_summary']}")
+    if (summary.get("endpoint") or {}).get("call"):
+        call, token_file = summary["endpoint"]["call"], summary["endpoint"]["token_file"]
+        print("\nCall its HTTP API (the call this demo made, and its answer):")
+        print(f"  from huggingface_hub import InferenceClient; {call['code']}")
+        print("  -> " + ", ".join(f"{a['label']} {a['score']:.3f}" for a in call["answer"]))
+        print(f"  after the demo, serve it yourself: hubflow serve {summary['outputs']['run_summary']} "
+              f"--token-file {token_file}")
     print("\nTo browse the runs, artifacts and logs in the Prefect UI:")
     print(f"  PREFECT_HOME={workdir / 'prefect'} prefect server start   # then open http://127.0.0.1:4200")

@@ -27,8 +27,12 @@ from .demo import RECIPE, demo_hub, demo_seed
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 INCOMING = "hubflow/support-tickets-incoming"
+WRITERS = {"hubflow": {"demo": "write"}}  # the demo user adds revisions to the seeded hubflow/ datasets
 TRAINING = "hubflow/support-tickets"
 ADDED = {"train": 800, "validation": 80, "test": 150}  # labelled tickets of the new line joining the training data
+# Both trainings (the first model and the automatic retrain) are the demo recipe's, lighter: one epoch over the first
+# 1,000 train rows at 64 tokens keeps the scenario within minutes on a laptop's CPU. `--set` adds to these.
+SETTINGS = ["train.epochs=1", "data.max_train_samples=1000", "preprocess.max_length=64", "space.enabled=false"]
 
 
 def shipped_deployments(store: str) -> dict[str, dict]:
@@ -39,9 +43,29 @@ def shipped_deployments(store: str) -> dict[str, dict]:
     return {d["name"]: d for d in yaml.safe_load(text)["deployments"]}
 
 
-def serve_loop(store: str) -> None:
+def retrain_config(store: str, overrides: list[str]) -> dict:
+    """The config the shipped alarm trigger retrains with, plus the scenario's settings (execution local: the demo
+    has no gpu pool), as the trigger's parameters."""
+    import tempfile
+
+    import yaml
+
+    from ..config import load_recipe
+
+    spec = shipped_deployments(store)
+    (alarm,) = [t for t in spec["retrain"]["triggers"] if "hubflow.model.drift" in t["expect"]]
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(alarm["parameters"]["config"], f)
+    try:
+        config = load_recipe(f.name, [*SETTINGS, "execution.mode=local", *overrides])
+    finally:
+        os.unlink(f.name)
+    return config.model_dump(mode="json")
+
+
+def serve_loop(store: str, overrides: list[str]) -> None:
     """The runner process: retrain (its monitor-alarm trigger) and on-train-complete (its chain trigger) as shipped,
-    run in this process's environment (execution local: no gpu pool in the demo)."""
+    run in this process's environment."""
     from prefect import serve
     from prefect.events import DeploymentEventTrigger
 
@@ -50,7 +74,7 @@ def serve_loop(store: str) -> None:
 
     spec = shipped_deployments(store)
     (alarm,) = [t for t in spec["retrain"]["triggers"] if "hubflow.model.drift" in t["expect"]]
-    config = {**alarm["parameters"]["config"], "execution": {"mode": "local"}}
+    config = retrain_config(store, overrides)
     alarm = {**alarm, "parameters": {"config": config}}
     publish = spec["on-train-complete"]
     serve(pipeline.to_deployment(name="retrain", triggers=[DeploymentEventTrigger(**alarm)],
@@ -63,21 +87,24 @@ def serve_loop(store: str) -> None:
 class Runner:
     """`serve_loop` in a process of its own (stopped by pid), logging to DIR/runner.log."""
 
-    def __init__(self, workdir: Path, store: str):
+    def __init__(self, workdir: Path, store: str, overrides: list[str]):
         env = {**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
         self.log = open(workdir / "runner.log", "ab")
-        code = f"from hubflow.ops.demo_drift import serve_loop; serve_loop({store!r})"
+        code = f"from hubflow.ops.demo_drift import serve_loop; serve_loop({store!r}, {overrides!r})"
         self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self) -> None:
+        for _ in range(2):  # Prefect's runner takes the first SIGTERM as "shut down gracefully" and may linger
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.proc.kill()
+            self.proc.wait()
         self.log.close()
 
 
@@ -101,6 +128,8 @@ def push_rows(repo_id: str, splits: dict[str, list[tuple[str, str]]], message: s
 
 def covering_revision(seed: int = 7) -> str:
     """A new revision of the training data on main: the original splits plus labelled tickets of the new line."""
+    import random
+
     from ..demo_data import DEMO_LABELS, build_demo_dataset, ticket_batch
 
     base = build_demo_dataset(0)
@@ -108,6 +137,7 @@ def covering_revision(seed: int = 7) -> str:
     for i, (split, n) in enumerate(ADDED.items()):
         old = [(t, DEMO_LABELS[y]) for t, y in zip(base[split]["text"], base[split]["label"])]
         splits[split] = old + ticket_batch(n, seed=seed * 100 + i, shift=1.0)
+        random.Random(seed + i).shuffle(splits[split])  # max_train_samples keeps the first rows: mix the new in
     return push_rows(TRAINING, splits, "the new product line's labelled tickets join the training data")
 
 
@@ -177,26 +207,28 @@ def run_drift_demo(workdir: str | Path, overrides: list[str] | None = None, verb
     summary: dict = {"nights": []}
     # The alarm's cooldown record (hubflow.events.SeenRevisions) of this run only: a rerun alarms again.
     os.environ["HUBFLOW_STATE_DIR"] = str(workdir / "state" / str(int(started)))
-    with demo_hub(workdir, demo_seed, wait_for_prefect=False) as prefect:
+    with demo_hub(workdir, demo_seed, wait_for_prefect=False, orgs=WRITERS) as prefect:
         from ..config import load_recipe
+        from ..doors import hub
         from ..flows.pipeline import pipeline
         from ..monitor.settings import MonitorConfig
         from .console import RunFailed, prefect_console, run_failure
 
-        config = load_recipe(RECIPE, [f"artifact_store={store}", "space.enabled=false", *(overrides or [])])
+        overrides = list(overrides or [])
+        config = load_recipe(RECIPE, [f"artifact_store={store}", *SETTINGS, *overrides])
         prefect_console(verbose)
         prefect.wait()
-        runner = Runner(workdir, store)
+        runner = Runner(workdir, store, overrides)
         try:
             state = pipeline(config, return_state=True)
             if not state.is_completed():
                 raise RunFailed(f"the demo's model: {run_failure(state)}")
             first = state.result()
             model = config.publish.repo_id
-            summary["model"] = {"repo_id": model, "sha": first.published.model.sha,
-                                "test": first.evaluation.metrics}
-            print(f"published {model}@{first.published.model.sha[:10]}; test macro-F1 "
-                  f"{first.evaluation.metrics['macro_f1']:.4f}")
+            # A rerun's model is the champion already (the gate then publishes nothing): the head is the model.
+            head = hub.pin(model, "model", "main", "publish").sha
+            summary["model"] = {"repo_id": model, "sha": head, "test": first.evaluation.metrics}
+            print(f"published {model}@{head[:10]}; test macro-F1 {first.evaluation.metrics['macro_f1']:.4f}")
             wait_deployments(["hubflow-pipeline/retrain", "hubflow-publish/on-train-complete"])
             for i in range(nights):
                 sha = push_rows(INCOMING, {"test": ticket_batch(rows, seed=1000 + i)}, f"night {i + 1}")
@@ -242,3 +274,66 @@ def before_after(config_cls, model: str, old_sha: str, store: str, rows: int, sh
 def _line(n: dict) -> str:
     verdict = "ALARM " + ", ".join(n["alarms"]) if n["alarms"] else "no alarm"
     return f"shift {n['shift']:.0%}: {verdict}{'; event ' + ', '.join(n['events']) if n['events'] else ''}"
+
+
+def measure(workdir: str | Path, unshifted: int = 20, rows: int = 400, shares=(0.05, 0.1, 0.2, 0.3),
+            per_share: int = 5) -> dict:
+    """docs/monitoring.md's figures, on the demo's first model (DIR/summary.json) at the shipped thresholds:
+    false alarms on `unshifted` fresh batches, the detection rate per shift share, seconds per 1,000 rows on two
+    torch threads (the reference observed once, as the nightly monitor of one model does), written to
+    DIR/measure.json."""
+    import torch
+
+    from ..demo_data import ticket_batch
+    from ..doors import hub
+    from ..kinds import kind_for
+    from ..monitor.assess import Rows, assess
+    from ..monitor.lineage import reference_of, rows_of
+    from ..monitor.settings import Thresholds
+    from ..stages.facts import read_facts
+
+    workdir = Path(workdir).resolve()
+    first = json.loads((workdir / "summary.json").read_text())["model"]
+    torch.set_num_threads(2)
+    th = Thresholds()
+    with demo_hub(workdir, demo_seed, orgs=WRITERS):
+        model = hub.pin(first["repo_id"], "model", first["sha"], "model")
+        ref = reference_of(model)
+        model_dir = hub.model_dir(model)
+        facts = read_facts(model_dir)
+        monitor = kind_for(facts.task).monitor
+        reference = rows_of(hub.load_dataset_at(ref.dataset, None)[ref.split], "text")
+
+        def run(batch):
+            return assess(monitor, model_dir, facts, reference, Rows(texts=[t for t, _ in batch],
+                          labels=[lab for _, lab in batch]), ref.metrics, th)
+
+        run(ticket_batch(rows, seed=1))  # observes (and caches) the reference: not part of the timings below
+        quiet = [run(ticket_batch(rows, seed=5000 + i)) for i in range(unshifted)]
+        detected = {}
+        for share in shares:
+            reports = [run(ticket_batch(rows, seed=6000 + 10 * i + int(share * 100), shift=share))
+                       for i in range(per_share)]
+            detected[str(share)] = {"drift": sum(r.drift for r in reports) / per_share,
+                                    "degraded": sum(r.degraded for r in reports) / per_share,
+                                    "alarms": sorted({a.name for r in reports for a in r.alarms()})}
+        start = time.perf_counter()
+        run(ticket_batch(1000, seed=7000))
+        per_1000 = time.perf_counter() - start
+    out = {"unshifted_batches": unshifted, "rows": rows,
+           "false_alarms": sum(r.drift or r.degraded for r in quiet),
+           "false_alarm_signals": sorted({a.name for r in quiet for a in r.alarms()}),
+           "min_p": {n: min(s.value for r in quiet for s in r.scores if s.name == n)
+                     for n in ("label_chi2_p", "input_tokens_ks_p", "embedding_mmd_p")},
+           "max_effect": {n: max(s.value for r in quiet for s in r.scores if s.name == n)
+                          for n in ("label_psi", "confidence_drop", "low_confidence_rise", "unknown_word_rise")},
+           "detection": detected, "seconds_per_1000_rows": round(per_1000, 2)}
+    (workdir / "measure.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":  # python -m hubflow.ops.demo_drift measure DIR
+    if len(sys.argv) != 3 or sys.argv[1] != "measure":
+        sys.exit("usage: python -m hubflow.ops.demo_drift measure DIR  (DIR: a finished drift demo's work dir)")
+    measure(sys.argv[2])
