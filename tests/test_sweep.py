@@ -252,3 +252,25 @@ def test_a_sweep_runs_its_trials_on_both_gpu_workers(hub_repos, localhub, tmp_pa
     assert study.trials[0] in trained, [(t.number, t.state.name, t.intermediate_values) for t in study.trials]
     for t in trained:
         assert list(t.intermediate_values) == ([1] if t.state.name == "PRUNED" else [1, 2])
+
+
+@pytest.mark.parametrize("changes, sweep, said", [
+    ({}, {"space": {"publish.enabled": {"distribution": "choice", "choices": [True]}}},
+     "sweep.space.publish.enabled: not a searchable recipe field"),
+    ({}, {"space": {"train.lora": {"distribution": "choice", "choices": ["none"]}}},
+     "sweep.space.train.lora: not a recipe field (train has no 'lora'"),  # the causal LM's key, not a classifier's
+    ({}, {"space": {"train.epochs": {"distribution": "int", "low": 1, "high": 3}}, "parallelism": 2},
+     "sweep.parallelism=2 needs execution.mode=pools"),
+    ({}, {"space": {"train.epochs": {"distribution": "int", "low": 1, "high": 3}}, "metric": "perplexity"},
+     "sweep.metric='perplexity' is not a text-classification metric"),
+    ({"artifact_store": "s3://bucket/store"}, {"space": {"train.epochs": {"distribution": "int", "low": 1, "high": 3}}},
+     "sweep.storage: a s3:// artifact store needs a study storage every worker reaches"),
+], ids=["not searchable", "another kind's key", "parallel in local mode", "another kind's metric", "s3 store"])
+def test_a_sweep_that_cannot_run_is_refused_in_one_line(changes, sweep, said):
+    from hubflow.experiments.space import SweepError, check_sweep
+
+    raw = {"model": {"repo_id": "org/base"}, "data": {"source": "org/data"}, **changes}
+    config, spec = load(raw, sweep)
+    with pytest.raises(SweepError) as err:
+        check_sweep(config, spec)
+    assert str(err.value).startswith(said) and "\n" not in str(err.value)

@@ -165,6 +165,8 @@ def check_sweep(config: PipelineConfig, sweep: SweepConfig) -> Plan:
     if config.execution.mode is ExecutionMode.local and (sweep.parallelism or 1) > 1:
         raise SweepError(f"sweep.parallelism={sweep.parallelism} needs execution.mode=pools: trainings in one process "
                          "run one at a time (accelerate's state belongs to the process)")
+    if sweep.storage is None and "://" in config.artifact_store.removeprefix("file://"):
+        raise SweepError(remote_store_needs_storage(config.artifact_store))
     kind = kind_for(config.task)
     metric = sweep.metric or kind.default_metric
     if metric not in kind.metrics and metric != "loss":
@@ -173,6 +175,11 @@ def check_sweep(config: PipelineConfig, sweep: SweepConfig) -> Plan:
     direction = sweep.direction or kind.metrics.get(metric, Direction.lower)
     shared = not any(key.split(".")[0] in PER_TRIAL_DATA for key in sweep.space)
     return Plan(metric=metric, direction=direction, shared_data=shared, study=sweep.study or study_name(config, sweep))
+
+
+def remote_store_needs_storage(artifact_store: str) -> str:
+    return (f"sweep.storage: a {artifact_store.split('://')[0]}:// artifact store needs a study storage every worker "
+            "reaches (an RDB URL, e.g. postgresql://user:${PGPASSWORD}@host/db)")
 
 
 def _leaf(config: PipelineConfig, key: str) -> None:

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .space import Distribution, Param, Pruner, SweepConfig, SweepError
+from .space import Distribution, Param, Pruner, SweepConfig, SweepError, remote_store_needs_storage
 
 JOURNAL = "journal://"
 INTERRUPTED = "interrupted"  # user attr of a trial whose sweep was killed while it ran (re-run, not counted)
@@ -33,8 +33,7 @@ def storage_url(storage: str | None, artifact_store: str, study: str) -> str:
         return storage
     root = artifact_store.removeprefix("file://")
     if "://" in root:
-        raise SweepError(f"sweep.storage: a {artifact_store.split('://')[0]}:// artifact store needs a study storage "
-                         "every worker reaches (an RDB URL, e.g. postgresql://user:${PGPASSWORD}@host/db)")
+        raise SweepError(remote_store_needs_storage(artifact_store))
     return f"{JOURNAL}{Path(root, 'sweeps', f'{study}.journal').resolve()}"
 
 
