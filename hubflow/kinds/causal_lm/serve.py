@@ -122,12 +122,13 @@ class Engine:
     `submit(seq)` queues a sequence (429 when `max_queue` are waiting); the thread prefills newcomers between decode
     steps (at most `max_batch` rows run at once) and removes finished rows after each step."""
 
-    def __init__(self, model, tokenizer, kit, max_batch: int, max_queue: int):
+    def __init__(self, model, tokenizer, kit, max_batch: int, max_queue: int, max_tokens: int):
         self.model, self.tokenizer, self.kit = model, tokenizer, kit
         self.device = next(model.parameters()).device
         self.eos = set(eos_ids(model, tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos)
-        self.max_batch, self.max_queue = max_batch, max_queue
+        self.max_batch, self.max_queue, self.max_tokens = max_batch, max_queue, max_tokens
+        self.held: Sequence | None = None  # taken from the inbox, waiting for room in the next prefill
         params = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # the last position's logits only
@@ -179,18 +180,29 @@ class Engine:
                     self.rows, self.cache = [], None
 
     def _take(self) -> list[Sequence]:
-        """Waiting sequences that fit in the batch (blocking while nothing runs)."""
+        """Waiting sequences that fit in the batch (blocking while nothing runs): at most `max_batch` rows running,
+        and one prefill at most `max_batch_tokens` padded prompt tokens (a longer prompt prefills alone), so a wave
+        of newcomers does not stall the running rows for long."""
         out: list[Sequence] = []
+        width = 0
         while len(self.rows) + len(out) < self.max_batch:
-            try:
-                seq = self.inbox.get(block=not self.rows and not out, timeout=None)
-            except queue.Empty:
-                break
+            if self.held is not None:
+                seq, self.held = self.held, None
+            else:
+                try:
+                    seq = self.inbox.get(block=not self.rows and not out, timeout=None)
+                except queue.Empty:
+                    break
             if seq is None:
                 self.stopping = True
                 break
-            if not seq.cancelled:
-                out.append(seq)
+            if seq.cancelled:
+                continue
+            if out and max(width, len(seq.prompt_ids)) * (len(out) + 1) > self.max_tokens:
+                self.held = seq  # the next step's first newcomer
+                break
+            width = max(width, len(seq.prompt_ids))
+            out.append(seq)
         self.m_queue.set(self.inbox.qsize())
         return out
 
@@ -332,6 +344,7 @@ class ChatHandler:
                            or DEFAULT_MAX_NEW_TOKENS)
         settings = kit.settings
         self.engine = Engine(self.model, self.tokenizer, kit, max_batch=int(settings.max_batch_size),
+                             max_tokens=int(settings.max_batch_tokens),
                              max_queue=int(settings.max_queue))
         self.model_id = kit.model_info.get("id") or Path(model_dir).name
         self.router = APIRouter()
@@ -390,8 +403,13 @@ class ChatHandler:
         _collector(self.kit.metrics, "prompt_tokens", "prompt_tokens_total").inc(sum(len(s.prompt_ids) for s in seqs))
         head = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, "created": int(time.time()),
                 "model": self.model_id, "system_fingerprint": (self.kit.model_info.get("sha") or "")[:12] or None}
-        for seq in seqs:
-            self.engine.submit(seq)
+        try:
+            for seq in seqs:
+                self.engine.submit(seq)
+        except Exception:
+            for seq in seqs:
+                seq.cancel()  # a full queue refuses the request whole
+            raise
         if opts["stream"]:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(self._stream(seqs, head, chat, include_usage), media_type="text/event-stream",
