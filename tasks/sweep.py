@@ -77,13 +77,13 @@ def run_trials(config: PipelineConfig, base_model: PinnedRepo, dataset: PinnedRe
     parallelism = sweep.parallelism or (1 if config.execution.mode is ExecutionMode.local
                                         else dispatch._online_capacity(config.execution.train_deployment))
     url = storage_url(sweep.storage, config.artifact_store, plan.study)
-    recipe = {key: _value(config, key) for key in sweep.space} if sweep.start_from_recipe else {}
+    recipe = {key: _value(config, key) for key in sweep.params} if sweep.start_from_recipe else {}
     study = open_study(url, plan.study, plan.direction.value, sweep, parallelism,
-                       {k: v for k, v in recipe.items() if sweep.space[k].holds(v)})
+                       {k: v for k, v in recipe.items() if sweep.params[k].holds(v)})
     todo = sweep.trials - len(finished(study))
     print(f"sweep {plan.study}: {sweep.trials} trials ({sweep.trials - todo} finished before), {parallelism} at a "
           f"time, {sweep.pruner.value} pruning, study in {shown(url)}")
-    space, running = distributions(sweep.space), {}
+    space, running = distributions(sweep.params), {}
     while todo > 0 or running:
         while todo > 0 and len(running) < parallelism:
             trial, todo = study.ask(space), todo - 1

@@ -167,7 +167,7 @@ def test_a_killed_sweep_resumes_with_its_finished_trials_kept(hub_repos, store, 
 
     url = storage_url(None, str(store), first.sweep.study)
     killed = optuna.load_study(study_name=first.sweep.study, storage=open_storage(url)).ask(
-        distributions(sweep.space))  # what a sweep killed mid-trial leaves behind
+        distributions(sweep.params))  # what a sweep killed mid-trial leaves behind
 
     _, more = load(raw, {"space": space, "trials": 3, "pruner": "none"})
     state = sweep_flow(config, more, return_state=True)

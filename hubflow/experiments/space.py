@@ -16,9 +16,9 @@ import hashlib
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import ExecutionMode, PipelineConfig, one_line, read_recipe
 from ..kinds import Direction, kind_for
@@ -40,6 +40,7 @@ class Param(BaseModel):
     """One searched recipe field."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    field: str = Field(description="The recipe field, as a path: train.learning_rate, preprocess.max_length, ...")
     distribution: Distribution = Field(description="choice, uniform, log_uniform or int.")
     low: float | None = Field(None, description="uniform, log_uniform, int: the smallest value.")
     high: float | None = Field(None, description="uniform, log_uniform, int: the largest value.")
@@ -51,16 +52,16 @@ class Param(BaseModel):
         d = self.distribution
         if d is Distribution.choice:
             if not self.choices or self.low is not None or self.high is not None:
-                raise ValueError("a choice takes `choices` (a non-empty list), not low/high")
+                raise ValueError(f"{self.field}: a choice takes `choices` (a non-empty list), not low/high")
             return self
         if self.choices is not None or self.low is None or self.high is None:
-            raise ValueError(f"{d.value} takes `low` and `high`, not choices")
+            raise ValueError(f"{self.field}: {d.value} takes `low` and `high`, not choices")
         if not self.low < self.high:
-            raise ValueError(f"{d.value}: low ({self.low:g}) must be below high ({self.high:g})")
+            raise ValueError(f"{self.field}: {d.value}: low ({self.low:g}) must be below high ({self.high:g})")
         if d is Distribution.log_uniform and self.low <= 0:
-            raise ValueError("log_uniform needs low > 0")
+            raise ValueError(f"{self.field}: log_uniform needs low > 0")
         if d is Distribution.int and not all(float(v).is_integer() for v in (self.low, self.high, self.step or 1)):
-            raise ValueError("int takes whole low, high and step")
+            raise ValueError(f"{self.field}: int takes whole low, high and step")
         return self
 
     def bounds(self) -> list[Any]:
@@ -94,14 +95,24 @@ class Pruner(str, Enum):
     none = "none"  # every trial runs all its epochs
 
 
+def _listed(space: Any) -> Any:
+    """`{field: {distribution: ...}}` (a recipe's mapping) -> `[{field: ..., distribution: ...}]`."""
+    if isinstance(space, dict):
+        return [{"field": key, **value} if isinstance(value, dict) else value for key, value in space.items()]
+    return space
+
+
 class SweepConfig(BaseModel):
     """A hyper-parameter sweep over a recipe (`hubflow sweep RECIPE`): Optuna's TPE sampler, one training per trial,
     the best trial predicted, evaluated and released as a single run is."""
 
     model_config = ConfigDict(extra="forbid", title="sweep")
-    space: dict[str, Param] = Field(
-        min_length=1, description="Recipe field path -> its distribution, e.g. train.learning_rate: {distribution: "
-        "log_uniform, low: 1.0e-5, high: 1.0e-3}. data., preprocess. and train. fields can be searched.")
+    # A list (the Prefect UI renders a list of typed rows, not a mapping); a recipe may write the mapping it reads
+    # best, `train.learning_rate: {distribution: ..., ...}`, which becomes the list.
+    space: Annotated[list[Param], BeforeValidator(_listed)] = Field(
+        min_length=1, description="The searched recipe fields, each with its distribution, e.g. {field: "
+        "train.learning_rate, distribution: log_uniform, low: 1.0e-5, high: 1.0e-3}. data., preprocess. and train. "
+        "fields can be searched.")
     metric: str | None = Field(None, description="Validation metric the trials are ranked by (and pruned on); "
                                "default: the task kind's own (a classifier's macro_f1).")
     direction: Direction | None = Field(None, description="higher or lower is better; default: the metric's own.")
@@ -122,6 +133,19 @@ class SweepConfig(BaseModel):
     study: str | None = Field(None, description="The study's name; default: derived from the recipe and the sweep "
                               "settings, so running the same sweep again resumes it.")
     seed: int = Field(42, description="Seed of the TPE sampler.")
+
+    @field_validator("space")
+    @classmethod
+    def _once_each(cls, space: list[Param]) -> list[Param]:
+        seen = [p.field for p in space]
+        if twice := sorted({f for f in seen if seen.count(f) > 1}):
+            raise ValueError(f"{twice[0]} is searched twice")
+        return space
+
+    @property
+    def params(self) -> dict[str, Param]:
+        """The space by field path."""
+        return {p.field: p for p in self.space}
 
 
 class SweepError(ValueError):
@@ -154,7 +178,7 @@ def load_sweep_recipe(path: str | Path, overrides: list[str] | None = None) -> t
 def check_sweep(config: PipelineConfig, sweep: SweepConfig) -> Plan:
     """Every space key a searchable recipe field whose bounds are valid values, the metric the kind's: else
     SweepError in one line, before anything is pulled or trained."""
-    for key, param in sweep.space.items():
+    for key, param in sweep.params.items():
         section = key.split(".")[0]
         if section not in SEARCHABLE:
             raise SweepError(f"sweep.space.{key}: not a searchable recipe field (a trial only trains: search "
@@ -173,7 +197,7 @@ def check_sweep(config: PipelineConfig, sweep: SweepConfig) -> Plan:
         raise SweepError(f"sweep.metric={metric!r} is not a {config.task} metric; known: "
                          f"{', '.join(sorted([*kind.metrics, 'loss']))}")
     direction = sweep.direction or kind.metrics.get(metric, Direction.lower)
-    shared = not any(key.split(".")[0] in PER_TRIAL_DATA for key in sweep.space)
+    shared = not any(key.split(".")[0] in PER_TRIAL_DATA for key in sweep.params)
     return Plan(metric=metric, direction=direction, shared_data=shared, study=sweep.study or study_name(config, sweep))
 
 

@@ -78,7 +78,7 @@ def sweep_record(study, sweep: SweepConfig, metric: str, direction: str, url: st
     states = [t.state.name for t in trials]
     best = study.best_trial
     return SweepRecord(study=study.study_name, storage=shown(url),
-                       space={k: p.describe() for k, p in sweep.space.items()}, metric=metric, direction=direction,
+                       space={k: p.describe() for k, p in sweep.params.items()}, metric=metric, direction=direction,
                        trials=len(trials), complete=states.count("COMPLETE"), pruned=states.count("PRUNED"),
                        failed=states.count("FAIL"), best_trial=best.number, best_value=float(best.value),
                        best_params=dict(best.params), flow_run_id=flow_run_id)
