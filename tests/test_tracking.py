@@ -231,6 +231,7 @@ def check_tracked(state, hub_repos, target: str, secret: str) -> None:
     assert tags["hubflow.dataset_sha"] == hub_repos["data_sha"]
     assert tags["hubflow.task"] == "text-classification"
     assert tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+    assert tags.get("prefect.flow_run_url") == result.flow_run_url  # the Prefect run's page, when the API has a UI
     # a point per optimizer step (as the loop read them), a validation per epoch, test metrics, system figures
     history = st.read_json(result.checkpoint.history_uri)
     losses = client.get_metric_history(run.info.run_id, "loss")
@@ -269,6 +270,12 @@ def test_a_tracked_run_in_the_default_local_store(local_run, hub_repos, localhub
     run = _client(result.tracking.uri).get_run(result.tracking.run_id)
     assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(db.parent)  # not the cwd's ./mlruns
     assert run.info.run_name == f"pipeline-{result.flow_run_id[:8]}"
+    # the same published sha again (a rerun that changed nothing on the Hub) is the same version, not a second one
+    from hubflow.tracking import runs
+
+    assert str(runs.register(result.tracking, result).version) == "1"
+    name = result.published.model.repo_id.replace("/", "--")
+    assert len(_client(result.tracking.uri).search_model_versions(f"name = '{name}'")) == 1
     assert f"Tracked in MLflow as run `{result.tracking.run_id}` of the experiment `{hub_repos['target']}`" in card_of(
         state, localhub)
 

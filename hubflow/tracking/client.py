@@ -130,8 +130,9 @@ def find_run(client, experiment: str, tag: str, value: str) -> str | None:
 
 
 def register(client, name: str, source: str, run_id: str, tags: dict[str, str], description: str):
-    """A new version of registered model `name` whose source is `source` (the Hub repo at its sha: hf://...),
-    linked to the run -> the ModelVersion. The registered model is created on first use."""
+    """A version of registered model `name` whose source is `source` (the Hub repo at its sha: hf://...), linked
+    to the run -> the ModelVersion. The registered model is created on first use; a source already registered (a
+    rerun that found the Hub repo unchanged) is that version, not a new one."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -139,4 +140,7 @@ def register(client, name: str, source: str, run_id: str, tags: dict[str, str], 
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+    for known in client.search_model_versions(f"name = '{name}'"):
+        if known.source == source:
+            return known
     return client.create_model_version(name, source, run_id=run_id, tags=tags, description=description)
