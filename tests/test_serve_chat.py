@@ -49,8 +49,8 @@ def model_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def start_server(model_dir: Path, log: Path, *extra: str):
-    """server.py with the causal-LM handler on a free port -> (process, base URL) once /health says ready."""
+def launch(model_dir: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """server.py with the causal-LM handler on a free port -> (process, base URL); the model is still loading."""
     proc = subprocess.Popen([sys.executable, str(SERVER), "--model", str(model_dir), "--handler", str(HANDLER),
                              "--public", "--port", "0", "--max-batch-size", "16", *extra],
                             stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=log.parent,
@@ -58,17 +58,20 @@ def start_server(model_dir: Path, log: Path, *extra: str):
     line = proc.stdout.readline()
     match = re.search(r"serving (http://\S+)", line)
     assert match, f"server did not start: {line!r} {log.read_text()[-2000:]}"
-    url = match.group(1)
-    deadline = time.monotonic() + 60
+    return proc, match.group(1)
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path) -> str:
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             if httpx.get(url + "/health").status_code == 200:
-                return proc, url
+                return url
         except httpx.TransportError:
             pass
         assert proc.poll() is None, log.read_text()[-2000:]
         time.sleep(0.2)
-    raise AssertionError(f"server not ready in 60 s: {log.read_text()[-2000:]}")
+    raise AssertionError(f"server not ready in 90 s: {log.read_text()[-2000:]}")
 
 
 def stop_server(proc) -> None:
@@ -81,15 +84,22 @@ def stop_server(proc) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
+def launched(model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
-    proc, url = start_server(model_dir, log)
-    yield url, log
+    proc, url = launch(model_dir, log)
+    yield proc, url, log
     stop_server(proc)
 
 
 @pytest.fixture(scope="module")
-def batch_answers(model_dir) -> list[tuple[str, int, str]]:
+def server(launched, batch_answers):
+    """The base URL and log of the server once ready (batch generation's answers are computed while it loads)."""
+    proc, url, log = launched
+    return wait_ready(proc, url, log), log
+
+
+@pytest.fixture(scope="module")
+def batch_answers(model_dir, launched) -> list[tuple[str, int, str]]:
     """hubflow's batch generation of the 8 chats (greedy, 8 per batch, each with its own max_tokens)."""
     import torch
 
@@ -226,8 +236,9 @@ def test_a_prompt_over_the_limit_is_truncated_by_default(server):
 @pytest.mark.slow  # a second server process (~30 s on a busy 2-core machine); the default suite tests truncation
 def test_a_prompt_over_the_limit_is_refused_under_on_too_long_refuse(model_dir, tmp_path):
     body = LONG
-    proc, refusing = start_server(model_dir, tmp_path / "refuse.log", "--on-too-long", "refuse")
+    proc, refusing = launch(model_dir, tmp_path / "refuse.log", "--on-too-long", "refuse")
     try:
+        wait_ready(proc, refusing, tmp_path / "refuse.log")
         r = httpx.post(refusing + "/v1/chat/completions", json=body, timeout=60)
         assert r.status_code == 422 and "limit of 95" in r.json()["error"]
     finally:
