@@ -418,6 +418,11 @@ def _shifted_message(rng: random.Random) -> tuple[str, str]:
     return body, label
 
 
+def tickets_card(dsdict) -> str:
+    """The dataset card (README.md, with each split's size) of a support-tickets DatasetDict."""
+    return _card({s: (len(ds), ds.data.nbytes) for s, ds in dsdict.items()})
+
+
 def ticket_batch(rows: int, seed: int, shift: float = 0.0) -> list[tuple[str, str]]:
     """A nightly batch of fresh tickets: `rows` (text, label) pairs, a `shift` share of them from the new product
     line in the formal register, the rest drawn as the demo dataset's are. Deterministic in (rows, seed, shift);

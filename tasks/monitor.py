@@ -18,7 +18,7 @@ from hubflow.doors import hub, store
 from hubflow.monitor.assess import MonitorReport, Rows, assess
 from hubflow.monitor.lineage import Reference, reference_of, rows_of
 from hubflow.monitor.settings import MonitorConfig
-from hubflow.refs import BatchResult, PinnedRepo, Ref
+from hubflow.refs import BatchResult, PinnedRepo, Ref, TrackingTarget
 from hubflow.tasks.common import NETWORK_RETRIES
 
 _EVENT_NS = uuid.uuid5(uuid.NAMESPACE_URL, "hubflow:model-alarm")
@@ -116,10 +116,38 @@ def record_monitor(inputs: MonitorInputs, report: MonitorReport, cfg: MonitorCon
     create_markdown_artifact(key="monitor", markdown=body, description=(
         f"Monitor of {inputs.model.repo_id}: " + ("degraded " if report.degraded else "")
         + ("drift" if report.drift else "" if report.degraded else "no alarm")))
+    if cfg.tracking.enabled:
+        track_report(inputs, report, uri, cfg)
     alarms = ", ".join(f"{s.name}={s.value:.4g}" for s in report.alarms()) or "none"
     get_run_logger().info("monitor %s on %d rows: drift=%s degraded=%s (alarms: %s); report %s",
                           inputs.model.repo_id, report.batch_rows, report.drift, report.degraded, alarms, uri)
     return uri
+
+
+def track_report(inputs: MonitorInputs, report: MonitorReport, report_uri: str, cfg: MonitorConfig) -> str | None:
+    """The report as an MLflow run (hubflow/tracking's client): the scores as metrics, the verdicts as tags,
+    report.json as an artifact -> the run id. Never on the critical path: an unreachable server is one warning."""
+    from hubflow.tracking import client as mlflow_door
+    from hubflow.tracking import tracking_uri
+
+    m = inputs.model
+    target = TrackingTarget(uri=tracking_uri(cfg.tracking, cfg.artifact_store),
+                            experiment=cfg.tracking.experiment or f"{m.repo_id.split('/')[-1]}-monitor",
+                            run_name=f"monitor {batch_name(inputs)}")
+    try:
+        client = mlflow_door.connect(target.uri)
+        run = mlflow_door.open_run(client, target, params={
+            "model": m.repo_id, "model_sha": m.sha, "batch": batch_name(inputs), "report": report_uri,
+            "reference": f"{inputs.reference.dataset.repo_id}@{inputs.reference.dataset.sha}"}, tags={
+            "hubflow.monitor.drift": str(report.drift), "hubflow.monitor.degraded": str(report.degraded),
+            "prefect.flow_run_id": str(flow_run.get_id())})
+        mlflow_door.log_metrics(client, run.run_id, [(s.name, s.value, 0) for s in report.scores])
+        mlflow_door.log_json(client, run.run_id, report.model_dump(mode="json"), "monitor/report.json")
+        mlflow_door.finish(client, run.run_id)
+        return run.run_id
+    except mlflow_door.TrackingUnavailable as err:
+        get_run_logger().warning("monitor report not tracked: %s", err)
+        return None
 
 
 def alarm_event_id(event: str, model: PinnedRepo, cooldown_hours: float, now: float | None = None) -> uuid.UUID:

@@ -94,7 +94,8 @@ def test_unshifted_rows_raise_nothing_and_the_report_is_an_artifact(published, a
 
     from hubflow.flows.monitor import monitor
 
-    state = monitor(_config(published, published["fresh"], tmp_path), return_state=True)
+    tracking = {"backend": "mlflow", "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "mon"}
+    state = monitor(_config(published, published["fresh"], tmp_path, tracking=tracking), return_state=True)
     out = state.result()
     assert out.model.sha == published["model_sha"] and out.events == []
     assert not out.report.drift and not out.report.degraded, [s for s in out.report.scores if s.alarm]
@@ -109,6 +110,12 @@ def test_unshifted_rows_raise_nothing_and_the_report_is_an_artifact(published, a
             any_=[state.state_details.flow_run_id])))
     (art,) = [a for a in arts if a.key == "monitor"]
     assert "| label_psi |" in art.data and "data:image/png;base64," in art.data and "no alarm" in art.data
+    from mlflow import MlflowClient  # tracking on: the report is an MLflow run too
+
+    client = MlflowClient(tracking_uri=tracking["uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("mon").experiment_id])
+    assert run.data.metrics["label_psi"] == next(s.value for s in out.report.scores if s.name == "label_psi")
+    assert run.data.tags["hubflow.monitor.drift"] == "False" and run.data.params["model_sha"] == published["model_sha"]
 
 
 def _retrain_with_the_shipped_trigger(published, store):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..config import TrackingConfig
+
 
 class Thresholds(BaseModel):
     """When a score alarms. p-values alarm below their threshold, effect sizes above."""
@@ -64,3 +66,5 @@ class MonitorConfig(BaseModel):
     cooldown_hours: float = Field(168, ge=0, description="One event per model sha, event and this many hours: "
                                   "nightly batches of one shift start one retrain (0: every alarm emits).")
     artifact_store: str = Field("./.hubflow/store", description="Where the report and its figure are written.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="With mlflow: each report is an "
+                                     "MLflow run (scores as metrics, verdicts as tags, report.json as artifact).")

@@ -126,19 +126,29 @@ def push_rows(repo_id: str, splits: dict[str, list[tuple[str, str]]], message: s
     return api.create_commit(repo_id, ops, commit_message=message, repo_type="dataset").oid
 
 
-def covering_revision(seed: int = 7) -> str:
-    """A new revision of the training data on main: the original splits plus labelled tickets of the new line."""
+def covering_revision(workdir: Path, seed: int = 7) -> str:
+    """A new revision of the training data on main: the original splits plus labelled tickets of the new line,
+    with its card (the card states each split's size, which `datasets` checks)."""
     import random
 
-    from ..demo_data import DEMO_LABELS, build_demo_dataset, ticket_batch
+    from datasets import Dataset, DatasetDict
+    from huggingface_hub import HfApi
+
+    from ..demo_data import DEMO_LABELS, build_demo_dataset, ticket_batch, tickets_card, write_hub_layout
 
     base = build_demo_dataset(0)
     splits = {}
     for i, (split, n) in enumerate(ADDED.items()):
-        old = [(t, DEMO_LABELS[y]) for t, y in zip(base[split]["text"], base[split]["label"])]
-        splits[split] = old + ticket_batch(n, seed=seed * 100 + i, shift=1.0)
-        random.Random(seed + i).shuffle(splits[split])  # max_train_samples keeps the first rows: mix the new in
-    return push_rows(TRAINING, splits, "the new product line's labelled tickets join the training data")
+        new = [(t, DEMO_LABELS.index(lab)) for t, lab in ticket_batch(n, seed=seed * 100 + i, shift=1.0)]
+        rows = list(zip(base[split]["text"], base[split]["label"])) + new
+        random.Random(seed + i).shuffle(rows)  # max_train_samples keeps the first rows: mix the new ones in
+        splits[split] = Dataset.from_dict({"text": [t for t, _ in rows], "label": [y for _, y in rows]},
+                                          features=base[split].features)
+    dsdict = DatasetDict(splits)
+    folder = workdir / "seed" / "support-tickets-v2"
+    write_hub_layout(dsdict, folder, tickets_card(dsdict))
+    return HfApi().upload_folder(folder_path=str(folder), repo_id=TRAINING, repo_type="dataset",
+                                 commit_message="the new product line's labelled tickets join the training data").oid
 
 
 def wait_run(deployment: str, after: float, timeout: float) -> object:
@@ -182,8 +192,9 @@ def night(config_cls, model: str, revision: str, store: str, model_revision: str
     from ..monitor.settings import BatchSource
 
     batch = BatchSource(source=INCOMING, revision=revision, label_column="label")
+    # cooldown 0: every alarm of this run emits (a rerun of the demo against the same Prefect database alarms again)
     return monitor(config_cls(model_repo_id=model, model_revision=model_revision, batch=batch,
-                              artifact_store=store, emit_events=emit))
+                              artifact_store=store, emit_events=emit, cooldown_hours=0))
 
 
 def record(out, shift: float, revision: str) -> dict:
@@ -208,6 +219,8 @@ def run_drift_demo(workdir: str | Path, overrides: list[str] | None = None, verb
     # The alarm's cooldown record (hubflow.events.SeenRevisions) of this run only: a rerun alarms again.
     os.environ["HUBFLOW_STATE_DIR"] = str(workdir / "state" / str(int(started)))
     with demo_hub(workdir, demo_seed, wait_for_prefect=False, orgs=WRITERS) as prefect:
+        from huggingface_hub import HfApi
+
         from ..config import load_recipe
         from ..doors import hub
         from ..flows.pipeline import pipeline
@@ -220,6 +233,9 @@ def run_drift_demo(workdir: str | Path, overrides: list[str] | None = None, verb
         prefect.wait()
         runner = Runner(workdir, store, overrides)
         try:
+            # The demo's model is trained on the seeded revision: on a rerun, main already holds the new line.
+            seeded = HfApi().list_repo_commits(TRAINING, repo_type="dataset")[-1].commit_id
+            config = config.model_copy(update={"data": config.data.model_copy(update={"revision": seeded})})
             state = pipeline(config, return_state=True)
             if not state.is_completed():
                 raise RunFailed(f"the demo's model: {run_failure(state)}")
@@ -234,7 +250,7 @@ def run_drift_demo(workdir: str | Path, overrides: list[str] | None = None, verb
                 sha = push_rows(INCOMING, {"test": ticket_batch(rows, seed=1000 + i)}, f"night {i + 1}")
                 summary["nights"].append(record(night(MonitorConfig, model, sha, store), 0.0, sha))
                 print(f"night {i + 1}: {_line(summary['nights'][-1])}")
-            summary["training_revision"] = covering_revision()
+            summary["training_revision"] = covering_revision(workdir)
             print(f"new training data {TRAINING}@{summary['training_revision'][:10]} (the new line, labelled)")
             sha = push_rows(INCOMING, {"test": ticket_batch(rows, seed=2000, shift=shift)}, "night: new line")
             alarm_at = time.time()
@@ -242,6 +258,9 @@ def run_drift_demo(workdir: str | Path, overrides: list[str] | None = None, verb
             print(f"night {nights + 1}: {_line(summary['nights'][-1])}")
             summary["alarm"] = summary["nights"][-1]["events"]
             retrain = wait_run("hubflow-pipeline/retrain", alarm_at, 3600)
+            if not retrain.state.is_completed():
+                raise RunFailed(f"the automatic retrain {retrain.name} {retrain.state.name.lower()}: "
+                                f"{retrain.state.message} (see {workdir / 'runner.log'})")
             published = wait_run("hubflow-publish/on-train-complete", alarm_at, 1200)
             run = json.loads(Path(store, "runs", str(retrain.id), "summary.json").read_text())
             decision = (run.get("published") or {}).get("decision") or {}
