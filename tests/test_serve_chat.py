@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "hubflow" / "serving" / "server.py"
 HANDLER = ROOT / "hubflow" / "kinds" / "causal_lm" / "serve.py"
 MESSAGES = [f"topic of: {text}" for text, _ in synthetic_rows(8, seed=3)]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # hubflow's own generation here: tiny ops, shared cores
 LENGTHS = [40, 12, 40, 25, 7, 40, 33, 18]  # max_tokens per chat: rows leave the batch at different steps
 
 
@@ -54,7 +55,8 @@ def launch(model_dir: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, s
     proc = subprocess.Popen([sys.executable, str(SERVER), "--model", str(model_dir), "--handler", str(HANDLER),
                              "--public", "--port", "0", "--max-batch-size", "16", *extra],
                             stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=log.parent,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # tiny ops: one thread, no fighting
+                            env={**os.environ, "OMP_NUM_THREADS": "1",  # tiny ops: one thread, no fighting
+                                 "SERVE_MAX_NEW_TOKENS": "2000"})
     line = proc.stdout.readline()
     match = re.search(r"serving (http://\S+)", line)
     assert match, f"server did not start: {line!r} {log.read_text()[-2000:]}"
@@ -122,9 +124,10 @@ def chat(url: str, i: int, **kw) -> dict:
 
 
 def metric(url: str, name: str) -> float:
+    """The sum of a metric's samples named `name` (or exactly `name{labels}`) on /metrics."""
     text = httpx.get(url + "/metrics").text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
-               or line.startswith(name + "{"))
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name + " ") or line.startswith(name + "{" if "{" not in name else name + " "))
 
 
 def test_inference_client_chat_equals_batch_generation(server, batch_answers):
@@ -179,6 +182,34 @@ def test_eight_concurrent_chats_answer_as_eight_one_at_a_time(server, batch_answ
     assert metric(url, "batch_size_sum") - batches_before > sum(LENGTHS) / 4  # rows shared decode steps
 
 
+def test_a_chat_joins_a_running_generation_and_leaves_it_without_changing_either(server, model_dir):
+    """A long streamed answer is running when a short chat arrives: the short one is prefilled, its cache joined to
+    the running batch (and cut out again when it ends first); both answers are what each gets alone."""
+    import torch
+
+    from hubflow.kinds.causal_lm.model import Generator
+    from hubflow.kinds.causal_lm.settings import Generation
+
+    url, _ = server
+    long_i = 6  # its greedy answer runs past 300 tokens without an EOS (1 and 4 are short ones at their LENGTHS)
+    gen = Generator.load(model_dir, torch.device("cpu"), torch.float32)
+    tok = gen.tokenizer
+    prompt = tok(tok.apply_chat_template([{"role": "user", "content": MESSAGES[long_i]}], tokenize=False,
+                                         add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    want, _, _ = gen.generate([prompt], Generation(max_new_tokens=300), 1, 1 << 30)[0]
+    shared = metric(url, "batch_size_count") - metric(url, 'batch_size_bucket{le="1.0",queue="generate"}')
+    body = {"messages": [{"role": "user", "content": MESSAGES[long_i]}], "max_tokens": 300, "stream": True}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        pieces = [next(lines) for _ in range(4)]  # the long answer is under way
+        short = [chat(url, i)["choices"][0]["message"]["content"] for i in (1, 4)]
+        pieces += list(lines)
+    events = [json.loads(p[6:]) for p in pieces if p.startswith("data: {")]
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == want
+    assert short == [chat(url, i)["choices"][0]["message"]["content"] for i in (1, 4)]
+    assert metric(url, "batch_size_count") - metric(url, 'batch_size_bucket{le="1.0",queue="generate"}') > shared
+
+
 def test_sampling_follows_its_seed_and_stop_strings_cut_the_answer(server, batch_answers):
     url, _ = server
     one, two = (chat(url, 0, temperature=0.9, top_p=0.9, seed=7) for _ in range(2))
@@ -194,6 +225,7 @@ def test_a_streaming_client_that_goes_away_stops_its_generation(server):
     url, log = server
     body = {"messages": [{"role": "user", "content": MESSAGES[0]}], "max_tokens": 3500, "stream": True,
             "temperature": 1.0, "seed": 1}  # sampled: EOS may come, but not soon enough to beat the disconnect
+    assert httpx.get(url + "/info").json()["max_new_tokens"] == 2000  # SERVE_MAX_NEW_TOKENS caps the 3500 asked
     before = metric(url, "generated_tokens_total")
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
         seen = 0
@@ -205,7 +237,7 @@ def test_a_streaming_client_that_goes_away_stops_its_generation(server):
     settled = metric(url, "generated_tokens_total")
     time.sleep(1.0)
     assert metric(url, "generated_tokens_total") == settled  # nothing is generated for nobody
-    assert settled - before < 3000
+    assert settled - before < 1500
     assert "generation stopped: the client went away" in log.read_text()
 
 
