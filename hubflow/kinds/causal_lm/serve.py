@@ -97,9 +97,10 @@ class Sequence:
     `events` (an asyncio.Queue of (text, finish_reason or None)). `cancel()` (client gone) makes the engine drop it."""
 
     def __init__(self, prompt_ids: list[int], max_new: int, temperature: float, top_p: float, seed: int | None,
-                 stop: list[str], loop: asyncio.AbstractEventLoop):
+                 stop: list[str], loop: asyncio.AbstractEventLoop, stream: bool = True):
         self.prompt_ids, self.max_new, self.temperature, self.top_p = prompt_ids, max_new, temperature, top_p
         self.stop, self.loop, self.events = stop, loop, asyncio.Queue()
+        self.live = stream or bool(stop)  # decoded at every step (else once, at the end)
         self.generator = None
         if temperature > 0:
             self.generator = torch.Generator()
@@ -129,6 +130,10 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos)
         self.max_batch, self.max_queue, self.max_tokens = max_batch, max_queue, max_tokens
         self.held: Sequence | None = None  # taken from the inbox, waiting for room in the next prefill
+        # what tokenizer.decode(ids, skip_special_tokens=True) runs, without its per-call checks of every id (a
+        # third of a tiny model's decode step when a long answer is decoded at every step)
+        decode = getattr(tokenizer, "_decode", None) or tokenizer.decode
+        self.decode = lambda ids: decode(ids, skip_special_tokens=True)
         params = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # the last position's logits only
@@ -263,8 +268,9 @@ class Engine:
         return chosen[:, None]
 
     def _advance(self, tokens: list[int], where) -> None:
-        """Append each row's new token; decode, look for stop strings, tell the request (text held back while it
-        may still become a stop string or an incomplete character)."""
+        """Append each row's new token and tell the request. A streamed row, or one with stop strings, is decoded
+        at every step (text held back while it may still become a stop string or an incomplete character); any
+        other row once, when it ends. The text is batch generation's: the tokens before the EOS, decoded whole."""
         now = time.perf_counter()
         for token, i in zip(tokens, where):
             seq = self.rows[i]
@@ -277,13 +283,15 @@ class Engine:
             self.m_generated.inc()
             if token in self.eos:
                 seq.finish = "stop"
-            else:
-                seq.text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
+            elif len(seq.tokens) >= seq.max_new:
+                seq.finish = "length"
+            if not (seq.live or seq.finish):
+                continue
+            if token not in self.eos or not seq.live:  # (a live row's text before the EOS is decoded already)
+                seq.text = self.decode(seq.tokens[:-1] if token in self.eos else seq.tokens)
                 cuts = [seq.text.find(s) for s in seq.stop if s in seq.text]
                 if cuts:
                     seq.text, seq.finish = seq.text[:min(cuts)], "stop"
-                elif len(seq.tokens) >= seq.max_new:
-                    seq.finish = "length"
             hold = 0 if seq.finish else max([len(s) - 1 for s in seq.stop] + [0])
             ready = len(seq.text) - hold
             while not seq.finish and ready > seq.sent and seq.text[ready - 1] == "\ufffd":
@@ -399,7 +407,7 @@ class ChatHandler:
             ids = self._fit(ids)
             room = max(1, min(self.max_new, self.positions - len(ids)))
             seqs.append(Sequence(ids, min(opts["max_tokens"] or self.max_new, room), opts["temperature"],
-                                 opts["top_p"], opts["seed"], opts["stop"], loop))
+                                 opts["top_p"], opts["seed"], opts["stop"], loop, opts["stream"]))
         _collector(self.kit.metrics, "prompt_tokens", "prompt_tokens_total").inc(sum(len(s.prompt_ids) for s in seqs))
         head = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, "created": int(time.time()),
                 "model": self.model_id, "system_fingerprint": (self.kit.model_info.get("sha") or "")[:12] or None}
