@@ -296,7 +296,7 @@ def _line(n: dict) -> str:
 
 
 def measure(workdir: str | Path, unshifted: int = 20, rows: int = 400, shares=(0.05, 0.1, 0.2, 0.3),
-            per_share: int = 5) -> dict:
+            per_share: int = 3) -> dict:
     """docs/monitoring.md's figures, on the demo's first model (DIR/summary.json) at the shipped thresholds:
     false alarms on `unshifted` fresh batches, the detection rate per shift share, seconds per 1,000 rows on two
     torch threads (the reference observed once, as the nightly monitor of one model does), written to
@@ -312,7 +312,8 @@ def measure(workdir: str | Path, unshifted: int = 20, rows: int = 400, shares=(0
     from ..stages.facts import read_facts
 
     workdir = Path(workdir).resolve()
-    first = json.loads((workdir / "summary.json").read_text())["model"]
+    summary = json.loads((workdir / "summary.json").read_text())
+    first = summary["model"]
     torch.set_num_threads(2)
     th = Thresholds()
     with demo_hub(workdir, demo_seed, orgs=WRITERS):
@@ -339,6 +340,12 @@ def measure(workdir: str | Path, unshifted: int = 20, rows: int = 400, shares=(0
         start = time.perf_counter()
         run(ticket_batch(1000, seed=7000))
         per_1000 = time.perf_counter() - start
+        held_out = ticket_batch(rows, seed=3000, shift=1.0)  # before_after's held-out tickets of the new line
+        accuracy = {"published": _accuracy(monitor, model_dir, facts, held_out)}
+        retrain = summary.get("retrain")
+        if retrain:  # the retrained checkpoint, published or not
+            run_summary = json.loads((workdir / "store" / "runs" / retrain["flow_run_id"] / "summary.json").read_text())
+            accuracy["retrained"] = _accuracy(monitor, run_summary["checkpoint"]["uri"], facts, held_out)
     out = {"unshifted_batches": unshifted, "rows": rows,
            "false_alarms": sum(r.drift or r.degraded for r in quiet),
            "false_alarm_signals": sorted({a.name for r in quiet for a in r.alarms()}),
@@ -346,10 +353,17 @@ def measure(workdir: str | Path, unshifted: int = 20, rows: int = 400, shares=(0
                      for n in ("label_chi2_p", "input_tokens_ks_p", "embedding_mmd_p")},
            "max_effect": {n: max(s.value for r in quiet for s in r.scores if s.name == n)
                           for n in ("label_psi", "confidence_drop", "low_confidence_rise", "unknown_word_rise")},
-           "detection": detected, "seconds_per_1000_rows": round(per_1000, 2)}
+           "detection": detected, "seconds_per_1000_rows": round(per_1000, 2),
+           "held_out_new_line_accuracy": accuracy}
     (workdir / "measure.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
     return out
+
+
+def _accuracy(monitor, model_dir: str, facts, rows: list[tuple[str, str]]) -> float:
+    probs = monitor.observe(model_dir, facts, [t for t, _ in rows])["probs"]
+    names = list(facts.label_names)
+    return round(sum(names[i] == lab for i, (_, lab) in zip(probs.argmax(1), rows)) / len(rows), 4)
 
 
 if __name__ == "__main__":  # python -m hubflow.ops.demo_drift measure DIR
