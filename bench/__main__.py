@@ -25,6 +25,11 @@ Ratios (higher is better, except rerun_vs_first):
                                          int8: within 1 point)                                      target >= 1.5
     embed_train_vs_st_trainer            train_model (MNRL) pairs/s vs SentenceTransformerTrainer + MNRL  >= 1.3
                                (--only embeddings: these three; bench/embeddings.py)
+    serve_vs_naive             hubflow serve req/s at 32 clients vs FastAPI + pipeline per request (its best
+                               setting; p95 <= 0.5 s)                                        target >= 3
+    serve_vs_batch             hubflow serve texts/s at 64 clients vs offline predict (the limit)   target >= 0.7
+    chat_serve_vs_sequential   causal LM served: tokens/s, 8 concurrent chats vs one at a time       target >= 2.5
+                               (--only serving: these three; bench/serving.py)
     rerun_vs_first             unchanged pipeline rerun / first run (lower is better) target <= 0.10 (opt-in)
 
 Each contender is warmed up once, then the contenders run back to back in rotating order; the ratio is the median
@@ -46,7 +51,8 @@ from pathlib import Path
 RATIOS = ["inference_vs_pipeline", "inference_vs_bare", "inference_int8_vs_bare", "train_vs_trainer",
           "train_vs_trainer_grouped", "preprocess_vs_per_example", "preprocess_vs_tokenizer",
           "generate_vs_pipeline", "generate_vs_bare", "sft_vs_trl", "embed_vs_sentence_transformers",
-          "embed_int8_vs_sentence_transformers", "embed_train_vs_st_trainer", "rerun_vs_first"]
+          "embed_int8_vs_sentence_transformers", "embed_train_vs_st_trainer", "serve_vs_naive", "serve_vs_batch",
+          "chat_serve_vs_sequential", "rerun_vs_first"]
 CAUSAL_LM = {"generate_vs_pipeline", "generate_vs_bare", "sft_vs_trl"}  # bench/causal_lm.py: its own model and sizes
 DEFAULT = RATIOS[:-1]  # rerun_vs_first starts localhub and Prefect and runs the pipeline twice: only on request
 TARGETS = {"inference_vs_pipeline": ">= 3", "inference_vs_bare": ">= 0.9", "inference_int8_vs_bare": ">= 1.5",
@@ -54,12 +60,14 @@ TARGETS = {"inference_vs_pipeline": ">= 3", "inference_vs_bare": ">= 0.9", "infe
            "preprocess_vs_tokenizer": ">= 0.85", "generate_vs_pipeline": ">= 2", "generate_vs_bare": ">= 0.9",
            "sft_vs_trl": ">= 1.0", "embed_vs_sentence_transformers": ">= 1.0",
            "embed_int8_vs_sentence_transformers": ">= 1.5", "embed_train_vs_st_trainer": ">= 1.3",
+           "serve_vs_naive": ">= 3", "serve_vs_batch": ">= 0.7", "chat_serve_vs_sequential": ">= 2.5",
            "rerun_vs_first": "<= 0.10"}
 INFERENCE = {"inference_vs_pipeline", "inference_vs_bare", "inference_int8_vs_bare"}
 TRAINING = {"train_vs_trainer", "train_vs_trainer_grouped"}
 PREPROCESS = {"preprocess_vs_per_example", "preprocess_vs_tokenizer"}
 EMBEDDINGS = {"embed_vs_sentence_transformers", "embed_int8_vs_sentence_transformers", "embed_train_vs_st_trainer"}
-GROUPS = {"embeddings": EMBEDDINGS}  # --only NAME of a group runs all its comparisons
+SERVING = {"serve_vs_naive", "serve_vs_batch", "chat_serve_vs_sequential"}  # bench/serving.py: server processes
+GROUPS = {"embeddings": EMBEDDINGS, "serving": SERVING}  # --only NAME of a group runs all its comparisons
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,6 +143,10 @@ def run(root: Path, wanted: set[str], quick: bool, reps: int | None, max_length:
         from bench import embeddings
 
         embeddings.run(root, wanted, quick, plan.reps, report)
+    if wanted & SERVING:
+        from bench import serving
+
+        serving.run(root, wanted, quick, plan.reps, report)
     if "rerun_vs_first" in wanted:
         from bench import rerun
 
