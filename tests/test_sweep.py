@@ -274,3 +274,33 @@ def test_a_sweep_that_cannot_run_is_refused_in_one_line(changes, sweep, said):
     with pytest.raises(SweepError) as err:
         check_sweep(config, spec)
     assert str(err.value).startswith(said) and "\n" not in str(err.value)
+
+
+def test_the_last_evaluation_is_never_pruned(tmp_path):
+    """Stopping a trial at its last evaluation saves nothing and throws its finished model away: the pruner is
+    asked at every evaluation but the last (here a study with one finished trial at 0.9 sets the median)."""
+    import optuna
+
+    from hubflow.experiments.pruning import PruningObserver
+    from hubflow.experiments.study import make_pruner, open_storage
+    from hubflow.refs import TrialTarget
+    from hubflow.stages.observers import StopTrial
+
+    url = f"journal://{tmp_path / 'study.journal'}"
+    study = optuna.create_study(storage=open_storage(url), study_name="s", direction="maximize",
+                                pruner=make_pruner("median", 1, 0))
+    done = study.ask()
+    done.report(0.9, 1)
+    done.report(0.9, 2)
+    study.tell(done, 0.9)
+
+    def observer(epochs: int) -> PruningObserver:
+        trial = study.ask()
+        obs = PruningObserver(TrialTarget(storage=url, study="s", trial=trial.number, trial_id=trial._trial_id,
+                                          metric="eval_macro_f1", direction="higher", startup_trials=1), StopTrial)
+        obs.on_start({"total_steps": 5 * epochs, "steps_per_epoch": 5})
+        return obs
+
+    observer(epochs=1).on_evaluate(5, 1.0, {"eval_macro_f1": 0.1})  # its only epoch: reported, not stopped
+    with pytest.raises(StopTrial, match="pruned by the median pruner after epoch 1"):
+        observer(epochs=2).on_evaluate(5, 1.0, {"eval_macro_f1": 0.1})

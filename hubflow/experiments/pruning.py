@@ -27,7 +27,7 @@ class PruningObserver:
 
     def __init__(self, target: TrialTarget, stop: type[Exception]):
         self.target, self.stop = target, stop
-        self.trial = None
+        self.trial, self.last_epoch = None, None
 
     def _open(self):
         import optuna
@@ -44,6 +44,8 @@ class PruningObserver:
 
     def on_start(self, facts: dict[str, Any]) -> None:
         self._open()  # a storage the worker cannot reach shows now, as one warning (the trial then runs unpruned)
+        if facts.get("total_steps") and facts.get("steps_per_epoch"):
+            self.last_epoch = math.ceil(facts["total_steps"] / facts["steps_per_epoch"])
 
     def on_step(self, step: int, loss: float, lr: float) -> None:
         pass
@@ -56,7 +58,8 @@ class PruningObserver:
                              f"split (it has: {measured}); trial {t.trial} is not pruned")
         trial, value, k = self._open(), float(metrics[t.metric]), max(1, math.ceil(epoch - 1e-6))
         trial.report(value, step=k)
-        if trial.should_prune():
+        # The last evaluation is never pruned: stopping there saves nothing and would throw the finished model away.
+        if (self.last_epoch is None or k < self.last_epoch) and trial.should_prune():
             trial.set_user_attr(PRUNED_AT, {"epoch": k, "step": step, "value": value})
             raise self.stop(f"trial {t.trial} pruned by the {t.pruner} pruner after epoch {k}: "
                             f"{t.metric.removeprefix('eval_')} {value:.4f}", step)
