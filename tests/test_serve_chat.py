@@ -241,6 +241,19 @@ def test_a_streaming_client_that_goes_away_stops_its_generation(server):
     assert "generation stopped: the client went away" in log.read_text()
 
 
+def test_a_waiting_client_that_gives_up_stops_its_generation(server):
+    """Not streamed: the handler notices the closed connection while it waits (it polls) and drops the row."""
+    url, log = server
+    stopped = log.read_text().count("generation stopped")
+    body = {"messages": [{"role": "user", "content": MESSAGES[6]}], "max_tokens": 2000}  # greedy: no EOS for long
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.5))
+    deadline = time.monotonic() + 10
+    while log.read_text().count("generation stopped") == stopped and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert log.read_text().count("generation stopped") == stopped + 1
+
+
 @pytest.mark.parametrize("body, needle", [
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, "role"),
