@@ -53,6 +53,24 @@ def test_demo_fine_tunes_minilm_offline(demo_runs):
         assert (workdir / sub).is_dir()
 
 
+def test_demo_deploys_the_endpoint_and_prints_a_call_that_answers(demo_runs):
+    """The API Space serves the published sha; the InferenceClient call the demo prints was made and answered; the
+    token sits in a 0600 file and never on the terminal."""
+    import stat
+
+    workdir, first, second, out = demo_runs
+    for run in (first, second):
+        endpoint = run["endpoint"]
+        assert endpoint["stage"] == "RUNNING" and endpoint["model_revision"] == run["published"]["model"]["commit"]
+        assert endpoint["call"]["answer"][0]["label"] == "billing", endpoint["call"]
+    token_file = Path(first["endpoint"]["token_file"])
+    assert token_file.parent == workdir and stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    assert token and token not in out and token not in (workdir / "summary.json").read_text()
+    assert f'InferenceClient(base_url="{first["endpoint"]["url"]}", token=open("{token_file}")' in out
+    assert "-> billing" in out
+
+
 def test_demo_rerun_is_served_from_cache(demo_runs):
     _, first, second, _ = demo_runs
     for stage in ("pull-dataset", "preprocess", "train", "predict", "evaluate"):
