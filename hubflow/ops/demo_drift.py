@@ -126,6 +126,15 @@ def push_rows(repo_id: str, splits: dict[str, list[tuple[str, str]]], message: s
     return api.create_commit(repo_id, ops, commit_message=message, repo_type="dataset").oid
 
 
+def seeded_revision(api) -> str:
+    """The training data's first commit that holds data (the repo's very first commit is an empty one)."""
+    for commit in reversed(api.list_repo_commits(TRAINING, repo_type="dataset")):
+        if any(f.startswith("data/") for f in api.list_repo_files(TRAINING, repo_type="dataset",
+                                                                   revision=commit.commit_id)):
+            return commit.commit_id
+    raise RuntimeError(f"{TRAINING} holds no data/ files")
+
+
 def covering_revision(workdir: Path, seed: int = 7) -> str:
     """A new revision of the training data on main: the original splits plus labelled tickets of the new line,
     with its card (the card states each split's size, which `datasets` checks)."""
@@ -234,7 +243,7 @@ def run_drift_demo(workdir: str | Path, overrides: list[str] | None = None, verb
         runner = Runner(workdir, store, overrides)
         try:
             # The demo's model is trained on the seeded revision: on a rerun, main already holds the new line.
-            seeded = HfApi().list_repo_commits(TRAINING, repo_type="dataset")[-1].commit_id
+            seeded = seeded_revision(HfApi())
             config = config.model_copy(update={"data": config.data.model_copy(update={"revision": seeded})})
             state = pipeline(config, return_state=True)
             if not state.is_completed():
@@ -301,24 +310,31 @@ def measure(workdir: str | Path, unshifted: int = 20, rows: int = 400, shares=(0
     false alarms on `unshifted` fresh batches, the detection rate per shift share, seconds per 1,000 rows on two
     torch threads (the reference observed once, as the nightly monitor of one model does), written to
     DIR/measure.json."""
-    import torch
-
     from ..demo_data import ticket_batch
-    from ..doors import hub
-    from ..kinds import kind_for
-    from ..monitor.assess import Rows, assess
-    from ..monitor.lineage import reference_of, rows_of
-    from ..monitor.settings import Thresholds
-    from ..stages.facts import read_facts
 
     workdir = Path(workdir).resolve()
     summary = json.loads((workdir / "summary.json").read_text())
     first = summary["model"]
-    torch.set_num_threads(2)
-    th = Thresholds()
-    with demo_hub(workdir, demo_seed, orgs=WRITERS):
+    with demo_hub(workdir, demo_seed, orgs=WRITERS):  # first: the HF clients read HF_ENDPOINT when imported
+        import torch
+
+        from ..doors import hub
+        from ..kinds import kind_for
+        from ..monitor.assess import Rows, assess
+        from ..monitor.lineage import reference_of, rows_of
+        from ..monitor.settings import Thresholds
+        from ..stages.facts import read_facts
+
+        torch.set_num_threads(2)
+        th = Thresholds()
+        from huggingface_hub import HfApi
+
         model = hub.pin(first["repo_id"], "model", first["sha"], "model")
         ref = reference_of(model)
+        # The data the model was trained and tested on (a run of the demo before seeded_revision recorded the
+        # repo's empty first commit in the card; `datasets` then read its cache).
+        seeded = seeded_revision(HfApi())
+        ref = ref.model_copy(update={"dataset": ref.dataset.model_copy(update={"sha": seeded, "revision": seeded})})
         model_dir = hub.model_dir(model)
         facts = read_facts(model_dir)
         monitor = kind_for(facts.task).monitor
