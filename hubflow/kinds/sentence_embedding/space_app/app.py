@@ -78,22 +78,26 @@ IDS, TEXTS = load_corpus()
 DOCS = MODEL.encode(TEXTS, convert_to_tensor=True, normalize_embeddings=True) if TEXTS else None
 
 
-@torch.inference_mode()
-def embed(text: str) -> str:
-    """One text -> its vector as a JSON list (exactly what the model's sentence-transformers encode gives)."""
-    return json.dumps(MODEL.encode([text or ""], convert_to_numpy=True)[0].tolist())
+MAX_BATCH = 32  # concurrent callers' queries that gradio hands to one call
 
 
 @torch.inference_mode()
-def search(query: str) -> list[list]:
-    """A query -> the TOP_K closest documents: [rank, score, id, text] rows."""
+def embed(texts: list[str]) -> list[list[str]]:
+    """Texts waiting together (gradio's batch: one per caller) -> ([vector as a JSON list, ...],): what the model's
+    sentence-transformers encode gives for each (it sorts by length and pads per batch itself)."""
+    vectors = MODEL.encode([t or "" for t in texts], convert_to_numpy=True)
+    return [[json.dumps(v.tolist()) for v in vectors]]
+
+
+@torch.inference_mode()
+def search(queries: list[str]) -> list[list[list[list]]]:
+    """Queries waiting together -> ([the TOP_K closest documents: [rank, score, id, text] rows, ...],)."""
     if DOCS is None:
-        return []
-    q = MODEL.encode([query or ""], convert_to_tensor=True, normalize_embeddings=True)
-    scores = (q @ DOCS.T)[0]
-    top = torch.topk(scores, min(TOP_K, len(TEXTS)))
-    return [[r + 1, round(float(s), 4), IDS[i], TEXTS[i]] for r, (s, i) in
-            enumerate(zip(top.values.tolist(), top.indices.tolist()))]
+        return [[[] for _ in queries]]
+    q = MODEL.encode([t or "" for t in queries], convert_to_tensor=True, normalize_embeddings=True)
+    top = torch.topk(q @ DOCS.T, min(TOP_K, len(TEXTS)), dim=1)
+    return [[[[r + 1, round(float(s), 4), IDS[i], TEXTS[i]] for r, (s, i) in enumerate(zip(vals, idx))]
+             for vals, idx in zip(top.values.tolist(), top.indices.tolist())]]
 
 
 def build_demo() -> gr.Blocks:
@@ -104,9 +108,12 @@ def build_demo() -> gr.Blocks:
         query = gr.Textbox(label="Query", lines=2, placeholder="Describe what you are looking for")
         button = gr.Button("Search", variant="primary")
         hits = gr.Dataframe(headers=["rank", "score", "id", "text"], label="Closest documents", wrap=True)
-        gr.on([button.click, query.submit], search, inputs=query, outputs=hits, api_name="search")
+        # batch=True: callers waiting in the queue are encoded together (each still sends one query).
+        gr.on([button.click, query.submit], search, inputs=query, outputs=hits, api_name="search",
+              batch=True, max_batch_size=MAX_BATCH)
         vector = gr.Textbox(visible=False)
-        gr.Button("Embed", visible=False).click(embed, inputs=query, outputs=vector, api_name="embed")
+        gr.Button("Embed", visible=False).click(embed, inputs=query, outputs=vector, api_name="embed",
+                                                batch=True, max_batch_size=MAX_BATCH)
         if EXAMPLES:
             gr.Examples([[e] for e in EXAMPLES], inputs=query)
     return demo
