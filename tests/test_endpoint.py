@@ -241,6 +241,9 @@ def tiny_chat_model(folder: Path) -> Path:
     from tests.tiny import TINY_CHAT_TEMPLATE, make_tiny_llama
 
     make_tiny_llama(folder, chat_template=TINY_CHAT_TEMPLATE, hidden=64)
+    config = json.loads((folder / "config.json").read_text())
+    config["max_position_embeddings"] = 4096  # the server stops at the context's end; hubflow's generation did not
+    (folder / "config.json").write_text(json.dumps(config))
     (folder / "hubflow.json").write_text(json.dumps({"task": "causal-lm", "max_length": 96, "shape": "chat",
                                                      "chat": True}))
     return folder
