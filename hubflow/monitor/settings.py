@@ -23,7 +23,7 @@ class Thresholds(BaseModel):
     confidence_drop: float = Field(0.05, gt=0, le=1, description="Mean top probability: reference minus batch "
                                    "above this alarms.")
     low_confidence: float = Field(0.5, gt=0, lt=1, description="A row is unsure when its top probability is below.")
-    low_confidence_rise: float = Field(0.1, gt=0, le=1, description="The share of unsure rows rising by more "
+    low_confidence_rise: float = Field(0.15, gt=0, le=1, description="The share of unsure rows rising by more "
                                        "than this alarms.")
     unknown_word_rise: float = Field(0.05, gt=0, le=1, description="The share of words the reference never had "
                                      "rising by more than this alarms.")
