@@ -73,7 +73,9 @@ def run(root: Path, clf_dir: str, clf_fp: str, tokenized, wanted: set[str], plan
     refs: dict[str, list] = {"ours": [], "ours_int8": []}  # each repetition's PredictionsRef, for the work check
 
     def ours(rep, split="test", config=cfg, name="ours") -> float:
-        out = str(root / "predictions" / f"{name}-{rep}")  # fresh: a finished shard would be skipped
+        # A parent folder of its own per repetition: predict adopts finished shards from sibling folders
+        # (hubflow/stages/predict.py `_adopt`), so siblings would copy repetition 0's shards instead of running.
+        out = str(root / "predictions" / f"{name}-{rep}" / "out")
         return timed(lambda: refs[name].append(predict(clf_dir, clf_fp, tokenized, split, config, out)))
 
     def ours_int8(rep, split="test") -> float:
