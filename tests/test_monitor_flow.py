@@ -162,7 +162,10 @@ def test_a_shift_emits_drift_and_the_automation_starts_one_retrain(published, as
     assert out.events == ["hubflow.model.drift"]
     alarms = {s.name for s in out.report.alarms()}
     assert {"input_tokens_ks_p", "unknown_word_rise", "embedding_mmd_p"} <= alarms, out.report.scores
-    (event,) = _events("hubflow.model.drift", since)
+    deadline = time.monotonic() + 15  # the server stores events a moment after it accepted them
+    while not (events := _events("hubflow.model.drift", since)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    (event,) = events
     assert event["resource"]["prefect.resource.id"] == f"hub.model.{published['model']}"
     assert event["resource"]["hub.model.sha"] == published["model_sha"]
     assert event["payload"]["scores"]["embedding_mmd_p"] < 0.005 and "unknown_word_rise" in event["payload"]["alarms"]
