@@ -59,7 +59,7 @@ def pin_monitor_inputs(cfg: MonitorConfig) -> MonitorInputs:
 
 
 def _rows(dataset: PinnedRepo | None, source: str, split: str, text: str, label: str | None,
-          window: int | None) -> Rows:
+          window: int | None, since: float | None = None) -> Rows:
     if dataset is None:
         from hubflow.stages.pull import load_files_split
 
@@ -69,7 +69,7 @@ def _rows(dataset: PinnedRepo | None, source: str, split: str, text: str, label:
         if split not in splits:
             raise ValueError(f"split {split!r} not in {dataset.repo_id}@{dataset.sha[:10]}; splits: {sorted(splits)}")
         ds = splits[split]
-    return rows_of(ds, text, label, window)
+    return rows_of(ds, text, label, window, since)
 
 
 @task(name="assess-batch", **NETWORK_RETRIES)
@@ -86,7 +86,9 @@ def assess_batch(inputs: MonitorInputs, cfg: MonitorConfig) -> MonitorReport:
     b = cfg.batch
     ref = _rows(inputs.reference.dataset, inputs.reference.dataset.repo_id, inputs.reference.split, b.text_column,
                 None, None)
-    batch = _rows(inputs.batch_dataset, inputs.batch_source, inputs.split, b.text_column, b.label_column, b.window)
+    since = time.time() - b.since_hours * 3600 if b.since_hours else None
+    batch = _rows(inputs.batch_dataset, inputs.batch_source, inputs.split, b.text_column, b.label_column, b.window,
+                  since)
     return assess(monitor, model_dir, facts, ref, batch, inputs.reference.metrics, cfg.thresholds)
 
 

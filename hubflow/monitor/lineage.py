@@ -65,12 +65,19 @@ def reference_of(model: PinnedRepo) -> Reference:
 
 
 def rows_of(ds, text_column: str, label_column: str | None = None, window: int | None = None,
+            since: float | None = None,
             columns: tuple[str, ...] = ("answer_tokens", "completion_tokens", "finish_reason")) -> Rows:
-    """A datasets.Dataset -> Rows: the last `window` rows (the newest, when rows are appended), the texts, the labels
+    """A datasets.Dataset -> Rows: the last `window` rows (the newest, when rows are appended; ordered by the `time`
+    column when there is one, and only those at or after `since`, epoch s, when given), the texts, the labels
     when `label_column` is there (ClassLabel ids as names), and the recorded answer columns a causal LM's monitor
     reads."""
     if text_column not in ds.column_names:
         raise ValueError(f"text column {text_column!r} is not in the rows; columns: {ds.column_names}")
+    if "time" in ds.column_names:  # a served sample: files from several processes interleave; newest last
+        times = ds["time"]
+        ds = ds.select([i for i in sorted(range(len(ds)), key=times.__getitem__) if since is None or times[i] >= since])
+    elif since is not None:
+        raise ValueError(f"a time window needs a `time` column in the rows; columns: {ds.column_names}")
     if window and len(ds) > window:
         ds = ds.select(range(len(ds) - window, len(ds)))
     labels = None

@@ -49,7 +49,11 @@ class BatchSource(BaseModel):
     text_column: str = Field("text", description="The model's input column.")
     label_column: str | None = Field("label", description="Labels, when they have arrived (scored as live "
                                      "accuracy); absent or null: drift only.")
-    window: int | None = Field(None, ge=1, description="Only the newest N rows (the end of the split).")
+    window: int | None = Field(None, ge=1, description="Only the newest N rows (the end of the split; by the `time` "
+                               "column when the rows have one).")
+    since_hours: float | None = Field(None, gt=0, description="Only rows whose `time` column (epoch seconds, as the "
+                                      "server's request sample stamps them: split `served`) is within the last N "
+                                      "hours.")
 
 
 class MonitorConfig(BaseModel):

@@ -55,6 +55,10 @@ OPTIONS = [
     ("precision", str, "auto", "auto (GPU: bf16, CPU: fp32), fp32, or int8 (CPU), as hubflow's batch inference"),
     ("on-too-long", str, "truncate", "an input over the model's limit: truncate (as batch inference) or refuse"),
     ("drain-seconds", float, 30.0, "on SIGTERM, how long in-flight requests may take to finish"),
+    ("sample-rate", float, 0.0, "the share of served rows (inputs and predictions, never tokens or headers) logged to "
+                                "--sample-to for the monitor; 0: off"),
+    ("sample-to", str, None, "where sampled rows go: a folder or an fsspec URI (s3://...); JSON-lines files"),
+    ("sample-seconds", float, 60.0, "a file of sampled rows is written this often (and per 1,000 rows)"),
 ]
 CHOICES = {"precision": ("auto", "fp32", "int8"), "on_too_long": ("truncate", "refuse")}
 
@@ -82,6 +86,8 @@ def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("max_batch_tokens", "max_batch_size", "max_queue", "max_body_bytes"):
         if getattr(s, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= s.sample_rate <= 1 or (s.sample_rate and not s.sample_to):
+        parser.error("--sample-rate must be between 0 and 1, and a rate above 0 needs --sample-to")
     if not s.model:
         parser.error("--model (or SERVE_MODEL) is required: a model folder or a Hub repo ns/name")
     return s
@@ -294,6 +300,72 @@ class Batcher:
 
 
 # ---------------------------------------------------------------- precision (as hubflow/devices.py chooses it)
+class Sampler:
+    """--sample-rate of the served rows -> JSON-lines files in --sample-to (a folder, or an fsspec URI such as
+    s3://bucket/served), a dataset the monitor reads (split "served"). Handlers call `kit.sample(route, inputs,
+    outputs)`: one dict per row each (the input text; the prediction); a row is kept with probability `rate`, stamped
+    with its time (epoch s), the route and the model's id and sha. Never the caller's token or headers: handlers pass
+    only what they answer from. A thread writes a file per `rows` rows or per `seconds`, whichever comes first, named
+    `served-<UTC time>-<pid>-<seq>.jsonl` and written whole (a hidden .part renamed; an object store's object appears
+    on close), so a reader never sees half a file; what is left is written on shutdown."""
+
+    def __init__(self, rate: float, dest: str, model: dict, rows: int = 1000, seconds: float = 60.0):
+        import random
+        import threading
+
+        self.rate, self.dest, self.rows, self.seconds = rate, dest.rstrip("/"), rows, seconds
+        self.stamp = {"model_id": model.get("id"), "model_sha": model.get("sha")}
+        self.buffer: list[dict] = []
+        self.opened, self.seq, self.random = time.monotonic(), 0, random.Random()
+        self.lock, self.stopping = threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="sampler", daemon=True)
+        self.thread.start()
+
+    def add(self, route: str, inputs: list[dict], outputs: list[dict]) -> None:
+        now = round(time.time(), 3)
+        kept = [{"time": now, "route": route, **self.stamp, **i, **o} for i, o in zip(inputs, outputs)
+                if self.random.random() < self.rate]
+        if kept:
+            with self.lock:
+                self.buffer.extend(kept)
+
+    def _loop(self) -> None:
+        while not self.stopping.wait(0.5):
+            with self.lock:
+                due = len(self.buffer) >= self.rows or (self.buffer and time.monotonic() - self.opened >= self.seconds)
+            if due:
+                self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            rows, self.buffer, self.opened = self.buffer[:self.rows], self.buffer[self.rows:], time.monotonic()
+        if not rows:
+            return
+        self.seq += 1
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(rows[0]["time"]))
+        name = f"served-{stamp}-{os.getpid()}-{self.seq:05d}.jsonl"  # sorted by name = by time, per process
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        try:
+            if "://" in self.dest:
+                import fsspec
+
+                with fsspec.open(f"{self.dest}/{name}", "w") as f:
+                    f.write(data)
+            else:
+                Path(self.dest).mkdir(parents=True, exist_ok=True)
+                part = Path(self.dest, f".{name}.part")
+                part.write_text(data)
+                os.replace(part, Path(self.dest, name))
+        except Exception as err:  # noqa: BLE001 - sampling never fails a request or the server: one line, rows dropped
+            log.warning("sample: %d rows not written to %s: %s", len(rows), self.dest, str(err).splitlines()[0])
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        while self.buffer:
+            self.flush()
+
+
 def device_and_dtype(precision: str):
     """(device, dtype) as hubflow's batch inference picks them; torch.qint8 stands for int8 (load fp32, quantize)."""
     import torch
@@ -445,6 +517,8 @@ def build_app(settings, token: str | None):
         loader.cancel()
         if state.handler is not None and hasattr(state.handler, "stop"):
             await state.handler.stop()
+        if getattr(state, "sampler", None) is not None:
+            state.sampler.close()  # the rows still buffered
 
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings, app.state.serve = settings, state
@@ -497,9 +571,11 @@ async def load(app, state):
         model_dir, info = await asyncio.to_thread(resolve_model, s)
         device, dtype = device_and_dtype(s.precision)
         facts = info.pop("facts")
+        state.sampler = Sampler(s.sample_rate, s.sample_to, info, seconds=s.sample_seconds) if s.sample_rate else None
         kit = SimpleNamespace(settings=s, model_info=info, facts=facts, device=device, dtype=dtype,
                               ServeError=ServeError, json_body=json_body, too_long=too_long, metrics=state.metrics,
                               quantize_int8=quantize_int8,
+                              sample=state.sampler.add if state.sampler else lambda route, inputs, outputs: None,
                               Batcher=lambda run, **kw: Batcher(run, settings=s, metrics=state.metrics, **kw))
         handler_file = s.handler or Path(__file__).with_name("handler.py")
         handler = await asyncio.to_thread(load_handler, handler_file, model_dir, kit)

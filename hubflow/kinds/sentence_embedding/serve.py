@@ -125,6 +125,9 @@ class EmbeddingHandler:
             raise err(429, "the server is busy; retry shortly", {"Retry-After": "1"})
         unit = self.normalize if normalize is None else normalize
         vectors = await asyncio.gather(*(self.batcher.submit((i, unit), len(i)) for i in ids))
+        texts = [(t, len(i)) for t, i in zip(inputs, ids) if isinstance(t, str)]  # token-id inputs are not sampled
+        # --sample-rate: the texts (the monitor's query drift reads them); a no-op when off
+        self.kit.sample(f"/embed:{field}", [{"text": t} for t, _ in texts], [{"tokens": n} for _, n in texts])
         return list(vectors), sum(map(len, ids))
 
     def tokenize(self, text, cut: bool) -> list[int]:

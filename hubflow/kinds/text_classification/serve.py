@@ -66,7 +66,11 @@ class ClassifierHandler:
         if self.batcher.depth + len(ids) > self.batcher.max_queue:
             raise self.kit.ServeError(429, "the server is busy; retry shortly", {"Retry-After": "1"})
         rows = await asyncio.gather(*(self.batcher.submit(i, len(i)) for i in ids))
-        return [self.scores(r, top_k, function) for r in rows]
+        answers = [self.scores(r, top_k, function) for r in rows]
+        # --sample-rate: the text and the top label (the batch's prediction) for the monitor; a no-op when off
+        self.kit.sample("/predict", [{"text": t} for t in texts],
+                        [{"prediction": a[0]["label"], "score": a[0]["score"]} for a in answers])
+        return answers
 
     def parse(self, body: dict) -> tuple[list[str], int | None, str]:
         err = self.kit.ServeError
