@@ -289,7 +289,8 @@ def test_the_server_and_the_handlers_are_self_contained():
     from tests.serve_procs import SERVER
 
     allowed = set(sys.stdlib_module_names) | {"fastapi", "starlette", "uvicorn", "prometheus_client", "torch",
-                                              "transformers", "huggingface_hub", "numpy", "safetensors", "peft"}
+                                              "transformers", "huggingface_hub", "numpy", "safetensors", "peft",
+                                              "fsspec"}  # huggingface_hub's own dependency: --sample-to s3://...
     files = [SERVER] + [k.serve_handler for k in all_kinds() if k.serve_handler and k.serve_handler.exists()]
     assert HANDLER in files
     for path in files:
