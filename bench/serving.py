@@ -108,7 +108,7 @@ def start_hubflow_server(model_dir: str, handler: Path, threads: int, *extra: st
     sock = listening_socket()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, str(SERVER), "--model", model_dir, "--handler", str(handler), "--public",
-           "--fd", str(sock.fileno()), *extra]
+           "--fd", str(sock.fileno()), "--threads", str(threads), *extra]
     popen = subprocess.Popen(cmd, env=env, pass_fds=[sock.fileno()], stdout=log or subprocess.DEVNULL,
                              stderr=subprocess.STDOUT if log else subprocess.DEVNULL)
     proc = Proc(popen, f"http://127.0.0.1:{sock.getsockname()[1]}", sock)
@@ -282,16 +282,19 @@ def run(root: Path, wanted: set[str], quick: bool, reps: int, report) -> None:
     procs: list[Proc] = []
     try:
         # torch intra-op threads: every side gets the choice (on shared, busy cores 1 thread can beat 2 by far)
-        # and the batch token budget: the default (8,192) and a small one (512: batches of similar widths)
+        # and the padded tokens per forward pass: the default (512: length-sorted passes of similar width) and
+        # 8,192 (one pass per batch, padded to its longest row: the server before the passes); and passes run
+        # one at a time or `threads` at once (--parallel-passes), each with 1 intra-op thread
         ours_by_setting = {}
-        for setting in sorted({(threads, 8192), (1, 8192), (1, 512)}, reverse=True):
-            proc = start_hubflow_server(model_dir, handler, setting[0], "--max-batch-tokens", str(setting[1]))
+        for setting in sorted({(threads, 512, 1), (1, 512, 1), (1, 512, threads), (1, 8192, 1)}, reverse=True):
+            proc = start_hubflow_server(model_dir, handler, setting[0], "--max-forward-tokens", str(setting[1]),
+                                        "--parallel-passes", str(setting[2]))
             procs.append(proc)
             http_load(proc.url, [{"inputs": x} for x in warm], 32)
             res = http_load(proc.url, body[:n_naive], 32)
             ours_by_setting[setting] = proc, res
-            report.figure(f"  (setting) ours  hubflow serve, torch threads {setting[0]}, --max-batch-tokens "
-                          f"{setting[1]}: {res.describe()}")
+            report.figure(f"  (setting) ours  hubflow serve, torch threads {setting[0]}, --max-forward-tokens "
+                          f"{setting[1]}, --parallel-passes {setting[2]}: {res.describe()}")
         ours_setting = max(ours_by_setting, key=lambda k: ours_by_setting[k][1].rate)
         ours_threads = ours_setting[0]
         ours = ours_by_setting[ours_setting][0]
@@ -322,7 +325,8 @@ def run(root: Path, wanted: set[str], quick: bool, reps: int, report) -> None:
                     res = http_load(proc.url, body[:n_naive], 32)
                     cpu[name].append((cpu_seconds(proc) - c0) / n_naive)
                     (ours_runs if name == "ours" else peer_runs).append(res)
-            ours_name = f"ours  hubflow serve (threads {ours_threads}, --max-batch-tokens {ours_setting[1]})"
+            ours_name = (f"ours  hubflow serve (threads {ours_threads}, --max-forward-tokens {ours_setting[1]}, "
+                         f"--parallel-passes {ours_setting[2]})")
             for name, runs in ((ours_name, ours_runs),
                                (f"peer  best setting (threads {best[0]}, workers {best[1]})", peer_runs)):
                 for res in runs:

@@ -48,9 +48,13 @@ def servers(clf_dir, tmp_path_factory):
     token_file.write_text(TOKEN + "\n")
     auth = ("--token-file", str(token_file))
     procs = {
-        "a": ServerProcess.script(clf_dir, HANDLER, *auth, "--max-wait-ms", "20"),
+        # a small forward budget: a batch's rows run in several length-sorted passes (two at once), answers unchanged
+        "a": ServerProcess.script(clf_dir, HANDLER, *auth, "--max-wait-ms", "20", "--max-forward-tokens", "64",
+                                  "--threads", "1", "--parallel-passes", "2"),
         # B is configured as a Space is, by variables: the token is a secret in its environment
-        "b": ServerProcess.script(clf_dir, HANDLER, env={"SERVE_TOKEN": TOKEN, "SERVE_MAX_WAIT_MS": "20"}),
+        "b": ServerProcess.script(clf_dir, HANDLER, env={"SERVE_TOKEN": TOKEN, "SERVE_MAX_WAIT_MS": "20",
+                                                         "SERVE_MAX_FORWARD_TOKENS": "64", "SERVE_THREADS": "1",
+                                                         "SERVE_PARALLEL_PASSES": "2"}),
         "s": ServerProcess.cli(clf_dir, *auth, "--max-wait-ms", "1500", "--max-queue", "2",
                                "--on-too-long", "refuse", "--precision", "int8"),
     }
@@ -202,6 +206,8 @@ def test_health_info_and_metrics_say_what_runs(servers, clf_dir):
     assert info["model_id"] == str(clf_dir) and info["task"] == "text-classification"
     assert info["labels"] == LABELS and info["max_input_length"] == MAX_LENGTH
     assert info["batching"]["max_wait_ms"] == 20 and info["batching"]["max_queue"] == 256
+    assert info["batching"]["max_forward_tokens"] == 64 and info["batching"]["parallel_passes"] == 2
+    assert info["threads"] == 1
     assert info["precision"] == "auto" and info["device"] == "cpu" and info["server_version"]
     metrics = httpx.get(url + "/metrics", timeout=10).text
     for name in ('requests_total{route="/",status="200"}', 'requests_total{route="/",status="401"}',

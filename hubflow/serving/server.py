@@ -49,12 +49,18 @@ OPTIONS = [
     ("hub-token-file", str, None, "a file holding a Hub token to download a private model (read-only use)"),
     ("max-batch-tokens", int, 8192, "padded tokens per batch (rows x longest row)"),
     ("max-batch-size", int, 32, "rows per batch"),
+    ("max-forward-tokens", int, 512, "padded tokens per forward pass: a batch's length-sorted rows are cut into "
+                                      "passes of similar width (padding costs compute on a CPU)"),
     ("max-wait-ms", float, 5.0, "how long a batch's first item waits for company"),
     ("max-queue", int, 256, "items waiting; one more is answered 429 with Retry-After"),
     ("max-body-bytes", int, 1 << 20, "largest request body; larger is answered 413"),
     ("precision", str, "auto", "auto (GPU: bf16, CPU: fp32), fp32, or int8 (CPU), as hubflow's batch inference"),
     ("on-too-long", str, "truncate", "an input over the model's limit: truncate (as batch inference) or refuse"),
     ("drain-seconds", float, 30.0, "on SIGTERM, how long in-flight requests may take to finish"),
+    ("parallel-passes", int, 1, "forward passes of one batch run at once, each in a thread of its own (each with "
+                                "--threads intra-op threads)"),
+    ("threads", int, None, "torch intra-op threads (default: the CPUs this process may use: the cgroup's CPU quota "
+                           "(a k8s pod's limit), else its CPU affinity)"),
     ("sample-rate", float, 0.0, "the share of served rows (inputs and predictions, never tokens or headers) logged to "
                                 "--sample-to for the monitor; 0: off"),
     ("sample-to", str, None, "where sampled rows go: a folder or an fsspec URI (s3://...); JSON-lines files"),
@@ -83,7 +89,10 @@ def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
         s.model, s.revision = s.model.split("@", 1)
     if s.port is None:
         s.port = int(os.environ.get("PORT") or 8000)
-    for name in ("max_batch_tokens", "max_batch_size", "max_queue", "max_body_bytes"):
+    if s.threads is None:
+        s.threads = cpu_budget()
+    for name in ("max_batch_tokens", "max_batch_size", "max_forward_tokens", "max_queue", "max_body_bytes", "threads",
+                 "parallel_passes"):
         if getattr(s, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= s.sample_rate <= 1 or (s.sample_rate and not s.sample_to):
@@ -91,6 +100,20 @@ def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
     if not s.model:
         parser.error("--model (or SERVE_MODEL) is required: a model folder or a Hub repo ns/name")
     return s
+
+
+def cpu_budget() -> int:
+    """The CPUs this process may use: the cgroup v2 quota (`cpu.max`, a k8s pod's CPU limit, rounded up), else
+    the CPU affinity. Torch alone would take every core of the node, and threads past the quota only wait on the
+    scheduler: on a busy host 2 threads on 2 shared cores ran 1.4-11x slower than 1 (docs/benchmarks.md)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 # ---------------------------------------------------------------- errors, auth, request bodies
@@ -180,14 +203,19 @@ class Batcher:
     """One bounded queue; a worker forms batches (token budget, row limit, wait limit) and runs `run_batch` in a
     thread of its own, so the event loop keeps accepting requests while the model computes.
 
-    `run_batch(items) -> results` gets the items sorted longest first (padding then fits each batch's own rows) and
-    returns one result per item in that order; a result that is an exception goes to that item's caller alone."""
+    A batch's rows are sorted longest first and cut into forward passes of similar width (at most
+    `max_forward_tokens` padded tokens each, as hubflow's batch inference cuts its batches): one pass padded to the
+    batch's longest row computed ~3x the real tokens of the demo's texts. `run_batch(items) -> results` gets one
+    pass's items, longest first, and returns one result per item in that order; a result that is an exception goes
+    to that item's caller alone. A pass's callers are answered before the next pass runs."""
 
     def __init__(self, run_batch, *, name: str = "default", settings=None, metrics=None, max_batch_tokens=None,
-                 max_batch_size=None, max_wait_ms=None, max_queue=None):
+                 max_batch_size=None, max_wait_ms=None, max_queue=None, max_forward_tokens=None):
         s = settings
         self.run_batch, self.name, self.metrics = run_batch, name, metrics
         self.max_batch_tokens = max_batch_tokens or s.max_batch_tokens
+        self.max_forward_tokens = max_forward_tokens or getattr(s, "max_forward_tokens", None) or 512
+        self.parallel = getattr(s, "parallel_passes", None) or 1
         self.max_batch_size = max_batch_size or s.max_batch_size
         self.max_wait = (max_wait_ms if max_wait_ms is not None else s.max_wait_ms) / 1000
         self.max_queue = max_queue or s.max_queue
@@ -247,7 +275,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         from concurrent.futures import ThreadPoolExecutor
 
-        pool = ThreadPoolExecutor(1, thread_name_prefix=f"batch-{self.name}")
+        pool = ThreadPoolExecutor(self.parallel, thread_name_prefix=f"batch-{self.name}")
         try:
             while True:
                 while not self.queue:
@@ -267,19 +295,35 @@ class Batcher:
                 if not batch:
                     continue
                 batch.sort(key=lambda e: -e[1])
-                await self._run(loop, pool, batch)
+                started = time.monotonic()
+                # Passes queue on the pool in order (longest first); with one thread they run one after another.
+                await asyncio.gather(*(self._run(loop, pool, part) for part in self._passes(batch)))
+                self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * (time.monotonic() - started)
         finally:
             pool.shutdown(wait=False)
 
+    def _passes(self, batch: list) -> list[list]:
+        """Sorted rows (longest first) -> consecutive runs of at most max_forward_tokens padded tokens each."""
+        parts, i = [], 0
+        while i < len(batch):
+            size = max(1, self.max_forward_tokens // batch[i][1])  # sorted: a pass's first row is its longest
+            parts.append(batch[i:i + size])
+            i += size
+        return parts
+
     async def _run(self, loop, pool, batch):
-        started = time.monotonic()
+        def call(entries):  # in the pool's thread, when the pass's turn comes
+            live = [e for e in entries if not e[3].done()]  # callers gone while an earlier pass ran: not computed
+            return live, (self.run_batch([e[2] for e in live]) if live else [])
+
         try:
-            results = await loop.run_in_executor(pool, self.run_batch, [e[2] for e in batch])
+            batch, results = await loop.run_in_executor(pool, call, batch)
+            if not batch:
+                return
             if len(results) != len(batch):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
         except Exception as err:  # noqa: BLE001 - every caller of this batch gets the error
             results = [err] * len(batch)
-        self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * (time.monotonic() - started)
         if self.metrics:
             self.metrics.batch_size.labels(self.name).observe(len(batch))
             self.metrics.batch_tokens.labels(self.name).observe(len(batch) * batch[0][1])
@@ -585,8 +629,9 @@ async def load(app, state):
         state.routes |= {r.path for r in handler.router.routes}
         state.info = {"model_id": info["id"], "model_sha": info["sha"], "revision": info["revision"],
                       "task": info["task"], "server_version": SERVER_VERSION, "precision": s.precision,
-                      "device": str(device), "pid": os.getpid(),
-                      "batching": {k: getattr(s, k) for k in ("max_batch_tokens", "max_batch_size", "max_wait_ms",
+                      "device": str(device), "pid": os.getpid(), "threads": s.threads,
+                      "batching": {k: getattr(s, k) for k in ("max_batch_tokens", "max_batch_size",
+                                                              "max_forward_tokens", "parallel_passes", "max_wait_ms",
                                                               "max_queue")},
                       "limits": {"max_body_bytes": s.max_body_bytes, "on_too_long": s.on_too_long}}
         state.handler, state.status = handler, "ready"
@@ -609,6 +654,19 @@ def bind(settings) -> socket.socket:
     return sock
 
 
+def set_threads(n: int) -> None:
+    """Torch's intra-op threads = n (every forward pass uses them); inter-op threads = 1: the batcher runs one pass
+    at a time, so a second pool would only add threads competing for the same cores."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (a test that calls main() twice in one process)
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     for name, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
                         ("TOKENIZERS_PARALLELISM", "false")):
@@ -616,6 +674,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = parse_settings(argv)
     token = read_token(settings)
+    set_threads(settings.threads)
     import uvicorn
 
     asgi, app, state = build_app(settings, token)
