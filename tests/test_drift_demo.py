@@ -29,16 +29,15 @@ def test_drift_scenario_alarms_retrains_and_publishes_the_better_model(tmp_path)
     # The server's automation started the retrain (not this process), on the newest data revision.
     assert s["retrain"]["state"] == "Completed" and s["retrain"]["created_by"].startswith("retrain on a monitor")
     assert s["retrain"]["data"]["sha"] == s["training_revision"]
-    # The chained publish ran the champion gate; what main serves afterwards is what it decided. (With the
-    # scenario's light training the retrained model may not be better: docs/monitoring.md, Measured.)
-    assert s["gate"]["state"] == "Completed" and s["gate"]["promoted"] in (True, False), s["gate"]
+    # The chained publish ran the champion gate on the new revision's test split (the new line in it): the retrain,
+    # trained as the first model was on a revision that covers the shift, is a significant win and main serves it.
+    # Measured: 0.937 vs 0.865 macro-F1 on 550 rows, p = 0.001 (docs/monitoring.md, Measured).
+    assert s["gate"]["state"] == "Completed" and s["gate"]["promoted"] is True, s["gate"]
+    assert s["gate"]["p_value"] <= 0.05 and s["gate"]["challenger"] > s["gate"]["champion"], s["gate"]
     before, after = s["after"]["before"], s["after"]["after"]
-    if s["gate"]["promoted"]:
-        assert after["model_sha"] != s["model"]["sha"]
-        assert after["live"]["accuracy"] > before["live"]["accuracy"], (before["live"], after["live"])
-    else:
-        assert after["model_sha"] == s["model"]["sha"] and "not promoted" in s["gate"]["reason"]
-    assert before["degraded"]  # the held-out tickets of the new line: the old model is below its card
+    assert after["model_sha"] != s["model"]["sha"] == before["model_sha"]
+    # held-out tickets of the new line (in no split): the old model is below its card, the new one better
+    assert before["degraded"] and after["live"]["accuracy"] > before["live"]["accuracy"], (before, after)
 
 
 def test_the_demo_serves_the_shipped_triggers_with_its_own_store():

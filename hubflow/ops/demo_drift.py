@@ -30,9 +30,12 @@ INCOMING = "hubflow/support-tickets-incoming"
 WRITERS = {"hubflow": {"demo": "write"}}  # the demo user adds revisions to the seeded hubflow/ datasets
 TRAINING = "hubflow/support-tickets"
 ADDED = {"train": 800, "validation": 80, "test": 150}  # labelled tickets of the new line joining the training data
-# Both trainings (the first model and the automatic retrain) are the demo recipe's, lighter: one epoch over the first
-# 1,000 train rows at 64 tokens keeps the scenario within minutes on a laptop's CPU. `--set` adds to these.
-SETTINGS = ["train.epochs=1", "data.max_train_samples=1000", "preprocess.max_length=64", "space.enabled=false"]
+# Both trainings (the first model and the automatic retrain) are the demo recipe's, lighter, with the same settings:
+# one epoch at 64 tokens over the whole train split of their revision (2,000 rows, then 2,800 with the new line).
+# A cap on rows would hand the retrain fewer of the old tickets than the first model had (the new rows take their
+# place) and only ~290 of the new line: a retrain no better on the new test split, which the gate rightly refused.
+# `--set` adds to these.
+SETTINGS = ["train.epochs=1", "data.max_train_samples=3000", "preprocess.max_length=64", "space.enabled=false"]
 
 
 def shipped_deployments(store: str) -> dict[str, dict]:
