@@ -336,10 +336,15 @@ def test_space_app_searches_the_corpus_with_the_models_vectors(tiny_bert, tmp_pa
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
     assert app.IDS == ["d0", "d1", "d2", "d3"]
-    vector = np.array(json.loads(app.embed("rain storm")))
+    # gradio's batch=True: each function takes the waiting callers' inputs and returns one output list.
+    (answers,) = app.embed(["rain storm", "stock market"])
+    vector = np.array(json.loads(answers[0]))
+    assert len(answers) == 2
     assert np.abs(vector - Encoder.load(folder).encode(["rain storm"])[0]).max() <= 1e-5
-    assert KIND.answers_match(app.embed("rain storm"), json.dumps(vector.tolist()), None)
-    hits = app.search("rain storm")
+    assert KIND.answers_match(answers[0], json.dumps(vector.tolist()), None)
+    (per_query,) = app.search(["rain storm", "team goal"])
+    hits = per_query[0]
+    assert len(per_query) == 2
     ours = Encoder.load(folder).encode(["rain storm", *docs])
     best = int(np.argmax(ours[1:] @ ours[0]))
     assert [h[0] for h in hits] == [1, 2, 3, 4] and hits[0][2] == f"d{best}" and hits[0][3] == docs[best]

@@ -83,7 +83,11 @@ def serve(env: dict[str, str], port: int | None = None, on_ready=print) -> int:
             return proc.wait()
         except KeyboardInterrupt:  # the terminal sent SIGINT to the app too; make sure it is gone
             proc.terminate()
-            proc.wait(15)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:  # an app busy in its queue's worker threads: it is ours to stop
+                proc.kill()
+                proc.wait()
             return 130
 
 
