@@ -64,9 +64,10 @@ def serve(env: dict[str, str], port: int | None = None, on_ready=print) -> int:
     from ..doors.hub import hf_token
     from ..kinds import DEFAULT_TASK, kind_for
 
-    # Ctrl-C stops the preview even when it was started with SIGINT ignored (a parent that ignores it hands that on,
-    # and Python then installs no KeyboardInterrupt handler).
+    # Ctrl-C stops the preview even when it was started with SIGINT ignored or blocked (a parent hands both on, and
+    # Python then installs no KeyboardInterrupt handler).
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # nor blocked: a blocked mask is inherited too
     held = _reserve(port or 0)  # the port is ours from here until the app listens on it: no other bind takes it
     port = held.getsockname()[1]
     full = {**os.environ, **env, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
