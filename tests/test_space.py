@@ -259,7 +259,11 @@ def test_space_preview_serves_the_app_on_a_port_held_for_it(model_repo, alice, l
         assert answer["label"] == predict_texts(folder, TEXTS[:1], max_length=128)[0]["label"]
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(60)  # the app gets 10 s to stop before it is killed; a loaded machine adds the rest
+        try:
+            proc.wait(60)  # the app gets 10 s to stop before it is killed; a loaded machine adds the rest
+        except subprocess.TimeoutExpired:  # fail, but leave no preview behind
+            proc.kill()
+            raise
 
 
 def test_a_wrong_answer_is_rolled_back(deployed, hf_api):
